@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+HOST ?= 127.0.0.1
+
+.PHONY: demo test lint install browsers clean
+
+$(BIN)/activate: requirements.txt requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(BIN)/activate
+
+install: $(BIN)/activate
+
+# Starts the portal with the built-in sandbox (Stripe and Skilljar stand-ins) on SQLite, plus the
+# job worker, and prints the URLs to click through a whole purchase. Ctrl-C stops both.
+demo: install
+	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/flask --app wsgi portal init-db
+	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) BIN=$(BIN) HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check portal tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check portal tests bench wsgi.py gunicorn.conf.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache test-artifacts

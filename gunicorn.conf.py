@@ -1,0 +1,28 @@
+"""gunicorn settings, each overridable from the environment.
+
+Threads (the gthread worker) absorb upstream latency: a checkout spends most of its time waiting
+on the platform and on Stripe, and a waiting thread costs little. See README "Serving".
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", min(multiprocessing.cpu_count() * 2, 8)))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", 16))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 30))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 5))
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", 0))
+limit_request_line = 8190
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# One JSON object per request line: easy to ship to any log store.
+access_log_format = (
+    '{"time":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,'
+    '"bytes":%(B)s,"duration_us":%(D)s,"request_id":"%({x-request-id}i)s","agent":"%(a)s"}'
+)
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -1,0 +1,153 @@
+"""The checkout portal: a branded, server-rendered checkout between course platforms and Stripe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Flask
+from flask_wtf import CSRFProtect
+
+from portal.config import ConfigError, load_settings, validate
+
+csrf = CSRFProtect()
+
+SANDBOX_DEFAULTS = {
+    "STRIPE_SECRET_KEY": "sk_test_sandbox",
+    "STRIPE_WEBHOOK_SECRET": ("whsec_sandbox",),
+    "SKILLJAR_API_KEY": "sandbox-skilljar-key",
+}
+
+
+class _OrderIdDefault(logging.Filter):
+    def filter(self, record):
+        if not hasattr(record, "order_id"):
+            record.order_id = "-"
+        return True
+
+
+def configure_logging(level=logging.INFO) -> None:
+    root = logging.getLogger()
+    if any(getattr(h, "_portal", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._portal = True
+    handler.addFilter(_OrderIdDefault())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [order=%(order_id)s] %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _apply_sandbox_defaults(settings: dict, environ) -> None:
+    public = settings["PUBLIC_URL"]
+    for name, value in SANDBOX_DEFAULTS.items():
+        if not settings[name]:
+            settings[name] = value
+    if "PORTAL_STRIPE_API_BASE" not in environ:
+        settings["STRIPE_API_BASE"] = public + "/sandbox/stripe"
+    if "PORTAL_SKILLJAR_API_BASE" not in environ:
+        settings["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
+
+
+def _local_secret_key(instance_path: str) -> str:
+    """Sandbox and tests only (production requires PORTAL_SECRET_KEY): one random key kept in the
+    instance folder, so every gunicorn worker signs sessions and CSRF tokens alike."""
+    os.makedirs(instance_path, exist_ok=True)
+    path = os.path.join(instance_path, "sandbox-secret-key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path) as handle:
+            return handle.read().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Application factory. `config` overrides settings by name (without the PORTAL_ prefix);
+    `TESTING` in it marks a test app."""
+    from dotenv import load_dotenv
+
+    load_dotenv(override=False)
+    config = dict(config or {})
+    testing = bool(config.pop("TESTING", False))
+    environ = {**os.environ, **{f"PORTAL_{k}": "set" for k in config}}
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="../templates",
+        static_folder="../static",
+    )
+    settings = load_settings(config)
+    if settings["SANDBOX"]:
+        _apply_sandbox_defaults(settings, environ)
+    validate(settings, testing=testing)
+    if not settings["DATABASE_URL"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        settings["DATABASE_URL"] = f"sqlite:///{os.path.join(app.instance_path, 'portal.db')}"
+    if settings["SANDBOX"] and not settings["SANDBOX_DATABASE_URL"]:
+        os.makedirs(app.instance_path, exist_ok=True)
+        settings["SANDBOX_DATABASE_URL"] = (
+            f"sqlite:///{os.path.join(app.instance_path, 'sandbox.db')}"
+        )
+
+    https = urlsplit(settings["PUBLIC_URL"]).scheme == "https"
+    app.config.update(
+        TESTING=testing,
+        SECRET_KEY=settings["SECRET_KEY"] or _local_secret_key(app.instance_path),
+        PORTAL=settings,
+        PREFERRED_URL_SCHEME="https" if https else "http",
+        SESSION_COOKIE_SECURE=https,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="portal_session",
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=4 * 3600,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+
+    from jinja2 import StrictUndefined
+
+    app.jinja_env.undefined = StrictUndefined
+    if not testing:
+        configure_logging()
+
+    from portal.db import db
+
+    db.configure(settings["DATABASE_URL"])
+
+    from portal import cli, errors, fulfilment, views, webhooks  # noqa: F401 - registers jobs
+    from portal.platforms import skilljar
+    from portal.services import build_services
+
+    app.extensions["portal"] = build_services(settings)
+    csrf.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(skilljar.bp)
+    app.register_blueprint(webhooks.bp)
+    csrf.exempt(webhooks.bp)
+    cli.init_app(app)
+    if settings["SANDBOX"]:
+        from portal import sandbox
+
+        sandbox.init_app(app)
+
+    from portal.money import format_money
+
+    app.jinja_env.globals["brand"] = {
+        "name": settings["BRAND_NAME"],
+        "support_email": settings["BRAND_SUPPORT_EMAIL"],
+    }
+    app.jinja_env.globals["sandbox"] = settings["SANDBOX"]
+    app.jinja_env.filters["money"] = format_money
+    return app
+
+
+__all__ = ["ConfigError", "create_app"]

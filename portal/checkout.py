@@ -1,0 +1,560 @@
+"""The checkout core: orders, their state machine, the hand-off to Stripe, and fulfil-once.
+
+Rules this module keeps:
+- amounts come from a platform (an `OrderDraft`) or the database, never from a browser;
+- every state change is a compare-and-set `UPDATE ... WHERE state IN (...)`;
+- no outbound HTTP happens while a database transaction is open;
+- `sync_session` is the one place a Stripe Checkout Session becomes a payment. The return page,
+  the webhook, the expiry sweep and reconciliation all call it, and only the winner of the
+  `-> paid` compare-and-set queues the fulfilment job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from portal import jobs, timeline
+from portal.db import db
+from portal.http import UpstreamError
+from portal.models import PAID_STATES, Order, OrderState, utcnow
+from portal.money import normalise_currency, percent_of
+from portal.stripe_gateway import CheckoutRequest
+
+log = logging.getLogger("portal.checkout")
+
+# A prepared attempt must leave Stripe this long (its minimum is 30 minutes) before it expires.
+MIN_SESSION_LIFETIME = timedelta(minutes=31)
+
+
+class CheckoutError(Exception):
+    """A problem the learner must be told about; views render it as a branded page."""
+
+    def __init__(self, status: int, title: str, message: str, *, back_url: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+        self.back_url = back_url
+
+
+@dataclass
+class OrderDraft:
+    """Authoritative purchase data, as a platform reported it."""
+
+    platform: str
+    platform_ref: str
+    description: str
+    currency: str
+    amount_minor: int
+    quantity: int = 1
+    sku: str | None = None
+    list_unit_minor: int | None = None
+    promo_code: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    locale: str | None = None
+    redirect_url: str | None = None
+    platform_data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Next:
+    """Where a view sends the learner: an external URL, or one of our pages."""
+
+    redirect_url: str | None = None
+    page: str | None = None  # "status" | "review" | "cancelled"
+    order: Order | None = None
+
+
+def find_order(platform: str, platform_ref: str) -> Order | None:
+    with db.reader() as session:
+        return session.scalar(
+            select(Order).where(Order.platform == platform, Order.platform_ref == platform_ref)
+        )
+
+
+def load_order(reference: str) -> Order:
+    with db.reader() as session:
+        order = session.scalar(select(Order).where(Order.reference == reference))
+    if order is None:
+        raise CheckoutError(404, "Order not found", "We could not find this order.")
+    return order
+
+
+def reload(order: Order) -> Order:
+    with db.reader() as session:
+        return session.get(Order, order.id)
+
+
+def transition(session, order_id: int, expected, new: OrderState, *, where=None, **values) -> bool:
+    """Compare-and-set: move the order to `new` only if it is still in one of `expected`."""
+    expected = [expected] if isinstance(expected, str) else list(expected)
+    conditions = [Order.id == order_id, Order.state.in_(expected)]
+    if where is not None:
+        conditions.append(where)
+    result = session.execute(
+        update(Order)
+        .where(*conditions)
+        .values(state=new, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        timeline.record(
+            order_id,
+            "state",
+            f"-> {new}",
+            {"from": sorted(str(s) for s in expected), "to": str(new)},
+            session=session,
+        )
+        return True
+    return False
+
+
+# --- opening an order -------------------------------------------------------------------------
+
+
+def open_order(draft: OrderDraft) -> Order:
+    """Create the order for a platform purchase, or return the existing one (refreshed if open)."""
+    currency = normalise_currency(draft.currency)
+    values = {
+        "description": draft.description[:500],
+        "sku": draft.sku,
+        "quantity": draft.quantity,
+        "currency": currency,
+        "amount_minor": draft.amount_minor,
+        "list_unit_minor": draft.list_unit_minor,
+        "promo_code": draft.promo_code,
+        "customer_email": draft.customer_email,
+        "customer_name": draft.customer_name,
+        "locale": draft.locale,
+        "platform_data": draft.platform_data,
+    }
+    if draft.redirect_url:
+        values["redirect_url"] = draft.redirect_url
+    existing = find_order(draft.platform, draft.platform_ref)
+    if existing is None:
+        try:
+            with db.transaction() as session:
+                order = Order(platform=draft.platform, platform_ref=draft.platform_ref, **values)
+                session.add(order)
+                session.flush()
+                timeline.record(order.id, "state", "order opened", {"to": "open"}, session=session)
+            return order
+        except IntegrityError:
+            # Two first visits raced; the other one created it.
+            existing = find_order(draft.platform, draft.platform_ref)
+    changed = {k: v for k, v in values.items() if getattr(existing, k) != v}
+    if changed and existing.state == OrderState.OPEN:
+        money_changed = bool({"amount_minor", "currency"} & changed.keys())
+        with db.transaction() as session:
+            extra = {"stripe_session_expires_at": None} if money_changed else {}
+            session.execute(
+                update(Order)
+                .where(Order.id == existing.id, Order.state == OrderState.OPEN)
+                .values(updated_at=utcnow(), **changed, **extra)
+            )
+            if money_changed:
+                timeline.record(
+                    existing.id,
+                    "note",
+                    "platform changed the amount; the review page shows the new one",
+                    {"amount_minor": draft.amount_minor, "currency": currency},
+                    session=session,
+                )
+        existing = reload(existing)
+    elif changed.keys() & {"amount_minor", "currency"}:
+        timeline.record(
+            existing.id,
+            "note",
+            f"platform reports a different amount while the order is {existing.state}",
+            {"amount_minor": draft.amount_minor, "currency": currency},
+        )
+    return existing
+
+
+# --- tax -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaxQuote:
+    mode: str
+    country: str | None = None
+    rate: Decimal | None = None
+    amount_minor: int = 0
+
+    @property
+    def label(self) -> str | None:
+        if self.mode != "fixed" or self.rate is None:
+            return None
+        return f"Tax ({self.country} {self.rate.normalize():f}%)"
+
+
+def tax_countries(settings: dict) -> list[str]:
+    return list(settings["TAX_RATES"].keys())
+
+
+def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
+    mode = settings["TAX_MODE"]
+    if mode != "fixed":
+        return TaxQuote(mode=mode)
+    rates = settings["TAX_RATES"]
+    if country is None:
+        country = order.tax_country or next(iter(rates))
+    country = country.strip().upper()
+    if country not in rates:
+        raise CheckoutError(
+            400, "Unknown country", "Please choose your country from the list and try again."
+        )
+    rate = rates[country]
+    return TaxQuote(mode, country, rate, percent_of(order.amount_minor, rate))
+
+
+# --- paying -------------------------------------------------------------------------------------
+
+
+def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
+    """Fix the parameters of the next Checkout Session in the row, so any retry of the create call
+    (a double click, a crash) sends Stripe the same parameters under the same idempotency key."""
+    now = utcnow()
+    prepared = (
+        order.state == OrderState.OPEN
+        and order.stripe_session_id is None
+        and order.stripe_session_expires_at is not None
+        and order.stripe_session_expires_at - now > MIN_SESSION_LIFETIME
+        and order.tax_mode == quote.mode
+        and (quote.mode != "fixed" or order.tax_country == quote.country)
+    )
+    if prepared:
+        return order
+    lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
+    with db.transaction() as session:
+        session.execute(
+            update(Order)
+            .where(
+                Order.id == order.id,
+                Order.state == OrderState.OPEN,
+                Order.session_attempt == order.session_attempt,
+            )
+            .values(
+                session_attempt=order.session_attempt + 1,
+                stripe_session_expires_at=(now + timedelta(minutes=lifetime)).replace(
+                    microsecond=0
+                ),
+                tax_mode=quote.mode,
+                tax_country=quote.country,
+                tax_rate=None if quote.rate is None else f"{quote.rate.normalize():f}",
+                tax_minor=quote.amount_minor,
+                updated_at=now,
+            )
+        )
+    return reload(order)
+
+
+def start_payment(services, reference: str, country: str | None = None) -> Next:
+    """The Pay button: reuse the open Checkout Session or create one; return where to go."""
+    order = load_order(reference)
+    if order.is_paid:
+        return Next(page="status", order=order)
+    if order.state in {OrderState.CANCELLED, OrderState.PAYMENT_FAILED}:
+        raise CheckoutError(
+            409,
+            "This order is closed",
+            "This order was cancelled. Please go back to the course and start again.",
+        )
+    if order.state == OrderState.PROCESSING:
+        return Next(page="status", order=order)
+    if order.state == OrderState.PAYING and order.stripe_session_id:
+        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        if stripe_session["status"] == "open":
+            return Next(redirect_url=stripe_session["url"], order=order)
+        order = sync_session(services, stripe_session, source="pay button")
+        if order is None or order.state not in {OrderState.EXPIRED, OrderState.OPEN}:
+            return Next(page="status", order=order)
+    if order.state == OrderState.EXPIRED:
+        with db.transaction() as session:
+            transition(
+                session,
+                order.id,
+                OrderState.EXPIRED,
+                OrderState.OPEN,
+                stripe_session_id=None,
+                stripe_session_url=None,
+                stripe_session_expires_at=None,
+            )
+        order = reload(order)
+    if order.state != OrderState.OPEN:
+        return Next(page="status", order=order)
+
+    quote = quote_tax(services.settings, order, country)
+    order = _prepare_attempt(services.settings, order, quote)
+    if order.state != OrderState.OPEN:
+        return Next(page="status", order=order)
+
+    if order.total_minor == 0 and quote.mode != "stripe":
+        # Nothing to charge (a 100% promo): no Stripe session, straight to fulfilment.
+        with db.transaction() as session:
+            if transition(
+                session, order.id, OrderState.OPEN, OrderState.PAID, amount_paid_minor=0,
+                tax_paid_minor=0, paid_at=utcnow(),
+            ):
+                jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
+        return Next(page="status", order=reload(order))
+
+    request = CheckoutRequest(
+        order_reference=order.reference,
+        platform=order.platform,
+        description=order.description,
+        sku=order.sku,
+        currency=order.currency,
+        amount_minor=order.amount_minor,
+        tax_minor=order.tax_minor if quote.mode == "fixed" else 0,
+        tax_label=quote.label,
+        automatic_tax=quote.mode == "stripe",
+        customer_email=order.customer_email,
+        locale=order.locale,
+        success_url=services.url(
+            f"/orders/{order.reference}/return?session_id={{CHECKOUT_SESSION_ID}}"
+        ),
+        cancel_url=services.url(f"/orders/{order.reference}/cancelled"),
+        expires_at=order.stripe_session_expires_at,
+        idempotency_key=f"{order.reference}-attempt-{order.session_attempt}",
+    )
+    try:
+        stripe_session = services.stripe.create_session(request, order_id=order.id)
+    except UpstreamError as exc:
+        log.warning("could not create a Checkout Session: %s", exc, extra={"order_id": order.id})
+        raise CheckoutError(
+            503,
+            "Payment is temporarily unavailable",
+            "We could not reach our payment provider. Please try again in a minute.",
+        ) from exc
+    with db.transaction() as session:
+        won = transition(
+            session,
+            order.id,
+            OrderState.OPEN,
+            OrderState.PAYING,
+            stripe_session_id=stripe_session["id"],
+            stripe_session_url=stripe_session["url"],
+        )
+    if not won:
+        order = reload(order)
+        if order.state == OrderState.PAYING and order.stripe_session_id == stripe_session["id"]:
+            return Next(redirect_url=stripe_session["url"], order=order)  # the other click won
+        return Next(page="status", order=order)
+    return Next(redirect_url=stripe_session["url"], order=order)
+
+
+# --- payment results ----------------------------------------------------------------------------
+
+
+def _find_for_session(session, stripe_session) -> Order | None:
+    reference = stripe_session.get("client_reference_id") or (
+        stripe_session.get("metadata") or {}
+    ).get("order_reference")
+    order = None
+    if reference:
+        order = session.scalar(select(Order).where(Order.reference == reference))
+    if order is None:
+        order = session.scalar(select(Order).where(Order.stripe_session_id == stripe_session["id"]))
+    return order
+
+
+def sync_session(services, stripe_session, *, source: str) -> Order | None:
+    """Bring the order in line with a Checkout Session fetched from Stripe. Idempotent.
+
+    Returns the order after the update, or None when the session is not one of ours.
+    """
+    with db.reader() as session:
+        order = _find_for_session(session, stripe_session)
+    if order is None:
+        return None
+    status = stripe_session.get("status")
+    payment_status = stripe_session.get("payment_status")
+    if status == "complete" and payment_status in {"paid", "no_payment_required"}:
+        record_payment(services, order, stripe_session, source=source)
+    elif status == "complete":
+        with db.transaction() as session:
+            transition(
+                session,
+                order.id,
+                [OrderState.OPEN, OrderState.PAYING],
+                OrderState.PROCESSING,
+                stripe_session_id=stripe_session["id"],
+            )
+    elif status == "expired":
+        with db.transaction() as session:
+            # Only the session we are waiting on can expire the order; an older one cannot.
+            transition(
+                session,
+                order.id,
+                OrderState.PAYING,
+                OrderState.EXPIRED,
+                where=Order.stripe_session_id == stripe_session["id"],
+            )
+    return reload(order)
+
+
+def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
+    """`-> paid` compare-and-set; the winner queues the one fulfilment job. Returns True if won."""
+    amount_total = stripe_session.get("amount_total")
+    total_details = stripe_session.get("total_details") or {}
+    tax_paid = total_details.get("amount_tax") or 0
+    if order.tax_mode == "fixed":
+        tax_paid = order.tax_minor
+    payment_intent = stripe_session.get("payment_intent")
+    if not isinstance(payment_intent, str) and payment_intent is not None:
+        payment_intent = payment_intent.get("id")
+    expected_total = order.amount_minor + (tax_paid if order.tax_mode == "stripe" else order.tax_minor)
+    currency = (stripe_session.get("currency") or "").upper()
+    with db.transaction() as session:
+        won = transition(
+            session,
+            order.id,
+            [
+                OrderState.OPEN,
+                OrderState.PAYING,
+                OrderState.PROCESSING,
+                OrderState.EXPIRED,
+                OrderState.CANCELLED,
+                OrderState.PAYMENT_FAILED,
+            ],
+            OrderState.PAID,
+            stripe_session_id=stripe_session["id"],
+            stripe_payment_intent_id=payment_intent,
+            amount_paid_minor=amount_total,
+            tax_paid_minor=tax_paid,
+            paid_at=utcnow(),
+        )
+        if won:
+            timeline.record(
+                order.id,
+                "payment",
+                f"payment recorded from {source}",
+                {"session": stripe_session["id"], "payment_intent": payment_intent,
+                 "amount_total": amount_total, "currency": currency},
+                session=session,
+            )
+            if amount_total != expected_total or currency != order.currency:
+                timeline.record(
+                    order.id,
+                    "alert",
+                    "amount charged differs from the order",
+                    {"charged": amount_total, "expected": expected_total, "currency": currency},
+                    session=session,
+                )
+                log.error(
+                    "order %s charged %s %s, expected %s %s",
+                    order.reference, amount_total, currency, expected_total, order.currency,
+                    extra={"order_id": order.id},
+                )
+            jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
+    if won:
+        log.info("order %s paid (%s)", order.reference, source, extra={"order_id": order.id})
+    return won
+
+
+def payment_failed(services, stripe_session, reason: str) -> Order | None:
+    """A delayed payment method failed after checkout completed."""
+    with db.reader() as session:
+        order = _find_for_session(session, stripe_session)
+    if order is None:
+        return None
+    with db.transaction() as session:
+        if transition(
+            session,
+            order.id,
+            [OrderState.PROCESSING, OrderState.PAYING],
+            OrderState.PAYMENT_FAILED,
+            failure_reason=reason,
+        ):
+            jobs.enqueue(
+                session, "payment_failed", f"payment_failed:{order.id}", order_id=order.id,
+                payload={"reason": reason},
+            )
+    return reload(order)
+
+
+def handle_return(services, reference: str, session_id: str | None) -> Next:
+    """The learner came back from Stripe. Trust nothing in the URL: ask Stripe."""
+    order = load_order(reference)
+    if not session_id or not session_id.startswith("cs_") or len(session_id) > 255:
+        raise CheckoutError(400, "Invalid return link", "This payment link is not valid.")
+    if order.state not in PAID_STATES:
+        try:
+            stripe_session = services.stripe.retrieve_session(session_id, order_id=order.id)
+        except UpstreamError as exc:
+            if exc.transient:
+                return Next(page="status", order=order)  # the status page keeps checking
+            raise CheckoutError(400, "Invalid return link", "This payment link is not valid.") from exc
+        if stripe_session.get("client_reference_id") != order.reference:
+            raise CheckoutError(400, "Invalid return link", "This payment link is not valid.")
+        order = sync_session(services, stripe_session, source="return page")
+    if order.state == OrderState.PAID:
+        jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        order = reload(order)
+    return next_for_status(services, order)
+
+
+def next_for_status(services, order: Order) -> Next:
+    if order.state == OrderState.FULFILLED:
+        target = services.allowed_redirect(order.redirect_url)
+        if target:
+            return Next(redirect_url=target, order=order)
+    return Next(page="status", order=order)
+
+
+def refresh_status(services, reference: str) -> Next:
+    """The self-refreshing status page: check again, nudge a stalled fulfilment, move on."""
+    order = load_order(reference)
+    if order.state == OrderState.PROCESSING and order.stripe_session_id:
+        try:
+            stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+            order = sync_session(services, stripe_session, source="status page")
+        except UpstreamError:
+            pass
+    if order.state == OrderState.PAID:
+        jobs.run_inline(services, f"fulfil:{order.id}", 1.0, only_if_due=True)
+        order = reload(order)
+    return next_for_status(services, order)
+
+
+def cancel_order(services, reference: str) -> Next:
+    """The learner gave up: close the Stripe session first (so it can no longer be paid), then
+    tell the platform and follow its redirect."""
+    order = load_order(reference)
+    if order.is_paid or order.state == OrderState.PROCESSING:
+        return Next(page="status", order=order)
+    if order.state == OrderState.PAYING and order.stripe_session_id:
+        try:
+            services.stripe.expire_session(order.stripe_session_id, order_id=order.id)
+        except UpstreamError as exc:
+            if exc.transient:
+                raise CheckoutError(
+                    503, "Please try again", "We could not reach our payment provider."
+                ) from exc
+            # Not open any more: it may have been paid in another tab. Ask Stripe.
+        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        order = sync_session(services, stripe_session, source="cancel")
+        if order.is_paid or order.state == OrderState.PROCESSING:
+            return Next(page="status", order=order)
+    with db.transaction() as session:
+        if transition(
+            session,
+            order.id,
+            [OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED],
+            OrderState.CANCELLED,
+        ):
+            jobs.enqueue(session, "cancel", f"cancel:{order.id}", order_id=order.id)
+    jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+    order = reload(order)
+    target = services.allowed_redirect(order.redirect_url)
+    if order.state == OrderState.CANCELLED and target:
+        return Next(redirect_url=target, order=order)
+    return Next(page="status", order=order)

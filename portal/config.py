@@ -1,0 +1,185 @@
+"""Settings: defaults in code, then `PORTAL_*` environment variables (and an optional `.env`).
+
+Every setting is parsed and checked once at start-up; a missing or malformed value stops the app
+with a `ConfigError` that names the variable, so an operator never discovers a typo at payment time.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _url(value) -> str:
+    text = str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("expected an absolute http(s) URL")
+    return text
+
+
+def _hosts(value) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        items = value
+    else:
+        items = str(value).split(",")
+    hosts = tuple(h.strip().lower() for h in items if h.strip())
+    for host in hosts:
+        if "/" in host or " " in host:
+            raise ValueError(f"{host!r} is not a host name")
+    return hosts
+
+
+def _float(value) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _int(value) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _tax_mode(value) -> str:
+    mode = str(value).strip().lower()
+    if mode not in {"none", "fixed", "stripe"}:
+        raise ValueError("expected none, fixed or stripe")
+    return mode
+
+
+def _tax_rates(value) -> dict[str, Decimal]:
+    """`GB:20,DE:19,US:0` -> {"GB": Decimal("20"), ...}: percentages per ISO country code."""
+    if isinstance(value, dict):
+        return {k.upper(): Decimal(str(v)) for k, v in value.items()}
+    rates: dict[str, Decimal] = {}
+    for item in str(value).split(","):
+        if not item.strip():
+            continue
+        country, _, rate = item.partition(":")
+        country = country.strip().upper()
+        if len(country) != 2 or not country.isalpha():
+            raise ValueError(f"{country!r} is not a two-letter country code")
+        try:
+            percent = Decimal(rate.strip())
+        except InvalidOperation:
+            raise ValueError(f"{rate!r} is not a percentage") from None
+        if not Decimal(0) <= percent < Decimal(100):
+            raise ValueError(f"{rate!r} is not between 0 and 100")
+        rates[country] = percent
+    return rates
+
+
+def _secrets(value) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return tuple(s.strip() for s in str(value).split(",") if s.strip())
+
+
+# name (without the PORTAL_ prefix) -> (default, parser). `None` default means "no value".
+SETTINGS: dict[str, tuple[object, object]] = {
+    "SECRET_KEY": (None, str),
+    "DATABASE_URL": (None, str),
+    "PUBLIC_URL": ("http://127.0.0.1:5000", _url),
+    "SANDBOX": (False, _bool),
+    "STRIPE_SECRET_KEY": (None, str),
+    "STRIPE_WEBHOOK_SECRET": ((), _secrets),
+    "STRIPE_API_BASE": ("https://api.stripe.com", _url),
+    "STRIPE_SESSION_MINUTES": (60, _int),
+    "SKILLJAR_API_KEY": (None, str),
+    "SKILLJAR_API_BASE": ("https://api.skilljar.com", _url),
+    "OPENLEARNING_PUBLIC_KEY": (None, str),
+    "OPENLEARNING_PUBLIC_KEY_FILE": (None, str),
+    "OPENLEARNING_API_KEY": (None, str),
+    "OPENLEARNING_API_BASE": ("https://api.openlearning.com/v2.2", _url),
+    "OPENLEARNING_AUDIENCE": (None, str),
+    "CLEENG_PUBLISHER_TOKEN": (None, str),
+    "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
+    "CLEENG_PAYMENT_METHOD_ID": (None, str),
+    "REDIRECT_HOSTS": ((), _hosts),
+    "RETRY_BASE_SECONDS": (30.0, _float),
+    "RETRY_MAX_SECONDS": (3600.0, _float),
+    "RETRY_MAX_ATTEMPTS": (12, _int),
+    "JOB_LEASE_SECONDS": (120, _int),
+    "INLINE_FULFIL_SECONDS": (4.0, _float),
+    "HTTP_CONNECT_TIMEOUT": (3.05, _float),
+    "HTTP_READ_TIMEOUT": (15.0, _float),
+    "ALERT_WEBHOOK_URL": (None, _url),
+    "TAX_MODE": ("none", _tax_mode),
+    "TAX_RATES": ({}, _tax_rates),
+    "DEFAULT_LOCALE": ("en", str),
+    "BRAND_NAME": ("Secure checkout", str),
+    "BRAND_SUPPORT_EMAIL": (None, str),
+    "SANDBOX_LATENCY_MS": (0, _int),
+    "SANDBOX_FAULT_RATE": (0.0, _float),
+    "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, _float),
+    "SANDBOX_DATABASE_URL": (None, str),
+}
+
+
+def load_settings(overrides: dict | None = None, environ=None) -> dict:
+    """Read every setting from `overrides` first, then `PORTAL_<NAME>` in the environment."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    result: dict = {}
+    for name, (default, parse) in SETTINGS.items():
+        env_name = f"PORTAL_{name}"
+        if name in overrides:
+            raw = overrides[name]
+        elif env_name in environ and environ[env_name] != "":
+            raw = environ[env_name]
+        else:
+            result[name] = default
+            continue
+        if raw is None:
+            result[name] = None
+            continue
+        try:
+            result[name] = parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{env_name} is malformed: {exc}") from None
+    return result
+
+
+def validate(settings: dict, *, testing: bool) -> None:
+    """Cross-setting rules; raises ConfigError naming the variable."""
+    sandbox = settings["SANDBOX"]
+    if not settings["SECRET_KEY"] and not (sandbox or testing):
+        raise ConfigError("PORTAL_SECRET_KEY is required (set a long random value)")
+    key = settings["STRIPE_SECRET_KEY"] or ""
+    if sandbox and (key.startswith("sk_live_") or key.startswith("rk_live_")):
+        raise ConfigError(
+            "PORTAL_STRIPE_SECRET_KEY is a live key, and PORTAL_SANDBOX=1 refuses live keys"
+        )
+    if not sandbox and not testing:
+        if not key:
+            raise ConfigError("PORTAL_STRIPE_SECRET_KEY is required")
+        if not settings["STRIPE_WEBHOOK_SECRET"]:
+            raise ConfigError("PORTAL_STRIPE_WEBHOOK_SECRET is required")
+    if settings["TAX_MODE"] == "fixed" and not settings["TAX_RATES"]:
+        raise ConfigError("PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)")
+    public = urlsplit(settings["PUBLIC_URL"])
+    if not sandbox and not testing and public.scheme != "https" and public.hostname not in {
+        "127.0.0.1",
+        "localhost",
+    }:
+        raise ConfigError("PORTAL_PUBLIC_URL must be https outside a local run")

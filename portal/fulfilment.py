@@ -1,0 +1,184 @@
+"""Job kinds: telling the platform (fulfil, cancel, payment failed), the expiry sweep, and
+reconciliation with Stripe. Registered with the job queue at import."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from portal import jobs, timeline
+from portal.checkout import reload, sync_session, transition
+from portal.db import db
+from portal.http import UpstreamError, new_session
+from portal.models import Order, OrderState, utcnow
+
+log = logging.getLogger("portal.fulfilment")
+_alert_session = new_session(4)
+
+
+def alert(services, order: Order, message: str) -> None:
+    """An operator must act: an ERROR log line with the order reference, the timeline, and the
+    optional alert webhook."""
+    log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
+    timeline.record(order.id, "alert", message)
+    url = services.settings["ALERT_WEBHOOK_URL"]
+    if url:
+        try:
+            _alert_session.post(
+                url,
+                json={
+                    "text": f"Checkout portal: order {order.reference} ({order.platform} "
+                    f"{order.platform_ref}) needs attention: {message}",
+                    "order": order.reference,
+                    "platform": order.platform,
+                    "platform_ref": order.platform_ref,
+                    "state": str(order.state),
+                },
+                timeout=(3.05, 10),
+            )
+        except Exception:  # noqa: BLE001 - the log line above already carries the alert
+            log.exception("alert webhook failed", extra={"order_id": order.id})
+
+
+def _order(job) -> Order:
+    with db.reader() as session:
+        return session.get(Order, job.order_id)
+
+
+def run_fulfil(services, job) -> None:
+    order = _order(job)
+    if order is None or order.state != OrderState.PAID:
+        return  # already fulfilled, refunded, or resolved by an operator
+    platform = services.platform(order.platform)
+    timeline.record(order.id, "job", f"fulfil attempt {job.attempts}")
+    outcome = platform.fulfil(order, retry=job.attempts > 1)
+    redirect = outcome.redirect_url
+    if redirect and not services.allowed_redirect(redirect):
+        log.warning("platform redirect to a host not in PORTAL_REDIRECT_HOSTS: %s", redirect,
+                    extra={"order_id": order.id})
+        timeline.record(order.id, "alert", "platform redirect host not allowed", {"url": redirect})
+        redirect = None
+    with db.transaction() as session:
+        values = {"fulfilled_at": utcnow(), "failure_reason": None}
+        if redirect:
+            values["redirect_url"] = redirect
+        if transition(session, order.id, OrderState.PAID, OrderState.FULFILLED, **values):
+            timeline.record(order.id, "job", outcome.note or "platform confirmed",
+                            outcome.detail, session=session)
+
+
+def give_up_fulfil(services, job, error: str) -> None:
+    order = _order(job)
+    with db.transaction() as session:
+        moved = transition(
+            session, order.id, OrderState.PAID, OrderState.FULFIL_FAILED, failure_reason=error
+        )
+    if moved:
+        alert(services, reload(order), f"paid but not fulfilled after {job.attempts} attempts: {error}")
+
+
+def run_cancel(services, job) -> None:
+    order = _order(job)
+    if order is None or order.state != OrderState.CANCELLED:
+        return
+    outcome = services.platform(order.platform).cancel(order)
+    if outcome.redirect_url and services.allowed_redirect(outcome.redirect_url):
+        with db.transaction() as session:
+            session.get(Order, order.id).redirect_url = outcome.redirect_url
+    timeline.record(order.id, "job", outcome.note or "platform told: cancelled", outcome.detail)
+
+
+def run_payment_failed(services, job) -> None:
+    order = _order(job)
+    if order is None or order.state != OrderState.PAYMENT_FAILED:
+        return
+    outcome = services.platform(order.platform).payment_failed(order, job.payload.get("reason", ""))
+    timeline.record(order.id, "job", outcome.note or "platform told: payment failed", outcome.detail)
+
+
+def give_up_quietly(services, job, error: str) -> None:
+    order = _order(job)
+    if order is not None:
+        alert(services, order, f"{job.kind} could not be reported to the platform: {error}")
+
+
+def run_expire_sweep(services, job) -> None:
+    """Orders whose Checkout Session should have expired by now: ask Stripe what happened."""
+    cutoff = utcnow() - timedelta(minutes=2)
+    with db.reader() as session:
+        stale = session.scalars(
+            select(Order)
+            .where(
+                Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
+                Order.stripe_session_expires_at < cutoff,
+            )
+            .limit(200)
+        ).all()
+    for order in stale:
+        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        sync_session(services, stripe_session, source="expiry sweep")
+
+
+@dataclass
+class ReconcileReport:
+    since_hours: float
+    sessions: int = 0
+    ours: int = 0
+    not_ours: int = 0
+    paid: int = 0
+    repaired: list[str] = field(default_factory=list)
+    unfulfilled: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("window (hours)", f"{self.since_hours:g}"),
+            ("Checkout Sessions seen", str(self.sessions)),
+            ("  ours", str(self.ours)),
+            ("  not ours", str(self.not_ours)),
+            ("  paid", str(self.paid)),
+            ("orders repaired", str(len(self.repaired))),
+            ("paid, awaiting fulfilment", str(len(self.unfulfilled))),
+        ]
+
+
+def reconcile(services, since_hours: float = 48.0) -> ReconcileReport:
+    """Compare Stripe's Checkout Sessions with our orders and repair what drifted."""
+    report = ReconcileReport(since_hours=since_hours)
+    since = int(time.time() - since_hours * 3600)
+    for stripe_session in services.stripe.list_sessions(since):
+        report.sessions += 1
+        with db.reader() as session:
+            before = session.scalar(
+                select(Order).where(Order.reference == stripe_session.get("client_reference_id"))
+            )
+        if before is None:
+            report.not_ours += 1
+            continue
+        report.ours += 1
+        paid = stripe_session.get("status") == "complete" and stripe_session.get(
+            "payment_status"
+        ) in {"paid", "no_payment_required"}
+        report.paid += int(paid)
+        after = sync_session(services, stripe_session, source="reconciliation")
+        if after is not None and after.state != before.state:
+            report.repaired.append(f"{after.reference}: {before.state} -> {after.state}")
+            timeline.record(after.id, "note", f"reconciliation: {before.state} -> {after.state}")
+        if after is not None and after.state == OrderState.PAID:
+            report.unfulfilled.append(after.reference)
+    return report
+
+
+def run_reconcile(services, job) -> None:
+    report = reconcile(services, job.payload.get("since_hours", 48.0))
+    log.info("reconciliation: %s", dict(report.rows()))
+
+
+jobs.register("fulfil", run_fulfil, give_up=give_up_fulfil)
+jobs.register("cancel", run_cancel, give_up=give_up_quietly)
+jobs.register("payment_failed", run_payment_failed, give_up=give_up_quietly)
+jobs.register("expire_sweep", run_expire_sweep, every_seconds=300)
+jobs.register("reconcile", run_reconcile, every_seconds=3600)

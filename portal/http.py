@@ -1,0 +1,106 @@
+"""Outbound HTTP to the platforms: pooled sessions, explicit timeouts, every call logged.
+
+Each call is written to the order's event log (method, URL without secrets, status, duration) and
+to the application log with the order reference. Retrying is the job queue's business, not this
+module's: a POST that may have reached the platform is never silently repeated here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+log = logging.getLogger("portal.http")
+
+SECRET_QUERY_KEYS = frozenset({"api_key", "key", "token", "access_token", "secret"})
+
+
+class UpstreamError(Exception):
+    """A platform or Stripe call failed. `transient` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+@dataclass
+class CallRecord:
+    method: str
+    url: str
+    status: int | None
+    duration_ms: int
+    error: str | None = None
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    query = [
+        (k, "[redacted]" if k.lower() in SECRET_QUERY_KEYS else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def new_session(pool_size: int = 32) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class HttpClient:
+    """One pooled session per upstream, with connect/read timeouts from settings."""
+
+    def __init__(self, name: str, *, connect_timeout: float, read_timeout: float, recorder=None):
+        self.name = name
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = new_session()
+        # recorder(order_id, CallRecord) writes the call into the order's timeline.
+        self.recorder = recorder
+
+    def request(self, method: str, url: str, *, order_id: int | None = None, **kwargs):
+        kwargs.setdefault("timeout", self.timeout)
+        started = time.monotonic()
+        status = None
+        error = None
+        try:
+            response = self.session.request(method, url, **kwargs)
+            status = response.status_code
+            return response
+        except requests.Timeout as exc:
+            error = "timeout"
+            raise UpstreamError(f"{self.name} timed out", transient=True) from exc
+        except requests.RequestException as exc:
+            error = type(exc).__name__
+            raise UpstreamError(f"{self.name} could not be reached", transient=True) from exc
+        finally:
+            duration_ms = int((time.monotonic() - started) * 1000)
+            safe_url = redact_url(url)
+            log.info(
+                "%s %s %s -> %s in %d ms",
+                self.name,
+                method,
+                safe_url,
+                status if status is not None else error,
+                duration_ms,
+                extra={"order_id": order_id},
+            )
+            if self.recorder is not None and order_id is not None:
+                self.recorder(order_id, CallRecord(method, safe_url, status, duration_ms, error))
+
+
+def classify(response: requests.Response, what: str) -> UpstreamError:
+    """Turn a non-2xx answer into an UpstreamError: 408/425/429/5xx may pass, other 4xx will not."""
+    status = response.status_code
+    transient = status in {408, 425, 429} or status >= 500
+    return UpstreamError(f"{what}: HTTP {status}", transient=transient, status=status)

@@ -1,0 +1,293 @@
+"""The job queue: an outbox table in the orders database, claimed under a lease.
+
+- `enqueue` runs inside the caller's transaction, so a job exists iff the state change that needs
+  it committed. A dedupe key makes a second enqueue of the same purpose a no-op.
+- Claiming is a compare-and-set on the lease (`locked_until`), with `FOR UPDATE SKIP LOCKED` on
+  PostgreSQL so many workers on many hosts never take the same job. A worker that dies mid-job
+  (even SIGKILL) loses nothing: its lease runs out and another worker takes the job.
+- Transient failures retry with exponential back-off and jitter; permanent ones, or too many
+  attempts, stop the job and call the kind's `give_up` (which alerts an operator).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from portal.db import db
+from portal.http import UpstreamError
+from portal.models import Job, JobState, utcnow
+
+log = logging.getLogger("portal.jobs")
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed by trying again."""
+
+
+@dataclass
+class Kind:
+    run: object  # run(services, job) -> None
+    give_up: object | None = None  # give_up(services, job, error: str) -> None
+    every_seconds: float | None = None  # periodic jobs reschedule themselves
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register(name: str, run, *, give_up=None, every_seconds: float | None = None) -> None:
+    KINDS[name] = Kind(run, give_up, every_seconds)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def enqueue(session, kind: str, dedupe_key: str, *, order_id=None, payload=None, run_at=None):
+    """Queue a job in the caller's transaction; a second job with the same key is ignored."""
+    values = {
+        "kind": kind,
+        "dedupe_key": dedupe_key,
+        "order_id": order_id,
+        "payload": payload or {},
+        "state": JobState.QUEUED,
+        "attempts": 0,
+        "run_at": run_at or utcnow(),
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+def _claimable(now):
+    return (Job.state == JobState.QUEUED) & or_(Job.locked_until.is_(None), Job.locked_until < now)
+
+
+def _lease(settings) -> timedelta:
+    return timedelta(seconds=settings["JOB_LEASE_SECONDS"])
+
+
+def claim_due(settings, worker_id: str, limit: int = 10) -> list[Job]:
+    now = utcnow()
+    values = {
+        "locked_by": worker_id,
+        "locked_until": now + _lease(settings),
+        "attempts": Job.attempts + 1,
+        "updated_at": now,
+    }
+    query = (
+        select(Job.id)
+        .where(_claimable(now), Job.run_at <= now)
+        .order_by(Job.run_at, Job.id)
+        .limit(limit)
+    )
+    claimed: list[int] = []
+    if db.is_postgres:
+        with db.transaction() as session:
+            ids = session.scalars(query.with_for_update(skip_locked=True)).all()
+            if ids:
+                session.execute(update(Job).where(Job.id.in_(ids)).values(**values))
+                claimed = list(ids)
+    else:
+        # SQLite has one writer at a time: each claim is its own compare-and-set.
+        with db.reader() as session:
+            ids = session.scalars(query).all()
+        for job_id in ids:
+            with db.transaction() as session:
+                result = session.execute(
+                    update(Job).where(Job.id == job_id, _claimable(now)).values(**values)
+                )
+                if result.rowcount == 1:
+                    claimed.append(job_id)
+    if not claimed:
+        return []
+    with db.reader() as session:
+        return list(session.scalars(select(Job).where(Job.id.in_(claimed)).order_by(Job.id)))
+
+
+def claim_one(settings, job_id: int, worker_id: str) -> Job | None:
+    now = utcnow()
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, _claimable(now))
+            .values(
+                locked_by=worker_id,
+                locked_until=now + _lease(settings),
+                attempts=Job.attempts + 1,
+                updated_at=now,
+            )
+        )
+        if result.rowcount != 1:
+            return None
+    with db.reader() as session:
+        return session.get(Job, job_id)
+
+
+def _finish(job: Job, worker_id: str, **values) -> bool:
+    """Release our lease with a new state; False if the lease was lost to another worker."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.locked_by == worker_id)
+            .values(locked_by=None, locked_until=None, updated_at=utcnow(), **values)
+        )
+        return result.rowcount == 1
+
+
+def backoff_seconds(settings, attempts: int) -> float:
+    base = settings["RETRY_BASE_SECONDS"]
+    delay = min(settings["RETRY_MAX_SECONDS"], base * (2 ** max(attempts - 1, 0)))
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def run_job(services, job: Job, worker_id: str) -> str:
+    """Run one claimed job to an outcome: "done", "retry" or "dead"."""
+    kind = KINDS.get(job.kind)
+    settings = services.settings
+    if kind is None:
+        _finish(job, worker_id, state=JobState.DEAD, last_error=f"unknown job kind {job.kind}")
+        return "dead"
+    started = time.monotonic()
+    try:
+        kind.run(services, job)
+    except Exception as exc:  # noqa: BLE001 - the queue owns every failure
+        return _failed(services, kind, job, worker_id, exc)
+    if kind.every_seconds is not None:
+        _finish(
+            job,
+            worker_id,
+            attempts=0,
+            last_error=None,
+            run_at=utcnow() + timedelta(seconds=kind.every_seconds),
+        )
+    else:
+        _finish(job, worker_id, state=JobState.DONE, last_error=None)
+    log.info(
+        "job %s (%s) done in %d ms",
+        job.id, job.kind, (time.monotonic() - started) * 1000, extra={"order_id": job.order_id},
+    )
+    return "done"
+
+
+def _failed(services, kind: Kind, job: Job, worker_id: str, exc: Exception) -> str:
+    settings = services.settings
+    transient = isinstance(exc, UpstreamError) and exc.transient
+    if not isinstance(exc, UpstreamError | PermanentJobError):
+        log.exception("job %s (%s) crashed", job.id, job.kind, extra={"order_id": job.order_id})
+        transient = True  # a bug or a database hiccup: try again, then give up loudly
+    error = str(exc) or type(exc).__name__
+    if kind.every_seconds is not None:
+        # Periodic work never dies: it waits for its next turn.
+        _finish(
+            job,
+            worker_id,
+            attempts=0,
+            last_error=error,
+            run_at=utcnow() + timedelta(seconds=kind.every_seconds),
+        )
+        log.warning("periodic job %s failed: %s", job.kind, error)
+        return "retry"
+    if transient and job.attempts < settings["RETRY_MAX_ATTEMPTS"]:
+        delay = backoff_seconds(settings, job.attempts)
+        _finish(job, worker_id, run_at=utcnow() + timedelta(seconds=delay), last_error=error)
+        log.warning(
+            "job %s (%s) attempt %d failed: %s; next try in %.1f s",
+            job.id, job.kind, job.attempts, error, delay, extra={"order_id": job.order_id},
+        )
+        return "retry"
+    if _finish(job, worker_id, state=JobState.DEAD, last_error=error) and kind.give_up:
+        kind.give_up(services, job, error)
+    return "dead"
+
+
+_inline_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="inline-job")
+
+
+def job_state(dedupe_key: str) -> Job | None:
+    with db.reader() as session:
+        return session.scalar(select(Job).where(Job.dedupe_key == dedupe_key))
+
+
+def run_inline(services, dedupe_key: str, budget_seconds: float, *, only_if_due=False) -> None:
+    """Run a queued job now, from a request, waiting at most `budget_seconds` for it.
+
+    The job runs on a background thread under our lease, so a slow platform delays the page by
+    the budget at most; the job finishes (or retries later) on its own either way. If a worker
+    already holds it, we just wait for its outcome.
+    """
+    deadline = time.monotonic() + budget_seconds
+    job = job_state(dedupe_key)
+    if job is None or job.state != JobState.QUEUED:
+        return
+    if only_if_due and job.run_at > utcnow():
+        return
+    worker_id = worker_name()
+    claimed = claim_one(services.settings, job.id, worker_id)
+    if claimed is not None:
+        future = _inline_pool.submit(run_job, services, claimed, worker_id)
+        try:
+            future.result(timeout=max(deadline - time.monotonic(), 0.01))
+        except TimeoutError:
+            return
+        return
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        current = job_state(dedupe_key)
+        if current is None or current.state != JobState.QUEUED or current.locked_by is None:
+            return
+
+
+def ensure_periodic_jobs() -> None:
+    with db.transaction() as session:
+        for name, kind in KINDS.items():
+            if kind.every_seconds is not None:
+                enqueue(session, name, f"periodic:{name}")
+
+
+class Worker:
+    """`flask portal worker`: claims due jobs and runs them until stopped (SIGTERM/SIGINT)."""
+
+    def __init__(self, services, *, batch: int = 10, poll_seconds: float = 1.0):
+        self.services = services
+        self.batch = batch
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+        self.worker_id = worker_name()
+
+    def install_signal_handlers(self) -> None:
+        def stop(_signum, _frame):
+            log.info("worker %s stopping after the current job", self.worker_id)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, *, once: bool = False) -> dict[str, int]:
+        ensure_periodic_jobs()
+        counts = {"done": 0, "retry": 0, "dead": 0}
+        while not self.stopping.is_set():
+            jobs = claim_due(self.services.settings, self.worker_id, self.batch)
+            for job in jobs:
+                counts[run_job(self.services, job, self.worker_id)] += 1
+                if self.stopping.is_set():
+                    break
+            if not jobs:
+                if once:
+                    break
+                self.stopping.wait(self.poll_seconds)
+        return counts

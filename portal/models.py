@@ -1,0 +1,208 @@
+"""Database models: orders, their event log, the job outbox, Stripe events seen, used tokens."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops the zone: put it back)."""
+
+    cache_ok = True
+
+    def __init__(self):
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect, coltype):
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value):
+            if parent is not None:
+                value = parent(value)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            return value
+
+        return process
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class OrderState(enum.StrEnum):
+    OPEN = "open"  # created, no Stripe session yet (or the last one expired)
+    PAYING = "paying"  # a Stripe Checkout Session is open for it
+    PROCESSING = "processing"  # checkout completed, payment not yet settled (delayed methods)
+    PAID = "paid"  # money received; fulfilment queued
+    FULFILLED = "fulfilled"  # the platform confirmed
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    PAYMENT_FAILED = "payment_failed"
+    FULFIL_FAILED = "fulfil_failed"  # needs an operator
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+
+PAID_STATES = frozenset(
+    {
+        OrderState.PAID,
+        OrderState.FULFILLED,
+        OrderState.FULFIL_FAILED,
+        OrderState.REFUNDED,
+        OrderState.PARTIALLY_REFUNDED,
+    }
+)
+
+
+def new_reference() -> str:
+    return "ord_" + secrets.token_urlsafe(18)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("platform", "platform_ref", name="uq_orders_platform_ref"),
+        Index("ix_orders_state_updated", "state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(40), unique=True, default=new_reference)
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_ref: Mapped[str] = mapped_column(String(190))
+    state: Mapped[str] = mapped_column(String(24), default=OrderState.OPEN)
+
+    description: Mapped[str] = mapped_column(String(500))
+    sku: Mapped[str | None] = mapped_column(String(190))
+    quantity: Mapped[int] = mapped_column(Integer, default=1)
+    currency: Mapped[str] = mapped_column(String(3))
+    # What the platform says the learner pays before tax (quantity and promo included).
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    list_unit_minor: Mapped[int | None] = mapped_column(BigInteger)
+    promo_code: Mapped[str | None] = mapped_column(String(190))
+    tax_mode: Mapped[str] = mapped_column(String(16), default="none")
+    tax_country: Mapped[str | None] = mapped_column(String(2))
+    tax_rate: Mapped[str | None] = mapped_column(String(16))  # percent as text, e.g. "20"
+    tax_minor: Mapped[int] = mapped_column(BigInteger, default=0)  # quoted (fixed mode)
+
+    customer_email: Mapped[str | None] = mapped_column(String(320))
+    customer_name: Mapped[str | None] = mapped_column(String(300))
+    locale: Mapped[str | None] = mapped_column(String(16))
+    platform_data: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    stripe_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_session_url: Mapped[str | None] = mapped_column(Text)
+    stripe_session_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    session_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount_paid_minor: Mapped[int | None] = mapped_column(BigInteger)
+    tax_paid_minor: Mapped[int | None] = mapped_column(BigInteger)
+    amount_refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    disputed: Mapped[bool] = mapped_column(default=False)
+
+    redirect_url: Mapped[str | None] = mapped_column(Text)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fulfilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    events: Mapped[list[OrderEvent]] = relationship(
+        back_populates="order", order_by="OrderEvent.id", lazy="select"
+    )
+
+    @property
+    def total_minor(self) -> int:
+        """What the learner is asked to pay on the review page (tax included when known)."""
+        return self.amount_minor + (self.tax_minor or 0)
+
+    @property
+    def is_paid(self) -> bool:
+        return self.state in PAID_STATES
+
+
+class OrderEvent(Base):
+    """Append-only timeline: external calls, webhooks, state changes, operator actions."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(24))  # state | http | webhook | job | alert | note
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    order: Mapped[Order] = relationship(back_populates="events")
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    DONE = "done"
+    DEAD = "dead"  # gave up: an operator was alerted
+
+
+class Job(Base):
+    """The outbox: work that must eventually happen, claimed under a lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "state", "run_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # One live job per purpose: "fulfil:42" can be queued only once.
+    dedupe_key: Mapped[str] = mapped_column(String(190), unique=True)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    locked_by: Mapped[str | None] = mapped_column(String(120))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class StripeEvent(Base):
+    """Stripe event ids already handled: a replayed delivery is a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(120))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UsedToken(Base):
+    """JWT ids already accepted (OpenLearning): each `jti` opens one order, once."""
+
+    __tablename__ = "used_tokens"
+
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,48 @@
+"""The platform interface. A platform is one module that knows how to tell its originating system
+that an order was paid (fulfil) or abandoned (cancel). The checkout core calls only this.
+
+Adding a platform means writing a module with a `Platform` subclass and an entry blueprint, and
+listing it in `build_platforms`; the core, the jobs and the webhooks do not change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    """What the platform answered: where to send the learner next, and a note for the timeline."""
+
+    redirect_url: str | None
+    note: str = ""
+    detail: dict = field(default_factory=dict)
+
+
+class Platform(ABC):
+    name: str = ""
+    label: str = ""
+
+    @abstractmethod
+    def fulfil(self, order, *, retry: bool = False) -> Outcome:
+        """Tell the platform the order is paid. Must treat "already done" as success.
+
+        `retry` is set when an earlier attempt may have reached the platform.
+        Raises portal.http.UpstreamError (transient or not) when the platform did not confirm.
+        """
+
+    @abstractmethod
+    def cancel(self, order) -> Outcome:
+        """Tell the platform the learner gave up; returns where to send them."""
+
+    def payment_failed(self, order, reason: str) -> Outcome:
+        """A delayed payment failed after checkout; by default there is nothing to tell."""
+        return Outcome(redirect_url=None, note="nothing to report")
+
+
+def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
+    from portal.platforms.skilljar import SkilljarPlatform
+
+    platforms: list[Platform] = [SkilljarPlatform(settings, recorder)]
+    return {platform.name: platform for platform in platforms}

@@ -1,0 +1,44 @@
+"""The sandbox (`PORTAL_SANDBOX=1`): stand-ins for Stripe and the platforms, served by the portal
+itself under `/sandbox/`, so `make demo` shows a whole purchase on one machine. The portal talks to
+them over real HTTP through the same clients it uses for the real services. Never in production:
+the settings refuse live Stripe keys when the sandbox is on."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from portal.sandbox.store import Store
+
+bp = Blueprint("sandbox", __name__, url_prefix="/sandbox")
+
+
+@bp.get("/")
+def index():
+    store = current_app.extensions["sandbox_store"]
+    sessions = store.list("checkout.session")[:20]
+    calls = store.calls("skilljar")[-20:]
+    return render_template("sandbox/index.html", sessions=sessions, calls=list(reversed(calls)))
+
+
+@bp.post("/control")
+def control():
+    """Tests and benchmarks tune the stand-ins: fault rate, latency, webhook delay."""
+    store = current_app.extensions["sandbox_store"]
+    data = request.get_json(silent=True) or {}
+    allowed = {"skilljar_fault_rate", "skilljar_latency_ms", "webhook_delay_seconds"}
+    unknown = set(data) - allowed
+    if unknown:
+        return jsonify(error={"message": f"unknown controls: {sorted(unknown)}"}), 400
+    for name, value in data.items():
+        store.set_control(name, float(value))
+    return jsonify({name: store.control(name, 0.0) for name in allowed})
+
+
+def init_app(app) -> None:
+    from portal import csrf
+    from portal.sandbox import skilljar_api, stripe_api
+
+    app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
+    for blueprint in (bp, stripe_api.bp, skilljar_api.bp):
+        app.register_blueprint(blueprint)
+        csrf.exempt(blueprint)

@@ -1,0 +1,244 @@
+"""A Skilljar stand-in: the v1 purchase API (shapes from Skilljar's published OpenAPI spec:
+Purchase, PurchaseRequest, PurchaseFulfillmentRequest, PurchaseFulfillment) and a demo academy
+whose "Proceed to Checkout" sends the browser to the portal's Remote Checkout URL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import secrets
+import time
+from datetime import UTC, datetime
+
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+
+from portal.money import format_money
+
+bp = Blueprint("sandbox_skilljar", __name__, url_prefix="/sandbox/skilljar")
+
+OFFERS = {
+    "intro-python": {
+        "sku": "PY-101",
+        "description": "Introduction to Python",
+        "price_cents": 4900,
+        "currency_code": "USD",
+    },
+    "data-team": {
+        "sku": "DS-TEAM",
+        "description": "Data Science for Teams (per seat)",
+        "price_cents": 12000,
+        "currency_code": "EUR",
+    },
+    "ml-tokyo": {
+        "sku": "ML-JP",
+        "description": "Machine Learning Basics (Tokyo cohort)",
+        "price_cents": 8800,
+        "currency_code": "JPY",
+    },
+}
+PROMOS = {"LAUNCH20": 20, "FREE100": 100}
+DEMO_LEARNER = {
+    "id": "u1demo",
+    "email": "ada@example.com",
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "full_name": "Ada Lovelace",
+}
+EDITABLE = {"state", "refunded_at", "refund_cents", "price_cents", "tax_price_cents"}
+FULFIL_FIELDS = {"state", "error_msg", "payment_processor_order_id", "payment_processor_response_data"}
+STATES = {"CREATED", "SUCCESS", "FAILED", "REFUNDED", "CANCELLED", "FLAGGED", "PENDING"}
+
+
+def _store():
+    return current_app.extensions["sandbox_store"]
+
+
+def _settings():
+    return current_app.config["PORTAL"]
+
+
+def new_purchase(offer_id: str, quantity: int = 1, promo: str | None = None) -> dict:
+    offer = OFFERS[offer_id]
+    percent = PROMOS.get((promo or "").upper(), 0)
+    unit = offer["price_cents"]
+    promo_unit = unit - unit * percent // 100
+    purchase_id = secrets.token_hex(8)
+    purchase = {
+        "id": purchase_id,
+        "user": dict(DEMO_LEARNER),
+        "state": "CREATED",
+        "status_msg": "",
+        "purchased_at": None,
+        "refunded_at": None,
+        "refund_cents": None,
+        "payment_processor": "EXTERNAL",
+        "order_id": f"sj{purchase_id[:8]}",
+        "price_cents": promo_unit * quantity,
+        "quantity": quantity,
+        "offer_id": offer_id,
+        "offer_sku": offer["sku"],
+        "offer_description": offer["description"],
+        "offer_price_cents": unit,
+        "promo_code": (promo or "").upper() if percent else "",
+        "promo_code_price_cents": promo_unit if percent else None,
+        "promo_code_percent_off": percent or None,
+        "promo_code_quantity": quantity if percent else None,
+        "tax_price_cents": None,
+        "payment_processor_order_id": "",
+        "payment_processor_response_data": "",
+        "currency_code": offer["currency_code"],
+        "created": int(time.time()),
+    }
+    _store().put("skilljar.purchase", purchase_id, purchase)
+    return purchase
+
+
+def _public(purchase: dict) -> dict:
+    return {k: v for k, v in purchase.items() if k != "created"}
+
+
+# --- the API -------------------------------------------------------------------------------------
+
+
+@bp.before_request
+def api_guard():
+    if not request.path.startswith("/sandbox/skilljar/v1/"):
+        return None
+    store = _store()
+    settings = _settings()
+    latency = store.control("skilljar_latency_ms", settings["SANDBOX_LATENCY_MS"])
+    if latency:
+        time.sleep(latency / 1000)
+    header = request.headers.get("Authorization", "")
+    expected = "Basic " + base64.b64encode(f"{settings['SKILLJAR_API_KEY']}:".encode()).decode()
+    if header != expected:
+        return _answer({"detail": "Invalid API key."}, 401)
+    fault_rate = store.control("skilljar_fault_rate", settings["SANDBOX_FAULT_RATE"])
+    if request.method != "GET" and fault_rate and random.random() < fault_rate:  # noqa: S311
+        return _answer({"detail": "Service unavailable (sandbox fault injection)."}, 503)
+    return None
+
+
+def _answer(body: dict, status: int = 200):
+    _store().log_call(
+        "skilljar", request.method, request.path, request.get_data(as_text=True) or None, status
+    )
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _purchase_or_404(purchase_id: str) -> dict:
+    purchase = _store().get("skilljar.purchase", purchase_id)
+    if purchase is None:
+        abort(_answer({"detail": "Not found."}, 404))
+    return purchase
+
+
+@bp.get("/v1/purchases/<purchase_id>")
+def get_purchase(purchase_id):
+    return _answer(_public(_purchase_or_404(purchase_id)))
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        abort(_answer({"detail": "JSON object expected."}, 400))
+    return data
+
+
+@bp.put("/v1/purchases/<purchase_id>")
+def update_purchase(purchase_id):
+    purchase = _purchase_or_404(purchase_id)
+    data = _json_body()
+    errors = {k: ["This field is read-only or unknown."] for k in data if k not in EDITABLE}
+    for key in ("refund_cents", "price_cents", "tax_price_cents"):
+        if key in data and data[key] is not None and (
+            not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0
+        ):
+            errors[key] = ["A valid non-negative integer is required."]
+    if "state" in data and data["state"] not in STATES:
+        errors["state"] = [f"\"{data['state']}\" is not a valid choice."]
+    if errors:
+        return _answer(errors, 400)
+    purchase.update(data)
+    _store().put("skilljar.purchase", purchase_id, purchase)
+    return _answer(_public(purchase))
+
+
+@bp.post("/v1/purchases/<purchase_id>/fulfill")
+def fulfill(purchase_id):
+    purchase = _purchase_or_404(purchase_id)
+    data = _json_body()
+    errors = {k: ["Unknown field."] for k in data if k not in FULFIL_FIELDS}
+    if data.get("state") not in {"SUCCESS", "FAILED", "CANCELLED"}:
+        errors["state"] = ["One of SUCCESS, FAILED or CANCELLED is required."]
+    for key in FULFIL_FIELDS - {"state"}:
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            errors[key] = ["This field may not be blank."]
+    if errors:
+        return _answer(errors, 400)
+    if purchase["state"] != "CREATED":
+        return _answer({"detail": f"Purchase is already {purchase['state']}."}, 400)
+    purchase["state"] = data["state"]
+    purchase["status_msg"] = data.get("error_msg", "")
+    purchase["payment_processor_order_id"] = data.get("payment_processor_order_id", "")
+    purchase["payment_processor_response_data"] = data.get("payment_processor_response_data", "")
+    if data["state"] == "SUCCESS":
+        purchase["purchased_at"] = datetime.now(UTC).isoformat()
+    _store().put("skilljar.purchase", purchase_id, purchase)
+    public = _settings()["PUBLIC_URL"]
+    if data["state"] == "SUCCESS":
+        redirect_url = f"{public}/sandbox/skilljar/academy/thank-you/{purchase_id}"
+    else:
+        redirect_url = f"{public}/sandbox/skilljar/academy?returned={purchase_id}"
+    return _answer({"redirect_url": redirect_url, "purchase": _public(purchase)})
+
+
+# --- the demo academy -----------------------------------------------------------------------------
+
+
+@bp.get("/academy")
+def academy():
+    returned = request.args.get("returned")
+    purchase = _store().get("skilljar.purchase", returned) if returned else None
+    offers = [
+        {"id": key, **offer, "price": format_money(offer["price_cents"], offer["currency_code"])}
+        for key, offer in OFFERS.items()
+    ]
+    return render_template("sandbox/academy.html", offers=offers, returned=purchase)
+
+
+@bp.post("/academy/checkout")
+def academy_checkout():
+    offer_id = request.form.get("offer", "")
+    if offer_id not in OFFERS:
+        abort(400)
+    try:
+        quantity = int(request.form.get("quantity", "1"))
+    except ValueError:
+        abort(400)
+    if not 1 <= quantity <= 100:
+        abort(400)
+    purchase = new_purchase(offer_id, quantity, request.form.get("promo_code"))
+    public = _settings()["PUBLIC_URL"]
+    return redirect(f"{public}/skilljar/checkout?purchase_id={purchase['id']}", 303)
+
+
+@bp.get("/academy/thank-you/<purchase_id>")
+def thank_you(purchase_id):
+    purchase = _store().get("skilljar.purchase", purchase_id)
+    if purchase is None:
+        abort(404)
+    total = format_money(purchase["price_cents"] + (purchase["tax_price_cents"] or 0),
+                         purchase["currency_code"])
+    return render_template("sandbox/thank_you.html", purchase=purchase, total=total,
+                           response_data=_pretty(purchase["payment_processor_response_data"]))
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except (TypeError, ValueError):
+        return text or ""

@@ -1,0 +1,171 @@
+"""The sandbox's own storage: a separate database (SQLite file by default), shared by every
+gunicorn worker, so the stand-ins behave like one remote service."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from portal.db import make_engine
+
+metadata = MetaData()
+
+objects = Table(
+    "sandbox_objects",
+    metadata,
+    Column("kind", String(40), primary_key=True),
+    Column("id", String(120), primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("created", Integer, nullable=False, index=True),
+)
+
+idempotency = Table(
+    "sandbox_idempotency",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+)
+
+calls = Table(
+    "sandbox_calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("api", String(20), nullable=False),
+    Column("method", String(10), nullable=False),
+    Column("path", String(300), nullable=False),
+    Column("body", Text),
+    Column("status", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+controls = Table(
+    "sandbox_controls",
+    metadata,
+    Column("name", String(60), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
+_engines: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def engine_for(url: str):
+    with _lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url, pool_size=5)
+        return _engines[url]
+
+
+def init_store(url: str) -> None:
+    metadata.create_all(engine_for(url))
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine = engine_for(url)
+        metadata.create_all(self.engine)
+
+    def get(self, kind: str, object_id: str) -> dict | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(objects.c.data).where(objects.c.kind == kind, objects.c.id == object_id)
+            ).first()
+        return dict(row.data) if row else None
+
+    def put(self, kind: str, object_id: str, data: dict, connection=None) -> None:
+        def write(conn):
+            result = conn.execute(
+                update(objects)
+                .where(objects.c.kind == kind, objects.c.id == object_id)
+                .values(data=data)
+            )
+            if result.rowcount == 0:
+                conn.execute(
+                    insert(objects).values(
+                        kind=kind, id=object_id, data=data, created=int(data.get("created") or time.time())
+                    )
+                )
+
+        if connection is not None:
+            write(connection)
+            return
+        with self.engine.begin() as conn:
+            write(conn)
+
+    def list(self, kind: str, *, created_gte: int = 0) -> list[dict]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(objects.c.data)
+                .where(objects.c.kind == kind, objects.c.created >= created_gte)
+                .order_by(objects.c.created.desc(), objects.c.id.desc())
+            ).all()
+        return [dict(r.data) for r in rows]
+
+    # Idempotency: the first answer under a key is the answer for every retry with that key.
+    def remembered(self, key: str):
+        with self.engine.connect() as connection:
+            return connection.execute(select(idempotency).where(idempotency.c.key == key)).first()
+
+    def remember(self, connection, key: str, request_hash: str, response: dict, status: int):
+        connection.execute(
+            insert(idempotency).values(
+                key=key, request_hash=request_hash, response=json.dumps(response), status=status
+            )
+        )
+
+    def log_call(self, api: str, method: str, path: str, body: str | None, status: int) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(calls).values(
+                    api=api, method=method, path=path, body=body, status=status, at=time.time()
+                )
+            )
+
+    def calls(self, api: str | None = None) -> list[dict]:
+        query = select(calls).order_by(calls.c.id)
+        if api:
+            query = query.where(calls.c.api == api)
+        with self.engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(query)]
+
+    def control(self, name: str, default: float) -> float:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(controls.c.value).where(controls.c.name == name)).first()
+        return row.value if row else default
+
+    def set_control(self, name: str, value: float) -> None:
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(controls).where(controls.c.name == name).values(value=value)
+            )
+            if result.rowcount == 0:
+                try:
+                    connection.execute(insert(controls).values(name=name, value=value))
+                except IntegrityError:
+                    connection.execute(
+                        update(controls).where(controls.c.name == name).values(value=value)
+                    )
+
+    def reset(self) -> None:
+        with self.engine.begin() as connection:
+            for table in (objects, idempotency, calls, controls):
+                connection.execute(delete(table))

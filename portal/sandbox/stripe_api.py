@@ -1,0 +1,494 @@
+"""A Stripe stand-in: the Checkout Session API the portal uses, a hosted payment page with test
+cards, and signed webhooks. The portal reaches it through the real `stripe` SDK.
+
+It refuses parameters real Stripe would refuse: request bodies are checked against the SDK's own
+typed parameter definitions (`stripe.params.checkout.SessionCreateParams`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+import typing
+from datetime import date
+
+import requests
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from sqlalchemy.exc import IntegrityError
+
+from portal.money import normalise_currency
+
+log = logging.getLogger("portal.sandbox.stripe")
+bp = Blueprint("sandbox_stripe", __name__, url_prefix="/sandbox/stripe")
+
+TEST_CARDS = {
+    "4242424242424242": None,  # succeeds
+    "4000000000000002": "Your card was declined.",
+    "4000000000009995": "Your card has insufficient funds.",
+}
+# Stand-in for Stripe Tax: percent by customer country.
+SANDBOX_TAX = {"GB": 20, "DE": 19, "FR": 20, "NL": 21, "AU": 10, "JP": 10}
+
+
+class StripeInputError(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code=None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.code = code
+
+
+def _store():
+    return current_app.extensions["sandbox_store"]
+
+
+def _settings():
+    return current_app.config["PORTAL"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+# --- form decoding and validation ------------------------------------------------------------
+
+
+def decode_form(pairs) -> dict:
+    """`line_items[0][price_data][currency]=usd` -> nested dicts and lists, as Stripe reads it."""
+    root: dict = {}
+    for raw_key, value in pairs:
+        parts = raw_key.replace("]", "").split("[")
+        node = root
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise StripeInputError(f"Invalid parameter {raw_key}", raw_key)
+    return _lists(root)
+
+
+def _lists(node):
+    if isinstance(node, dict):
+        node = {k: _lists(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[k] for k in sorted(node, key=int)]
+    return node
+
+
+_LOCALNS = {"StripeContext": object, "Mapping": typing.Mapping}
+
+
+def check_params(value, annotation, path: str) -> None:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.NotRequired, typing.Required):
+        return check_params(value, args[0], path)
+    if typing.is_typeddict(annotation):
+        if not isinstance(value, dict):
+            raise StripeInputError(f"Invalid object for {path}", path)
+        hints = typing.get_type_hints(annotation, localns=_LOCALNS, include_extras=True)
+        for key, item in value.items():
+            name = f"{path}[{key}]" if path else key
+            if key not in hints or key in {"api_key", "stripe_account", "idempotency_key"}:
+                raise StripeInputError(f"Received unknown parameter: {name}", name)
+            check_params(item, hints[key], name)
+        return None
+    if origin is typing.Union:
+        problems = []
+        for option in args:
+            try:
+                check_params(value, option, path)
+                return None
+            except StripeInputError as exc:
+                problems.append(exc)
+        raise problems[0]
+    if origin is typing.Literal:
+        if str(value) not in {str(a) for a in args}:
+            raise StripeInputError(f"Invalid {path}: must be one of {', '.join(map(str, args))}", path)
+        return None
+    if origin in (list, typing.List):  # noqa: UP006 - comparing with the SDK's own annotation
+        if value == "":
+            return None
+        if not isinstance(value, list):
+            raise StripeInputError(f"Invalid array for {path}", path)
+        for index, item in enumerate(value):
+            check_params(item, args[0], f"{path}[{index}]")
+        return None
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        if not isinstance(value, dict):
+            raise StripeInputError(f"Invalid hash for {path}", path)
+        return None
+    if annotation is int:
+        if not isinstance(value, str) or not value.lstrip("-").isdigit():
+            raise StripeInputError(f"Invalid integer: {value}", path)
+        return None
+    if annotation is bool:
+        if value not in {"true", "false"}:
+            raise StripeInputError(f"Invalid boolean: {value}", path)
+        return None
+    if annotation is str and not isinstance(value, str):
+        raise StripeInputError(f"Invalid string for {path}", path)
+    return None
+
+
+def _create_params_type():
+    from stripe.params.checkout._session_create_params import SessionCreateParams
+
+    return SessionCreateParams
+
+
+# --- API plumbing -------------------------------------------------------------------------------
+
+
+@bp.before_request
+def authenticate():
+    if request.path.startswith("/sandbox/stripe/v1/"):
+        header = request.headers.get("Authorization", "")
+        if header != f"Bearer {_settings()['STRIPE_SECRET_KEY']}":
+            return _error(StripeInputError("Invalid API Key provided.", status=401))
+    return None
+
+
+def _error(exc: StripeInputError):
+    body = {"error": {"type": "invalid_request_error", "message": exc.message}}
+    if exc.param:
+        body["error"]["param"] = exc.param
+    if exc.code:
+        body["error"]["code"] = exc.code
+    return jsonify(body), exc.status
+
+
+@bp.errorhandler(StripeInputError)
+def input_error(exc):
+    return _error(exc)
+
+
+def _session(session_id: str) -> dict:
+    session = _store().get("checkout.session", session_id)
+    if session is None:
+        raise StripeInputError(
+            f"No such checkout.session: '{session_id}'", "id", status=404, code="resource_missing"
+        )
+    if session["status"] == "open" and session["expires_at"] <= int(time.time()):
+        session["status"] = "expired"
+        session["url"] = None
+        _store().put("checkout.session", session_id, session)
+        send_event("checkout.session.expired", session)
+    return session
+
+
+@bp.post("/v1/checkout/sessions")
+def create_session():
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    if key:
+        previous = _store().remembered(key)
+        if previous is not None:
+            if previous.request_hash != digest:
+                raise StripeInputError(
+                    "Keys for idempotent requests can only be used with the same parameters "
+                    "they were first used with.",
+                    code="idempotency_error",
+                )
+            return current_app.response_class(
+                previous.response, status=previous.status, mimetype="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+    check_params(params, _create_params_type(), "")
+    session = build_session(params)
+    store = _store()
+    try:
+        with store.engine.begin() as connection:
+            if key:
+                store.remember(connection, key, digest, session, 200)
+            store.put("checkout.session", session["id"], session, connection)
+    except IntegrityError:
+        previous = store.remembered(key)  # a concurrent retry with the same key won
+        return current_app.response_class(previous.response, status=previous.status,
+                                          mimetype="application/json")
+    return jsonify(session)
+
+
+def build_session(params: dict) -> dict:
+    mode = params.get("mode")
+    if mode != "payment":
+        raise StripeInputError("The sandbox supports mode=payment only.", "mode")
+    for required in ("success_url", "line_items"):
+        if not params.get(required):
+            raise StripeInputError(f"Missing required param: {required}.", required)
+    now = int(time.time())
+    expires_at = int(params.get("expires_at") or now + 24 * 3600)
+    if not now + 30 * 60 - 5 <= expires_at <= now + 24 * 3600:
+        raise StripeInputError(
+            "The `expires_at` timestamp must be between 30 minutes and 24 hours from now.",
+            "expires_at",
+        )
+    currency = None
+    subtotal = 0
+    items = []
+    for index, item in enumerate(params["line_items"]):
+        price = item.get("price_data")
+        if not price:
+            raise StripeInputError("The sandbox needs price_data on each line item.",
+                                   f"line_items[{index}][price_data]")
+        item_currency = price.get("currency", "")
+        try:
+            normalise_currency(item_currency)
+        except ValueError:
+            raise StripeInputError(f"Invalid currency: {item_currency}",
+                                   f"line_items[{index}][price_data][currency]") from None
+        if item_currency != item_currency.lower():
+            raise StripeInputError("Currency must be lowercase", "currency")
+        if currency and item_currency != currency:
+            raise StripeInputError("All line items must share one currency.", "line_items")
+        currency = item_currency
+        unit_amount = int(price.get("unit_amount", "-1"))
+        quantity = int(item.get("quantity", "0"))
+        if unit_amount < 0 or quantity < 1:
+            raise StripeInputError("Invalid amount or quantity.", f"line_items[{index}]")
+        subtotal += unit_amount * quantity
+        items.append({
+            "description": (price.get("product_data") or {}).get("name", ""),
+            "quantity": quantity,
+            "amount_total": unit_amount * quantity,
+            "currency": currency,
+        })
+    automatic_tax = (params.get("automatic_tax") or {}).get("enabled") == "true"
+    session_id = new_id("cs")
+    public = _settings()["PUBLIC_URL"]
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "livemode": False,
+        "mode": "payment",
+        "status": "open",
+        "payment_status": "unpaid",
+        "created": now,
+        "expires_at": expires_at,
+        "currency": currency,
+        "amount_subtotal": subtotal,
+        "amount_total": subtotal,
+        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "automatic_tax": {"enabled": automatic_tax, "status": None},
+        "client_reference_id": params.get("client_reference_id"),
+        "customer_email": params.get("customer_email"),
+        "customer_details": None,
+        "locale": params.get("locale"),
+        "metadata": params.get("metadata") or {},
+        "payment_intent": None,
+        "payment_intent_data": params.get("payment_intent_data") or {},
+        "success_url": params["success_url"],
+        "cancel_url": params.get("cancel_url"),
+        "url": f"{public}/sandbox/stripe/pay/{session_id}",
+        "sandbox_line_items": items,
+    }
+
+
+@bp.get("/v1/checkout/sessions/<session_id>")
+def retrieve_session(session_id):
+    return jsonify(_public(_session(session_id)))
+
+
+@bp.post("/v1/checkout/sessions/<session_id>/expire")
+def expire_session(session_id):
+    session = _session(session_id)
+    if session["status"] != "open":
+        raise StripeInputError(
+            f"Only Checkout Sessions with a status of `open` can be expired. This session has a "
+            f"status of `{session['status']}`.",
+        )
+    session.update(status="expired", url=None)
+    _store().put("checkout.session", session_id, session)
+    send_event("checkout.session.expired", session)
+    return jsonify(_public(session))
+
+
+@bp.get("/v1/checkout/sessions")
+def list_sessions():
+    params = decode_form(request.args.items(multi=True))
+    created = params.get("created") or {}
+    gte = int(created.get("gte", 0)) if isinstance(created, dict) else int(created)
+    limit = min(int(params.get("limit", 10)), 100)
+    sessions = _store().list("checkout.session", created_gte=gte)
+    after = params.get("starting_after")
+    if after:
+        ids = [s["id"] for s in sessions]
+        sessions = sessions[ids.index(after) + 1:] if after in ids else []
+    page = sessions[:limit]
+    return jsonify({
+        "object": "list",
+        "url": "/v1/checkout/sessions",
+        "has_more": len(sessions) > limit,
+        "data": [_public(s) for s in page],
+    })
+
+
+@bp.get("/v1/payment_intents/<intent_id>")
+def retrieve_payment_intent(intent_id):
+    intent = _store().get("payment_intent", intent_id)
+    if intent is None:
+        raise StripeInputError(f"No such payment_intent: '{intent_id}'", "id", status=404,
+                               code="resource_missing")
+    return jsonify(intent)
+
+
+def _public(session: dict) -> dict:
+    return {k: v for k, v in session.items() if not k.startswith(("sandbox_", "payment_intent_data"))}
+
+
+# --- the hosted payment page -------------------------------------------------------------------
+
+
+def _page(session: dict, error: str | None = None, form=None, status: int = 200):
+    return render_template(
+        "sandbox/stripe_pay.html", session=session, error=error, form=form or {},
+        tax_countries=sorted(SANDBOX_TAX) + ["US"],
+    ), status
+
+
+@bp.get("/pay/<session_id>")
+def pay_page(session_id):
+    try:
+        session = _session(session_id)
+    except StripeInputError:
+        abort(404)
+    return _page(session)
+
+
+def _card_problem(form) -> str | None:
+    number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
+    expiry = form.get("expiry", "").replace(" ", "")
+    cvc = form.get("cvc", "").strip()
+    month, _, year = expiry.partition("/")
+    if not (month.isdigit() and year.isdigit() and 1 <= int(month) <= 12):
+        return "Your card's expiration date is incomplete."
+    year_full = 2000 + int(year) if len(year) == 2 else int(year)
+    today = date.today()
+    if (year_full, int(month)) < (today.year, today.month):
+        return "Your card's expiration year is in the past."
+    if not (cvc.isdigit() and len(cvc) in (3, 4)):
+        return "Your card's security code is incomplete."
+    if number not in TEST_CARDS:
+        return "Your card number is incorrect. In the sandbox use 4242 4242 4242 4242."
+    return TEST_CARDS[number]
+
+
+@bp.post("/pay/<session_id>")
+def pay(session_id):
+    try:
+        session = _session(session_id)
+    except StripeInputError:
+        abort(404)
+    if session["status"] != "open":
+        return _page(session, "This checkout session is no longer open.", status=409)
+    form = request.form
+    email = (form.get("email") or session.get("customer_email") or "").strip()
+    if "@" not in email:
+        return _page(session, "Your email address is incomplete.", form, 400)
+    problem = _card_problem(form)
+    if problem:
+        return _page(session, problem, form, 402)
+    country = (form.get("country") or "US").upper()
+    tax = 0
+    if session["automatic_tax"]["enabled"]:
+        tax = session["amount_subtotal"] * SANDBOX_TAX.get(country, 0) // 100
+        session["automatic_tax"]["status"] = "complete"
+    intent_id = new_id("pi")
+    charge_id = new_id("ch")
+    total = session["amount_subtotal"] + tax
+    number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
+    _store().put("payment_intent", intent_id, {
+        "id": intent_id, "object": "payment_intent", "amount": total, "amount_received": total,
+        "currency": session["currency"], "status": "succeeded", "latest_charge": charge_id,
+        "metadata": (session.get("payment_intent_data") or {}).get("metadata") or {},
+        "created": int(time.time()),
+    })
+    _store().put("charge", charge_id, {
+        "id": charge_id, "object": "charge", "amount": total, "amount_refunded": 0,
+        "currency": session["currency"], "payment_intent": intent_id, "paid": True,
+        "payment_method_details": {"type": "card", "card": {"brand": "visa", "last4": number[-4:]}},
+        "created": int(time.time()),
+    })
+    session.update(
+        status="complete",
+        payment_status="paid",
+        payment_intent=intent_id,
+        amount_total=total,
+        url=None,
+        customer_details={"email": email, "name": form.get("name") or None,
+                          "address": {"country": country}},
+    )
+    session["total_details"]["amount_tax"] = tax
+    _store().put("checkout.session", session_id, session)
+    send_event("checkout.session.completed", session)
+    return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+
+def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def build_event(event_type: str, obj: dict) -> dict:
+    return {
+        "id": new_id("evt"),
+        "object": "event",
+        "api_version": "2025-01-27.acacia",
+        "created": int(time.time()),
+        "livemode": False,
+        "pending_webhooks": 1,
+        "type": event_type,
+        "data": {"object": _public(obj)},
+    }
+
+
+def deliver(url: str, secret: str, event: dict, attempts: int = 5) -> int | None:
+    """POST a signed event like Stripe does, retrying a few times on failure."""
+    payload = json.dumps(event)
+    status = None
+    for attempt in range(attempts):
+        try:
+            response = requests.post(
+                url, data=payload, timeout=(3.05, 30),
+                headers={"Content-Type": "application/json",
+                         "Stripe-Signature": sign(payload, secret)},
+            )
+            status = response.status_code
+            if response.ok:
+                return status
+        except requests.RequestException as exc:
+            log.warning("sandbox webhook %s to %s failed: %s", event["type"], url, exc)
+        time.sleep(min(2 ** attempt, 10))
+    return status
+
+
+def send_event(event_type: str, obj: dict) -> dict:
+    """Record an event and deliver it after the configured delay (negative: don't deliver)."""
+    settings = _settings()
+    event = build_event(event_type, obj)
+    _store().put("event", event["id"], event)
+    delay = _store().control("webhook_delay_seconds", settings["SANDBOX_WEBHOOK_DELAY_SECONDS"])
+    if delay >= 0:
+        url = settings["PUBLIC_URL"] + "/webhooks/stripe"
+        secret = settings["STRIPE_WEBHOOK_SECRET"][0]
+
+        def later():
+            time.sleep(delay)
+            deliver(url, secret, event)
+
+        threading.Thread(target=later, daemon=True, name="sandbox-webhook").start()
+    return event

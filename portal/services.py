@@ -1,0 +1,63 @@
+"""The services the core works with, built once per app: settings, Stripe, the platforms.
+
+The checkout core, the jobs and the webhook handler take a `Services` argument instead of reaching
+into Flask, so they run the same from a request, the worker, the CLI or a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from portal.platforms import Platform, build_platforms
+from portal.stripe_gateway import StripeGateway
+from portal.timeline import record_call
+
+
+@dataclass
+class Services:
+    settings: dict
+    stripe: StripeGateway
+    platforms: dict[str, Platform]
+    redirect_hosts: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def public_url(self) -> str:
+        return self.settings["PUBLIC_URL"]
+
+    def url(self, path: str) -> str:
+        return self.public_url + path
+
+    def platform(self, name: str) -> Platform:
+        return self.platforms[name]
+
+    def allowed_redirect(self, url: str | None) -> str | None:
+        """The URL if it is http(s) to an allow-listed host, else None."""
+        if not url:
+            return None
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in {"https", "http"} or not host:
+            return None
+        if parts.scheme == "http" and host not in {"127.0.0.1", "localhost"}:
+            return None
+        return url if host in self.redirect_hosts else None
+
+
+def build_services(settings: dict) -> Services:
+    gateway = StripeGateway(
+        settings["STRIPE_SECRET_KEY"],
+        settings["STRIPE_API_BASE"],
+        connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
+        read_timeout=max(settings["HTTP_READ_TIMEOUT"], 30.0),
+        recorder=record_call,
+    )
+    hosts = set(settings["REDIRECT_HOSTS"])
+    if settings["SANDBOX"]:
+        hosts.add(urlsplit(settings["PUBLIC_URL"]).hostname or "")
+    return Services(
+        settings=settings,
+        stripe=gateway,
+        platforms=build_platforms(settings, record_call),
+        redirect_hosts=frozenset(h for h in hosts if h),
+    )

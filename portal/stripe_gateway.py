@@ -1,0 +1,190 @@
+"""Stripe: Checkout Sessions through the official SDK, pointed at `PORTAL_STRIPE_API_BASE`.
+
+The same code talks to real Stripe (test or live mode) and to the sandbox stand-in. Every call is
+timed and written to the order's timeline; the secret key never reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import stripe
+
+from portal.http import CallRecord, UpstreamError, new_session
+
+log = logging.getLogger("portal.stripe")
+
+# Stripe Checkout's own list of locales; anything else falls back to "auto".
+CHECKOUT_LOCALES = frozenset(
+    "bg cs da de el en en-GB es es-419 et fi fil fr fr-CA hr hu id it ja ko lt lv ms mt nb nl pl "
+    "pt pt-BR ro ru sk sl sv th tr vi zh zh-HK zh-TW".split()
+)
+
+
+def checkout_locale(locale: str | None) -> str:
+    if not locale:
+        return "auto"
+    locale = locale.replace("_", "-")
+    if locale in CHECKOUT_LOCALES:
+        return locale
+    base = locale.split("-")[0]
+    return base if base in CHECKOUT_LOCALES else "auto"
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """What a Checkout Session is created from: our authoritative order, nothing from a browser."""
+
+    order_reference: str
+    platform: str
+    description: str
+    sku: str | None
+    currency: str
+    amount_minor: int
+    tax_minor: int
+    tax_label: str | None
+    automatic_tax: bool
+    customer_email: str | None
+    locale: str | None
+    success_url: str
+    cancel_url: str
+    expires_at: datetime
+    idempotency_key: str
+
+
+class StripeGateway:
+    def __init__(
+        self,
+        secret_key: str,
+        api_base: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        recorder=None,
+    ):
+        http_client = stripe.RequestsClient(
+            timeout=(connect_timeout, read_timeout), session=new_session(64)
+        )
+        # The SDK retries network errors and 429/409 with back-off, re-sending the same
+        # idempotency key, so a retried create never makes a second session.
+        self.client = stripe.StripeClient(
+            secret_key or "sk_test_unset",
+            base_addresses={"api": api_base},
+            http_client=http_client,
+            max_network_retries=2,
+        )
+        self.recorder = recorder
+
+    def _call(self, what: str, order_id: int | None, func, *args, **kwargs):
+        started = time.monotonic()
+        status = None
+        error = None
+        try:
+            result = func(*args, **kwargs)
+            status = 200
+            # Plain dicts from here on: the core reads fields, it does not need SDK objects.
+            return result.to_dict() if hasattr(result, "to_dict") else result
+        except stripe.StripeError as exc:
+            status = exc.http_status
+            error = type(exc).__name__
+            transient = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (
+                status is not None and status >= 500
+            )
+            raise UpstreamError(
+                f"Stripe {what} failed: {exc.user_message or error}",
+                transient=transient,
+                status=status,
+            ) from exc
+        finally:
+            duration_ms = int((time.monotonic() - started) * 1000)
+            log.info(
+                "stripe %s -> %s in %d ms",
+                what,
+                status if status is not None else error,
+                duration_ms,
+                extra={"order_id": order_id},
+            )
+            if self.recorder is not None and order_id is not None:
+                self.recorder(
+                    order_id, CallRecord("STRIPE", what, status, duration_ms, error)
+                )
+
+    def create_session(self, request: CheckoutRequest, *, order_id: int | None = None):
+        product_data: dict = {"name": request.description[:250]}
+        if request.sku:
+            product_data["metadata"] = {"sku": request.sku}
+        price_data: dict = {
+            "currency": request.currency.lower(),
+            "unit_amount": request.amount_minor,
+            "product_data": product_data,
+        }
+        if request.automatic_tax:
+            price_data["tax_behavior"] = "exclusive"
+        line_items = [{"quantity": 1, "price_data": price_data}]
+        if request.tax_minor:
+            line_items.append(
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": request.tax_minor,
+                        "product_data": {"name": request.tax_label or "Tax"},
+                    },
+                }
+            )
+        metadata = {"order_reference": request.order_reference, "platform": request.platform}
+        params: dict = {
+            "mode": "payment",
+            "line_items": line_items,
+            "client_reference_id": request.order_reference,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": int(request.expires_at.timestamp()),
+            "locale": checkout_locale(request.locale),
+        }
+        if request.customer_email:
+            params["customer_email"] = request.customer_email
+        if request.automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+            params["billing_address_collection"] = "required"
+        return self._call(
+            "checkout.sessions.create",
+            order_id,
+            self.client.v1.checkout.sessions.create,
+            params=params,
+            options={"idempotency_key": request.idempotency_key},
+        )
+
+    def retrieve_session(self, session_id: str, *, order_id: int | None = None):
+        return self._call(
+            "checkout.sessions.retrieve",
+            order_id,
+            self.client.v1.checkout.sessions.retrieve,
+            session_id,
+        )
+
+    def expire_session(self, session_id: str, *, order_id: int | None = None):
+        return self._call(
+            "checkout.sessions.expire",
+            order_id,
+            self.client.v1.checkout.sessions.expire,
+            session_id,
+        )
+
+    def list_sessions(self, created_since: int):
+        """Every Checkout Session created since a Unix time, across pages."""
+        params: dict = {"created": {"gte": created_since}, "limit": 100}
+        while True:
+            page = self._call(
+                "checkout.sessions.list", None, self.client.v1.checkout.sessions.list,
+                params=params,
+            )
+            yield from page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return
+            params = {**params, "starting_after": page["data"][-1]["id"]}

@@ -1,0 +1,170 @@
+"""Learner-facing order pages (review, pay, return, status, cancel) and the health check.
+
+Views stay thin: they parse input, call one function of `portal.checkout`, and render or redirect.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from babel import Locale, UnknownLocaleError
+from babel.localedata import locale_identifiers
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from portal import checkout
+from portal.db import db
+from portal.models import Order, OrderState
+from portal.money import format_money
+
+bp = Blueprint("orders", __name__)
+
+REFERENCE = re.compile(r"ord_[A-Za-z0-9_-]{10,40}")
+
+
+def services():
+    return current_app.extensions["portal"]
+
+
+@functools.cache
+def _known_locales() -> list[str]:
+    return locale_identifiers()
+
+
+def learner_locale() -> str:
+    default = services().settings["DEFAULT_LOCALE"]
+    preferred = [lang.replace("-", "_") for lang, _q in request.accept_languages]
+    match = Locale.negotiate(preferred, _known_locales(), sep="_") if preferred else None
+    return str(match) if match else default
+
+
+def money(order: Order, amount_minor: int | None, locale: str | None = None) -> str:
+    return format_money(amount_minor or 0, order.currency, locale or order.locale or "en")
+
+
+def _reference(reference: str) -> str:
+    if not REFERENCE.fullmatch(reference):
+        abort(404)
+    return reference
+
+
+def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
+    settings = services().settings
+    locale = order.locale or learner_locale()
+    country = request.args.get("country") or None
+    try:
+        quote = checkout.quote_tax(settings, order, country)
+    except checkout.CheckoutError:
+        quote = checkout.quote_tax(settings, order, None)
+    promo_saving = None
+    if order.promo_code and order.list_unit_minor is not None:
+        promo_saving = order.list_unit_minor * order.quantity - order.amount_minor
+        if promo_saving <= 0:
+            promo_saving = None
+    return (
+        render_template(
+            "review.html",
+            order=order,
+            quote=quote,
+            countries=checkout.tax_countries(settings),
+            promo_saving=promo_saving,
+            cancelled=cancelled,
+            fmt=lambda amount: money(order, amount, locale),
+            total_minor=order.amount_minor + quote.amount_minor,
+        ),
+        status,
+    )
+
+
+def show_order(order: Order):
+    return _follow(checkout.next_for_status(services(), order))
+
+
+def _follow(next_step: checkout.Next):
+    if next_step.redirect_url:
+        return redirect(next_step.redirect_url, code=303)
+    order = next_step.order
+    if next_step.page == "review":
+        return render_review(order)
+    return redirect(url_for("orders.status", reference=order.reference), code=303)
+
+
+@bp.get("/orders/<reference>")
+def review(reference):
+    order = checkout.load_order(_reference(reference))
+    if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
+        return show_order(order)
+    return render_review(order)
+
+
+@bp.get("/orders/<reference>/cancelled")
+def cancelled(reference):
+    """Stripe's cancel_url: the learner chose "back" on the payment page."""
+    order = checkout.load_order(_reference(reference))
+    if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
+        return show_order(order)
+    return render_review(order, cancelled=True)
+
+
+@bp.post("/orders/<reference>/pay")
+def pay(reference):
+    country = request.form.get("country") or None
+    next_step = checkout.start_payment(services(), _reference(reference), country)
+    return _follow(next_step)
+
+
+@bp.post("/orders/<reference>/cancel")
+def cancel(reference):
+    return _follow(checkout.cancel_order(services(), _reference(reference)))
+
+
+@bp.get("/orders/<reference>/return")
+def stripe_return(reference):
+    """Stripe's success_url. The session id in the query is only a hint; Stripe is asked."""
+    next_step = checkout.handle_return(
+        services(), _reference(reference), request.args.get("session_id")
+    )
+    return _follow(next_step)
+
+
+@bp.get("/orders/<reference>/status")
+def status(reference):
+    next_step = checkout.refresh_status(services(), _reference(reference))
+    if next_step.redirect_url:
+        return redirect(next_step.redirect_url, code=303)
+    order = next_step.order
+    waiting = order.state in {OrderState.PAID, OrderState.PROCESSING}
+    locale = order.locale or learner_locale()
+    response = current_app.make_response(
+        render_template(
+            "status.html",
+            order=order,
+            waiting=waiting,
+            continue_url=services().allowed_redirect(order.redirect_url),
+            fmt=lambda amount: money(order, amount, locale),
+        )
+    )
+    if waiting:
+        # No JavaScript needed: the page asks again by itself.
+        response.headers["Refresh"] = "3"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/healthz")
+def healthz():
+    try:
+        db.ping()
+    except Exception:  # noqa: BLE001 - any failure means "not healthy"
+        current_app.logger.exception("health check: database unreachable")
+        return jsonify(status="unavailable", database="unreachable"), 503
+    return jsonify(status="ok", database="ok")

@@ -1,0 +1,138 @@
+"""`POST /webhooks/stripe`: signature and timestamp first, then each event id once.
+
+The handler re-fetches the Checkout Session from Stripe (an event body is only a hint) and calls
+the same `sync_session` as the return page; the platform call itself runs as a job, so Stripe gets
+its answer quickly. Database trouble answers 503 so that Stripe delivers again later.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import stripe
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from portal import checkout, timeline
+from portal.db import db
+from portal.http import UpstreamError
+from portal.models import Order, OrderState, StripeEvent, utcnow
+
+log = logging.getLogger("portal.webhooks")
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+TOLERANCE_SECONDS = 300
+SESSION_EVENTS = {
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+}
+
+
+def verify(payload: bytes, signature: str | None, secrets: tuple[str, ...]):
+    """The event if any configured secret (rotation: old and new) signed it, else None."""
+    if not signature:
+        return None
+    for secret in secrets:
+        try:
+            return stripe.Webhook.construct_event(payload, signature, secret, TOLERANCE_SECONDS)
+        except stripe.SignatureVerificationError:
+            continue
+    return None
+
+
+def _seen(event_id: str) -> bool:
+    with db.reader() as session:
+        return session.get(StripeEvent, event_id) is not None
+
+
+def _remember(event, order_id: int | None) -> None:
+    try:
+        with db.transaction() as session:
+            session.add(StripeEvent(id=event.id, type=event.type, order_id=order_id))
+    except IntegrityError:
+        pass  # a concurrent delivery of the same event got there first
+
+
+def _order_by_payment_intent(payment_intent: str | None) -> Order | None:
+    if not payment_intent:
+        return None
+    with db.reader() as session:
+        return session.scalar(select(Order).where(Order.stripe_payment_intent_id == payment_intent))
+
+
+def handle_event(services, event) -> tuple[str, int | None]:
+    """Apply one verified event; returns (what happened, order id)."""
+    obj = event.data.object.to_dict()
+    if event.type in SESSION_EVENTS:
+        stripe_session = services.stripe.retrieve_session(obj["id"])
+        order = None
+        if event.type == "checkout.session.async_payment_failed":
+            order = checkout.payment_failed(services, stripe_session, "The payment did not go through.")
+        else:
+            order = checkout.sync_session(services, stripe_session, source=f"webhook {event.type}")
+        if order is None:
+            return "ignored: not our session", None
+        timeline.record(order.id, "webhook", event.type, {"event": event.id})
+        return f"order {order.state}", order.id
+    if event.type == "charge.refunded":
+        order = _order_by_payment_intent(obj.get("payment_intent"))
+        if order is None:
+            return "ignored: not our charge", None
+        refunded = int(obj.get("amount_refunded") or 0)
+        full = refunded >= int(obj.get("amount") or 0)
+        new_state = OrderState.REFUNDED if full else OrderState.PARTIALLY_REFUNDED
+        with db.transaction() as session:
+            checkout.transition(
+                session,
+                order.id,
+                [OrderState.PAID, OrderState.FULFILLED, OrderState.FULFIL_FAILED,
+                 OrderState.PARTIALLY_REFUNDED],
+                new_state,
+                amount_refunded_minor=refunded,
+            )
+            timeline.record(order.id, "webhook", event.type, {"event": event.id,
+                            "amount_refunded": refunded}, session=session)
+        return f"order {new_state}", order.id
+    if event.type == "charge.dispute.created":
+        order = _order_by_payment_intent(obj.get("payment_intent"))
+        if order is None:
+            return "ignored: not our charge", None
+        with db.transaction() as session:
+            session.get(Order, order.id).disputed = True
+            timeline.record(order.id, "alert", "dispute opened", {"event": event.id,
+                            "reason": obj.get("reason"), "amount": obj.get("amount")},
+                            session=session)
+        log.error("ALERT order %s: dispute opened", order.reference, extra={"order_id": order.id})
+        return "dispute recorded", order.id
+    return "ignored: event type not handled", None
+
+
+@bp.post("/stripe")
+def stripe_webhook():
+    services = current_app.extensions["portal"]
+    payload = request.get_data(cache=False)
+    event = None
+    try:
+        event = verify(payload, request.headers.get("Stripe-Signature"),
+                       services.settings["STRIPE_WEBHOOK_SECRET"])
+    except ValueError:
+        event = None  # the signature matched but the body is not an event
+    if event is None:
+        log.warning("Stripe webhook refused: bad or stale signature")
+        return jsonify(error={"code": "bad_signature", "message": "invalid signature"}), 400
+    try:
+        if _seen(event.id):
+            return jsonify(received=True, duplicate=True)
+        outcome, order_id = handle_event(services, event)
+        _remember(event, order_id)
+    except OperationalError:
+        log.exception("Stripe webhook %s: database unavailable", event.id)
+        return jsonify(error={"code": "unavailable", "message": "try again"}), 503
+    except UpstreamError as exc:
+        log.warning("Stripe webhook %s: could not re-fetch from Stripe: %s", event.id, exc)
+        return jsonify(error={"code": "unavailable", "message": "try again"}), 503
+    log.info("Stripe webhook %s %s: %s", event.id, event.type, outcome)
+    return jsonify(received=True, outcome=outcome, at=utcnow().isoformat())
