@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -24,25 +25,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(DateTime):
+class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC timestamps on every backend (SQLite drops the zone: put it back)."""
 
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self):
-        super().__init__(timezone=True)
-
-    def result_processor(self, dialect, coltype):
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value):
-            if parent is not None:
-                value = parent(value)
-            if isinstance(value, datetime) and value.tzinfo is None:
+    def process_bind_param(self, value, dialect):
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
                 value = value.replace(tzinfo=UTC)
-            return value
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)  # stored as sortable UTC text
+        return value
 
-        return process
+    def process_result_value(self, value, dialect):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
