@@ -270,7 +270,9 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
     if order.state == OrderState.PROCESSING:
         return Next(page="status", order=order)
     if order.state == OrderState.PAYING and order.stripe_session_id:
-        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        stripe_session = services.stripe.retrieve_session(
+            order.stripe_session_id, order_id=order.id
+        )
         if stripe_session["status"] == "open":
             return Next(redirect_url=stripe_session["url"], order=order)
         order = sync_session(services, stripe_session, source="pay button")
@@ -300,8 +302,13 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         # Nothing to charge (a 100% promo): no Stripe session, straight to fulfilment.
         with db.transaction() as session:
             if transition(
-                session, order.id, OrderState.OPEN, OrderState.PAID, amount_paid_minor=0,
-                tax_paid_minor=0, paid_at=utcnow(),
+                session,
+                order.id,
+                OrderState.OPEN,
+                OrderState.PAID,
+                amount_paid_minor=0,
+                tax_paid_minor=0,
+                paid_at=utcnow(),
             ):
                 jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
         return Next(page="status", order=reload(order))
@@ -411,7 +418,9 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
     payment_intent = stripe_session.get("payment_intent")
     if not isinstance(payment_intent, str) and payment_intent is not None:
         payment_intent = payment_intent.get("id")
-    expected_total = order.amount_minor + (tax_paid if order.tax_mode == "stripe" else order.tax_minor)
+    expected_total = order.amount_minor + (
+        tax_paid if order.tax_mode == "stripe" else order.tax_minor
+    )
     currency = (stripe_session.get("currency") or "").upper()
     with db.transaction() as session:
         won = transition(
@@ -437,8 +446,12 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
                 order.id,
                 "payment",
                 f"payment recorded from {source}",
-                {"session": stripe_session["id"], "payment_intent": payment_intent,
-                 "amount_total": amount_total, "currency": currency},
+                {
+                    "session": stripe_session["id"],
+                    "payment_intent": payment_intent,
+                    "amount_total": amount_total,
+                    "currency": currency,
+                },
                 session=session,
             )
             if amount_total != expected_total or currency != order.currency:
@@ -451,7 +464,11 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
                 )
                 log.error(
                     "order %s charged %s %s, expected %s %s",
-                    order.reference, amount_total, currency, expected_total, order.currency,
+                    order.reference,
+                    amount_total,
+                    currency,
+                    expected_total,
+                    order.currency,
                     extra={"order_id": order.id},
                 )
             jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
@@ -475,7 +492,10 @@ def payment_failed(services, stripe_session, reason: str) -> Order | None:
             failure_reason=reason,
         ):
             jobs.enqueue(
-                session, "payment_failed", f"payment_failed:{order.id}", order_id=order.id,
+                session,
+                "payment_failed",
+                f"payment_failed:{order.id}",
+                order_id=order.id,
                 payload={"reason": reason},
             )
     return reload(order)
@@ -492,7 +512,9 @@ def handle_return(services, reference: str, session_id: str | None) -> Next:
         except UpstreamError as exc:
             if exc.transient:
                 return Next(page="status", order=order)  # the status page keeps checking
-            raise CheckoutError(400, "Invalid return link", "This payment link is not valid.") from exc
+            raise CheckoutError(
+                400, "Invalid return link", "This payment link is not valid."
+            ) from exc
         if stripe_session.get("client_reference_id") != order.reference:
             raise CheckoutError(400, "Invalid return link", "This payment link is not valid.")
         order = sync_session(services, stripe_session, source="return page")
@@ -515,7 +537,9 @@ def refresh_status(services, reference: str) -> Next:
     order = load_order(reference)
     if order.state == OrderState.PROCESSING and order.stripe_session_id:
         try:
-            stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+            stripe_session = services.stripe.retrieve_session(
+                order.stripe_session_id, order_id=order.id
+            )
             order = sync_session(services, stripe_session, source="status page")
         except UpstreamError:
             pass
@@ -540,7 +564,9 @@ def cancel_order(services, reference: str) -> Next:
                     503, "Please try again", "We could not reach our payment provider."
                 ) from exc
             # Not open any more: it may have been paid in another tab. Ask Stripe.
-        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        stripe_session = services.stripe.retrieve_session(
+            order.stripe_session_id, order_id=order.id
+        )
         order = sync_session(services, stripe_session, source="cancel")
         if order.is_paid or order.state == OrderState.PROCESSING:
             return Next(page="status", order=order)

@@ -35,10 +35,7 @@ def _url(value) -> str:
 
 
 def _hosts(value) -> tuple[str, ...]:
-    if isinstance(value, list | tuple):
-        items = value
-    else:
-        items = str(value).split(",")
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
     hosts = tuple(h.strip().lower() for h in items if h.strip())
     for host in hosts:
         if "/" in host or " " in host:
@@ -176,10 +173,18 @@ def validate(settings: dict, *, testing: bool) -> None:
         if not settings["STRIPE_WEBHOOK_SECRET"]:
             raise ConfigError("PORTAL_STRIPE_WEBHOOK_SECRET is required")
     if settings["TAX_MODE"] == "fixed" and not settings["TAX_RATES"]:
-        raise ConfigError("PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)")
+        raise ConfigError(
+            "PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)"
+        )
     public = urlsplit(settings["PUBLIC_URL"])
-    if not sandbox and not testing and public.scheme != "https" and public.hostname not in {
-        "127.0.0.1",
-        "localhost",
-    }:
+    if (
+        not sandbox
+        and not testing
+        and public.scheme != "https"
+        and public.hostname
+        not in {
+            "127.0.0.1",
+            "localhost",
+        }
+    ):
         raise ConfigError("PORTAL_PUBLIC_URL must be https outside a local run")

@@ -26,8 +26,11 @@ MESSAGES = {
     405: ("Not allowed", "This page cannot be used that way. Please go back and try again."),
     413: ("Too large", "The request was too large."),
     429: ("Too many requests", "Please wait a moment and try again."),
-    500: ("Something went wrong", "An unexpected error happened on our side. You have not been "
-          "charged twice; please try again in a few minutes."),
+    500: (
+        "Something went wrong",
+        "An unexpected error happened on our side. You have not been "
+        "charged twice; please try again in a few minutes.",
+    ),
     503: ("Temporarily unavailable", "Please try again in a few minutes."),
 }
 
@@ -36,15 +39,20 @@ def wants_json() -> bool:
     if request.path.startswith(("/api/", "/webhooks/")):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
-    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[
-        "text/html"
-    ]
+    return (
+        best == "application/json"
+        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
 
 
 def render_error(status: int, title: str, message: str, back_url: str | None = None):
     if wants_json():
         return jsonify(error={"code": status, "title": title, "message": message}), status
-    template = f"errors/{status}.html" if status in {400, 403, 404, 405, 500, 503} else "errors/generic.html"
+    template = (
+        f"errors/{status}.html"
+        if status in {400, 403, 404, 405, 500, 503}
+        else "errors/generic.html"
+    )
     return (
         render_template(template, status=status, title=title, message=message, back_url=back_url),
         status,

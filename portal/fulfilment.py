@@ -13,7 +13,7 @@ from sqlalchemy import select
 from portal import jobs, timeline
 from portal.checkout import reload, sync_session, transition
 from portal.db import db
-from portal.http import UpstreamError, new_session
+from portal.http import new_session
 from portal.models import Order, OrderState, utcnow
 
 log = logging.getLogger("portal.fulfilment")
@@ -58,8 +58,11 @@ def run_fulfil(services, job) -> None:
     outcome = platform.fulfil(order, retry=job.attempts > 1)
     redirect = outcome.redirect_url
     if redirect and not services.allowed_redirect(redirect):
-        log.warning("platform redirect to a host not in PORTAL_REDIRECT_HOSTS: %s", redirect,
-                    extra={"order_id": order.id})
+        log.warning(
+            "platform redirect to a host not in PORTAL_REDIRECT_HOSTS: %s",
+            redirect,
+            extra={"order_id": order.id},
+        )
         timeline.record(order.id, "alert", "platform redirect host not allowed", {"url": redirect})
         redirect = None
     with db.transaction() as session:
@@ -67,8 +70,13 @@ def run_fulfil(services, job) -> None:
         if redirect:
             values["redirect_url"] = redirect
         if transition(session, order.id, OrderState.PAID, OrderState.FULFILLED, **values):
-            timeline.record(order.id, "job", outcome.note or "platform confirmed",
-                            outcome.detail, session=session)
+            timeline.record(
+                order.id,
+                "job",
+                outcome.note or "platform confirmed",
+                outcome.detail,
+                session=session,
+            )
 
 
 def give_up_fulfil(services, job, error: str) -> None:
@@ -78,7 +86,11 @@ def give_up_fulfil(services, job, error: str) -> None:
             session, order.id, OrderState.PAID, OrderState.FULFIL_FAILED, failure_reason=error
         )
     if moved:
-        alert(services, reload(order), f"paid but not fulfilled after {job.attempts} attempts: {error}")
+        alert(
+            services,
+            reload(order),
+            f"paid but not fulfilled after {job.attempts} attempts: {error}",
+        )
 
 
 def run_cancel(services, job) -> None:
@@ -97,7 +109,9 @@ def run_payment_failed(services, job) -> None:
     if order is None or order.state != OrderState.PAYMENT_FAILED:
         return
     outcome = services.platform(order.platform).payment_failed(order, job.payload.get("reason", ""))
-    timeline.record(order.id, "job", outcome.note or "platform told: payment failed", outcome.detail)
+    timeline.record(
+        order.id, "job", outcome.note or "platform told: payment failed", outcome.detail
+    )
 
 
 def give_up_quietly(services, job, error: str) -> None:
@@ -119,7 +133,9 @@ def run_expire_sweep(services, job) -> None:
             .limit(200)
         ).all()
     for order in stale:
-        stripe_session = services.stripe.retrieve_session(order.stripe_session_id, order_id=order.id)
+        stripe_session = services.stripe.retrieve_session(
+            order.stripe_session_id, order_id=order.id
+        )
         sync_session(services, stripe_session, source="expiry sweep")
 
 

@@ -158,7 +158,6 @@ def backoff_seconds(settings, attempts: int) -> float:
 def run_job(services, job: Job, worker_id: str) -> str:
     """Run one claimed job to an outcome: "done", "retry" or "dead"."""
     kind = KINDS.get(job.kind)
-    settings = services.settings
     if kind is None:
         _finish(job, worker_id, state=JobState.DEAD, last_error=f"unknown job kind {job.kind}")
         return "dead"
@@ -179,7 +178,10 @@ def run_job(services, job: Job, worker_id: str) -> str:
         _finish(job, worker_id, state=JobState.DONE, last_error=None)
     log.info(
         "job %s (%s) done in %d ms",
-        job.id, job.kind, (time.monotonic() - started) * 1000, extra={"order_id": job.order_id},
+        job.id,
+        job.kind,
+        (time.monotonic() - started) * 1000,
+        extra={"order_id": job.order_id},
     )
     return "done"
 
@@ -207,7 +209,12 @@ def _failed(services, kind: Kind, job: Job, worker_id: str, exc: Exception) -> s
         _finish(job, worker_id, run_at=utcnow() + timedelta(seconds=delay), last_error=error)
         log.warning(
             "job %s (%s) attempt %d failed: %s; next try in %.1f s",
-            job.id, job.kind, job.attempts, error, delay, extra={"order_id": job.order_id},
+            job.id,
+            job.kind,
+            job.attempts,
+            error,
+            delay,
+            extra={"order_id": job.order_id},
         )
         return "retry"
     if _finish(job, worker_id, state=JobState.DEAD, last_error=error) and kind.give_up:

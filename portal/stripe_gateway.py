@@ -19,8 +19,10 @@ log = logging.getLogger("portal.stripe")
 
 # Stripe Checkout's own list of locales; anything else falls back to "auto".
 CHECKOUT_LOCALES = frozenset(
-    "bg cs da de el en en-GB es es-419 et fi fil fr fr-CA hr hu id it ja ko lt lv ms mt nb nl pl "
-    "pt pt-BR ro ru sk sl sv th tr vi zh zh-HK zh-TW".split()
+    (
+        "bg cs da de el en en-GB es es-419 et fi fil fr fr-CA hr hu id it ja ko lt lv ms mt nb "
+        "nl pl pt pt-BR ro ru sk sl sv th tr vi zh zh-HK zh-TW"
+    ).split()
 )
 
 
@@ -108,9 +110,7 @@ class StripeGateway:
                 extra={"order_id": order_id},
             )
             if self.recorder is not None and order_id is not None:
-                self.recorder(
-                    order_id, CallRecord("STRIPE", what, status, duration_ms, error)
-                )
+                self.recorder(order_id, CallRecord("STRIPE", what, status, duration_ms, error))
 
     def create_session(self, request: CheckoutRequest, *, order_id: int | None = None):
         product_data: dict = {"name": request.description[:250]}
@@ -181,7 +181,9 @@ class StripeGateway:
         params: dict = {"created": {"gte": created_since}, "limit": 100}
         while True:
             page = self._call(
-                "checkout.sessions.list", None, self.client.v1.checkout.sessions.list,
+                "checkout.sessions.list",
+                None,
+                self.client.v1.checkout.sessions.list,
                 params=params,
             )
             yield from page["data"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 
-from babel import Locale, UnknownLocaleError
+from babel import Locale
 from babel.localedata import locale_identifiers
 from flask import (
     Blueprint,

@@ -70,7 +70,9 @@ def handle_event(services, event) -> tuple[str, int | None]:
         stripe_session = services.stripe.retrieve_session(obj["id"])
         order = None
         if event.type == "checkout.session.async_payment_failed":
-            order = checkout.payment_failed(services, stripe_session, "The payment did not go through.")
+            order = checkout.payment_failed(
+                services, stripe_session, "The payment did not go through."
+            )
         else:
             order = checkout.sync_session(services, stripe_session, source=f"webhook {event.type}")
         if order is None:
@@ -88,13 +90,22 @@ def handle_event(services, event) -> tuple[str, int | None]:
             checkout.transition(
                 session,
                 order.id,
-                [OrderState.PAID, OrderState.FULFILLED, OrderState.FULFIL_FAILED,
-                 OrderState.PARTIALLY_REFUNDED],
+                [
+                    OrderState.PAID,
+                    OrderState.FULFILLED,
+                    OrderState.FULFIL_FAILED,
+                    OrderState.PARTIALLY_REFUNDED,
+                ],
                 new_state,
                 amount_refunded_minor=refunded,
             )
-            timeline.record(order.id, "webhook", event.type, {"event": event.id,
-                            "amount_refunded": refunded}, session=session)
+            timeline.record(
+                order.id,
+                "webhook",
+                event.type,
+                {"event": event.id, "amount_refunded": refunded},
+                session=session,
+            )
         return f"order {new_state}", order.id
     if event.type == "charge.dispute.created":
         order = _order_by_payment_intent(obj.get("payment_intent"))
@@ -102,9 +113,13 @@ def handle_event(services, event) -> tuple[str, int | None]:
             return "ignored: not our charge", None
         with db.transaction() as session:
             session.get(Order, order.id).disputed = True
-            timeline.record(order.id, "alert", "dispute opened", {"event": event.id,
-                            "reason": obj.get("reason"), "amount": obj.get("amount")},
-                            session=session)
+            timeline.record(
+                order.id,
+                "alert",
+                "dispute opened",
+                {"event": event.id, "reason": obj.get("reason"), "amount": obj.get("amount")},
+                session=session,
+            )
         log.error("ALERT order %s: dispute opened", order.reference, extra={"order_id": order.id})
         return "dispute recorded", order.id
     return "ignored: event type not handled", None
@@ -116,8 +131,11 @@ def stripe_webhook():
     payload = request.get_data(cache=False)
     event = None
     try:
-        event = verify(payload, request.headers.get("Stripe-Signature"),
-                       services.settings["STRIPE_WEBHOOK_SECRET"])
+        event = verify(
+            payload,
+            request.headers.get("Stripe-Signature"),
+            services.settings["STRIPE_WEBHOOK_SECRET"],
+        )
     except ValueError:
         event = None  # the signature matched but the body is not an event
     if event is None:

@@ -55,10 +55,11 @@ def _reset_database(url: str) -> None:
     with engine.begin() as connection:
         tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
         if engine.dialect.name == "postgresql":
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            names = ", ".join(tables)  # our own table names, not input
+            connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))  # noqa: S608
         else:
             for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
+                connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608
     engine.dispose()
 
 
@@ -212,7 +213,7 @@ def checkout_session():
     return factory
 
 
-# --- live servers -----------------------------------------------------------------------------------
+# --- live servers ---------------------------------------------------------------------------
 
 
 class LiveServer:
@@ -302,13 +303,29 @@ def gunicorn_sandbox(database_url, tmp_path):
     bin_dir = Path(sys.executable).parent
     subprocess.run(
         [str(bin_dir / "flask"), "--app", "wsgi", "portal", "init-db"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "8", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(bin_dir / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "8",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     processes.append(proc)
     wait_for(f"http://127.0.0.1:{port}/healthz")
@@ -321,7 +338,10 @@ def gunicorn_sandbox(database_url, tmp_path):
         def worker(self, *args):
             worker = subprocess.Popen(
                 [str(bin_dir / "flask"), "--app", "wsgi", "portal", "worker", *args],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             processes.append(worker)
             return worker

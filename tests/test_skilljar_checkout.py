@@ -62,8 +62,17 @@ def test_review_page_shows_the_authoritative_purchase(client, mocked, purchase):
     assert request.url == PURCHASE_URL
     assert request.headers["Authorization"] == BASIC
     text = response.text
-    for expected in ("Introduction to Python", "PY-101", "LAUNCH20", "$49.00", "−$19.60",
-                     "$78.40", "learner@example.com", 'name="csrf_token"', "Pay $78.40"):
+    for expected in (
+        "Introduction to Python",
+        "PY-101",
+        "LAUNCH20",
+        "$49.00",
+        "−$19.60",
+        "$78.40",
+        "learner@example.com",
+        'name="csrf_token"',
+        "Pay $78.40",
+    ):
         assert expected in text
     assert "Content-Security-Policy" in response.headers
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
@@ -71,16 +80,23 @@ def test_review_page_shows_the_authoritative_purchase(client, mocked, purchase):
 
 
 def test_review_formats_money_in_the_learners_locale(client, mocked, purchase):
-    mocked.get(PURCHASE_URL, json=purchase(currency_code="EUR", price_cents=123456,
-                                           promo_code="", quantity=1))
-    response = client.get("/skilljar/checkout?purchase_id=p1abc",
-                          headers={"Accept-Language": "de-DE,de;q=0.9"})
+    mocked.get(
+        PURCHASE_URL,
+        json=purchase(currency_code="EUR", price_cents=123456, promo_code="", quantity=1),
+    )
+    response = client.get(
+        "/skilljar/checkout?purchase_id=p1abc", headers={"Accept-Language": "de-DE,de;q=0.9"}
+    )
     assert "1.234,56\xa0€" in response.text
 
 
 def test_zero_decimal_currency_is_not_divided(client, mocked, purchase):
-    mocked.get(PURCHASE_URL, json=purchase(currency_code="JPY", price_cents=8800, quantity=1,
-                                           promo_code="", offer_price_cents=8800))
+    mocked.get(
+        PURCHASE_URL,
+        json=purchase(
+            currency_code="JPY", price_cents=8800, quantity=1, promo_code="", offer_price_cents=8800
+        ),
+    )
     response = client.get("/skilljar/checkout?purchase_id=p1abc")
     assert "¥8,800" in response.text
 
@@ -107,8 +123,9 @@ def test_unknown_purchase_is_404(client, mocked):
     assert order_row() is None
 
 
-@pytest.mark.parametrize("state", ["SUCCESS", "FAILED", "REFUNDED", "CANCELLED", "FLAGGED",
-                                   "PENDING"])
+@pytest.mark.parametrize(
+    "state", ["SUCCESS", "FAILED", "REFUNDED", "CANCELLED", "FLAGGED", "PENDING"]
+)
 def test_purchase_not_created_cannot_be_paid(client, mocked, purchase, state):
     mocked.get(PURCHASE_URL, json=purchase(state=state))
     response = client.get("/skilljar/checkout?purchase_id=p1abc")
@@ -183,16 +200,26 @@ def test_pay_creates_one_checkout_session_from_the_platform_amounts(
 
 def test_stripe_locale_follows_the_learner(client, mocked, purchase, checkout_session):
     mocked.get(PURCHASE_URL, json=purchase())
-    review = client.get("/skilljar/checkout?purchase_id=p1abc",
-                        headers={"Accept-Language": "fr-CA,fr;q=0.8"})
+    review = client.get(
+        "/skilljar/checkout?purchase_id=p1abc", headers={"Accept-Language": "fr-CA,fr;q=0.8"}
+    )
     pay(client, mocked, review.text, checkout_session)
     assert form(mocked.calls[-1].request.body)["locale"] == "fr-CA"
 
 
 def test_tampered_form_fields_change_nothing(client, mocked, purchase, checkout_session):
     review = open_review(client, mocked, purchase)
-    pay(client, mocked, review.text, checkout_session,
-        amount="1", amount_minor="1", currency="jpy", quantity="100", price_cents="1")
+    pay(
+        client,
+        mocked,
+        review.text,
+        checkout_session,
+        amount="1",
+        amount_minor="1",
+        currency="jpy",
+        quantity="100",
+        price_cents="1",
+    )
     body = form(mocked.calls[-1].request.body)
     assert body["line_items[0][price_data][unit_amount]"] == "7840"
     assert body["line_items[0][price_data][currency]"] == "usd"
@@ -212,8 +239,9 @@ def test_double_click_reuses_the_open_session(client, mocked, purchase, checkout
     review = open_review(client, mocked, purchase)
     first = pay(client, mocked, review.text, checkout_session)
     order = order_row()
-    mocked.get(f"{SESSIONS_URL}/cs_test_1",
-               json=checkout_session(client_reference_id=order.reference))
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_1", json=checkout_session(client_reference_id=order.reference)
+    )
     second = client.post(f"/orders/{order.reference}/pay", data={"csrf_token": csrf(review.text)})
     assert second.headers["Location"] == first.headers["Location"]
     creates = [c for c in mocked.calls if c.request.method == "POST"]
@@ -229,10 +257,10 @@ def test_revisiting_the_purchase_reuses_the_order(client, mocked, purchase):
 
 def test_stripe_outage_at_pay_is_a_503_and_the_order_stays_open(client, mocked, purchase):
     review = open_review(client, mocked, purchase)
-    mocked.post(SESSIONS_URL, json={"error": {"type": "api_error", "message": "down"}},
-                status=500)
-    response = client.post(f"/orders/{order_row().reference}/pay",
-                           data={"csrf_token": csrf(review.text)})
+    mocked.post(SESSIONS_URL, json={"error": {"type": "api_error", "message": "down"}}, status=500)
+    response = client.post(
+        f"/orders/{order_row().reference}/pay", data={"csrf_token": csrf(review.text)}
+    )
     assert response.status_code == 503
     assert order_row().state == OrderState.OPEN
 
@@ -249,8 +277,12 @@ def test_get_on_pay_is_405_page(client, mocked, purchase):
 
 def paid_session(checkout_session, reference, **extra):
     return checkout_session(
-        client_reference_id=reference, status="complete", payment_status="paid",
-        payment_intent="pi_test_1", url=None, **extra,
+        client_reference_id=reference,
+        status="complete",
+        payment_status="paid",
+        payment_intent="pi_test_1",
+        url=None,
+        **extra,
     )
 
 
@@ -259,8 +291,10 @@ def test_return_records_payment_fulfils_and_redirects(client, mocked, purchase, 
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
     mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(checkout_session, reference))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
     response = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     assert response.status_code == 303
     assert response.headers["Location"] == "https://academy.test/thanks"
@@ -271,8 +305,13 @@ def test_return_records_payment_fulfils_and_redirects(client, mocked, purchase, 
     assert body["state"] == "SUCCESS"
     assert body["payment_processor_order_id"] == "pi_test_1"
     data = json.loads(body["payment_processor_response_data"])
-    assert data == {"portal_order": reference, "checkout_session": "cs_test_1",
-                    "amount_paid": 7840, "tax_paid": 0, "currency": "USD"}
+    assert data == {
+        "portal_order": reference,
+        "checkout_session": "cs_test_1",
+        "amount_paid": 7840,
+        "tax_paid": 0,
+        "currency": "USD",
+    }
     # No tax was charged, so no PUT.
     assert not any(c.request.method == "PUT" for c in mocked.calls)
     order = order_row()
@@ -285,8 +324,10 @@ def test_return_session_id_of_another_order_is_refused(client, mocked, purchase,
     review = open_review(client, mocked, purchase)
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
-    mocked.get(f"{SESSIONS_URL}/cs_test_other",
-               json=paid_session(checkout_session, "ord_somebodyelse123", id="cs_test_other"))
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_other",
+        json=paid_session(checkout_session, "ord_somebodyelse123", id="cs_test_other"),
+    )
     response = client.get(f"/orders/{reference}/return?session_id=cs_test_other")
     assert response.status_code == 400
     assert order_row().state == OrderState.PAYING
@@ -294,7 +335,9 @@ def test_return_session_id_of_another_order_is_refused(client, mocked, purchase,
 
 
 @pytest.mark.parametrize("session_id", ["", "x", "{CHECKOUT_SESSION_ID}", "cs_" + "a" * 300])
-def test_return_with_a_bad_session_id_is_400(client, mocked, purchase, checkout_session, session_id):
+def test_return_with_a_bad_session_id_is_400(
+    client, mocked, purchase, checkout_session, session_id
+):
     review = open_review(client, mocked, purchase)
     pay(client, mocked, review.text, checkout_session)
     response = client.get(f"/orders/{order_row().reference}/return?session_id={session_id}")
@@ -305,8 +348,12 @@ def test_unpaid_return_shows_processing(client, mocked, purchase, checkout_sessi
     review = open_review(client, mocked, purchase)
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
-    mocked.get(f"{SESSIONS_URL}/cs_test_1", json=checkout_session(
-        client_reference_id=reference, status="complete", payment_status="unpaid"))
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_1",
+        json=checkout_session(
+            client_reference_id=reference, status="complete", payment_status="unpaid"
+        ),
+    )
     response = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     assert response.status_code == 303
     page = client.get(response.headers["Location"])
@@ -342,8 +389,10 @@ def test_visiting_a_paid_purchase_goes_straight_on(client, mocked, purchase, che
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
     mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(checkout_session, reference))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
     client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     calls_before = len(mocked.calls)
     again = client.get("/skilljar/checkout?purchase_id=p1abc")
@@ -359,8 +408,10 @@ def test_redirect_to_a_host_outside_the_allow_list_is_not_followed(
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
     mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(checkout_session, reference))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://evil.example/phish", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://evil.example/phish", "purchase": {"state": "SUCCESS"}},
+    )
     response = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     page = client.get(response.headers["Location"])
     assert "evil.example" not in page.text
@@ -387,12 +438,18 @@ def test_return_to_academy_expires_session_and_fulfils_cancelled(
     review = open_review(client, mocked, purchase)
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
-    mocked.post(f"{SESSIONS_URL}/cs_test_1/expire", json=checkout_session(
-        client_reference_id=reference, status="expired", url=None))
-    mocked.get(f"{SESSIONS_URL}/cs_test_1", json=checkout_session(
-        client_reference_id=reference, status="expired", url=None))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/course", "purchase": {"state": "CANCELLED"}})
+    mocked.post(
+        f"{SESSIONS_URL}/cs_test_1/expire",
+        json=checkout_session(client_reference_id=reference, status="expired", url=None),
+    )
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_1",
+        json=checkout_session(client_reference_id=reference, status="expired", url=None),
+    )
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/course", "purchase": {"state": "CANCELLED"}},
+    )
     page = client.get(f"/orders/{reference}/cancelled")
     response = client.post(f"/orders/{reference}/cancel", data={"csrf_token": csrf(page.text)})
     assert response.status_code == 303
@@ -410,16 +467,27 @@ def test_cancel_after_paying_in_another_tab_keeps_the_payment(
     review = open_review(client, mocked, purchase)
     pay(client, mocked, review.text, checkout_session)
     reference = order_row().reference
-    mocked.post(f"{SESSIONS_URL}/cs_test_1/expire", status=400, json={"error": {
-        "type": "invalid_request_error", "message": "Only Checkout Sessions with a status of "
-        "`open` can be expired."}})
+    mocked.post(
+        f"{SESSIONS_URL}/cs_test_1/expire",
+        status=400,
+        json={
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Only Checkout Sessions with a status of `open` can be expired.",
+            }
+        },
+    )
     mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(checkout_session, reference))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
     page = client.get(f"/orders/{reference}/cancelled")
     response = client.post(f"/orders/{reference}/cancel", data={"csrf_token": csrf(page.text)})
     assert response.status_code == 303
-    fulfil = [json.loads(c.request.body) for c in mocked.calls if c.request.url.endswith("/fulfill")]
+    fulfil = [
+        json.loads(c.request.body) for c in mocked.calls if c.request.url.endswith("/fulfill")
+    ]
     assert {"state": "CANCELLED"} not in fulfil
     assert order_row().state in {OrderState.PAID, OrderState.FULFILLED}
 
@@ -441,11 +509,15 @@ def test_fixed_tax_is_quoted_charged_and_written_back(make_app, mocked, purchase
     body = form(mocked.calls[-1].request.body)
     assert body["line_items[1][price_data][unit_amount]"] == "1490"  # 19% of 7840, rounded
     assert body["line_items[1][price_data][product_data][name]"] == "Tax (DE 19%)"
-    mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(
-        checkout_session, reference, amount_total=9330))
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_1",
+        json=paid_session(checkout_session, reference, amount_total=9330),
+    )
     mocked.put(PURCHASE_URL, json=purchase(tax_price_cents=1490))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
     client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     put = next(c.request for c in mocked.calls if c.request.method == "PUT")
     assert json.loads(put.body) == {"tax_price_cents": 1490}
@@ -455,8 +527,10 @@ def test_fixed_tax_is_quoted_charged_and_written_back(make_app, mocked, purchase
 def test_fixed_tax_rejects_an_unknown_country(make_app, mocked, purchase):
     client = make_app(TAX_MODE="fixed", TAX_RATES="GB:20").test_client()
     review = open_review(client, mocked, purchase)
-    response = client.post(f"/orders/{order_row().reference}/pay",
-                           data={"csrf_token": csrf(review.text), "country": "ZZ"})
+    response = client.post(
+        f"/orders/{order_row().reference}/pay",
+        data={"csrf_token": csrf(review.text), "country": "ZZ"},
+    )
     assert response.status_code == 400
 
 
@@ -471,12 +545,20 @@ def test_stripe_tax_is_calculated_at_payment_and_written_back(
     assert body["automatic_tax[enabled]"] == "true"
     assert body["line_items[0][price_data][tax_behavior]"] == "exclusive"
     reference = order_row().reference
-    mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(
-        checkout_session, reference, amount_total=9408,
-        total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 1568}))
+    mocked.get(
+        f"{SESSIONS_URL}/cs_test_1",
+        json=paid_session(
+            checkout_session,
+            reference,
+            amount_total=9408,
+            total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 1568},
+        ),
+    )
     mocked.put(PURCHASE_URL, json=purchase(tax_price_cents=1568))
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
     client.get(f"/orders/{reference}/return?session_id=cs_test_1")
     put = next(c.request for c in mocked.calls if c.request.method == "PUT")
     assert json.loads(put.body) == {"tax_price_cents": 1568}
@@ -484,13 +566,17 @@ def test_stripe_tax_is_calculated_at_payment_and_written_back(
 
 
 def test_free_purchase_skips_stripe(client, mocked, purchase):
-    review = open_review(client, mocked, purchase, price_cents=0, promo_code="FREE100",
-                         promo_code_percent_off=100)
+    review = open_review(
+        client, mocked, purchase, price_cents=0, promo_code="FREE100", promo_code_percent_off=100
+    )
     assert "Complete enrolment" in review.text
-    mocked.post(f"{PURCHASE_URL}/fulfill", json={
-        "redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}})
-    response = client.post(f"/orders/{order_row().reference}/pay",
-                           data={"csrf_token": csrf(review.text)})
+    mocked.post(
+        f"{PURCHASE_URL}/fulfill",
+        json={"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}},
+    )
+    response = client.post(
+        f"/orders/{order_row().reference}/pay", data={"csrf_token": csrf(review.text)}
+    )
     final = client.get(response.headers["Location"])
     assert final.headers["Location"] == "https://academy.test/thanks"
     assert not any(c.request.url.startswith(STRIPE_BASE) for c in mocked.calls)

@@ -41,7 +41,10 @@ class SkilljarClient:
     def get_purchase(self, purchase_id: str, *, order_id=None) -> dict | None:
         """The purchase, or None when Skilljar does not know the id."""
         response = self.http.request(
-            "GET", self._url(purchase_id), auth=self.auth, order_id=order_id,
+            "GET",
+            self._url(purchase_id),
+            auth=self.auth,
+            order_id=order_id,
             headers={"Accept": "application/json"},
         )
         if response.status_code == 404:
@@ -52,7 +55,11 @@ class SkilljarClient:
 
     def update_purchase(self, purchase_id: str, fields: dict, *, order_id=None) -> dict:
         response = self.http.request(
-            "PUT", self._url(purchase_id), json=fields, auth=self.auth, order_id=order_id,
+            "PUT",
+            self._url(purchase_id),
+            json=fields,
+            auth=self.auth,
+            order_id=order_id,
         )
         if not response.ok:
             raise classify(response, "Skilljar purchase update")
@@ -60,7 +67,10 @@ class SkilljarClient:
 
     def fulfill(self, purchase_id: str, body: dict, *, order_id=None):
         return self.http.request(
-            "POST", self._url(purchase_id, "/fulfill"), json=body, auth=self.auth,
+            "POST",
+            self._url(purchase_id, "/fulfill"),
+            json=body,
+            auth=self.auth,
             order_id=order_id,
         )
 
@@ -69,7 +79,9 @@ def _json(response, what: str) -> dict:
     try:
         data = response.json()
     except ValueError:
-        raise UpstreamError(f"{what}: not JSON", transient=True, status=response.status_code) from None
+        raise UpstreamError(
+            f"{what}: not JSON", transient=True, status=response.status_code
+        ) from None
     if not isinstance(data, dict):
         raise UpstreamError(f"{what}: unexpected answer", transient=True)
     return data
@@ -93,8 +105,7 @@ def draft_from_purchase(purchase: dict, locale: str | None) -> OrderDraft:
         raise UpstreamError("Skilljar purchase has an unknown currency", transient=False) from None
     promo = purchase.get("promo_code") or None
     has_promo = bool(promo) and bool(
-        purchase.get("promo_code_price_cents") is not None
-        or purchase.get("promo_code_percent_off")
+        purchase.get("promo_code_price_cents") is not None or purchase.get("promo_code_percent_off")
     )
     return OrderDraft(
         platform="skilljar",

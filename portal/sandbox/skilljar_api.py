@@ -46,7 +46,12 @@ DEMO_LEARNER = {
     "full_name": "Ada Lovelace",
 }
 EDITABLE = {"state", "refunded_at", "refund_cents", "price_cents", "tax_price_cents"}
-FULFIL_FIELDS = {"state", "error_msg", "payment_processor_order_id", "payment_processor_response_data"}
+FULFIL_FIELDS = {
+    "state",
+    "error_msg",
+    "payment_processor_order_id",
+    "payment_processor_response_data",
+}
 STATES = {"CREATED", "SUCCESS", "FAILED", "REFUNDED", "CANCELLED", "FLAGGED", "PENDING"}
 
 
@@ -154,12 +159,14 @@ def update_purchase(purchase_id):
     data = _json_body()
     errors = {k: ["This field is read-only or unknown."] for k in data if k not in EDITABLE}
     for key in ("refund_cents", "price_cents", "tax_price_cents"):
-        if key in data and data[key] is not None and (
-            not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0
+        if (
+            key in data
+            and data[key] is not None
+            and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 0)
         ):
             errors[key] = ["A valid non-negative integer is required."]
     if "state" in data and data["state"] not in STATES:
-        errors["state"] = [f"\"{data['state']}\" is not a valid choice."]
+        errors["state"] = [f'"{data["state"]}" is not a valid choice.']
     if errors:
         return _answer(errors, 400)
     purchase.update(data)
@@ -231,10 +238,15 @@ def thank_you(purchase_id):
     purchase = _store().get("skilljar.purchase", purchase_id)
     if purchase is None:
         abort(404)
-    total = format_money(purchase["price_cents"] + (purchase["tax_price_cents"] or 0),
-                         purchase["currency_code"])
-    return render_template("sandbox/thank_you.html", purchase=purchase, total=total,
-                           response_data=_pretty(purchase["payment_processor_response_data"]))
+    total = format_money(
+        purchase["price_cents"] + (purchase["tax_price_cents"] or 0), purchase["currency_code"]
+    )
+    return render_template(
+        "sandbox/thank_you.html",
+        purchase=purchase,
+        total=total,
+        response_data=_pretty(purchase["payment_processor_response_data"]),
+    )
 
 
 def _pretty(text: str) -> str:

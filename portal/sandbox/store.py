@@ -101,7 +101,10 @@ class Store:
             if result.rowcount == 0:
                 conn.execute(
                     insert(objects).values(
-                        kind=kind, id=object_id, data=data, created=int(data.get("created") or time.time())
+                        kind=kind,
+                        id=object_id,
+                        data=data,
+                        created=int(data.get("created") or time.time()),
                     )
                 )
 
@@ -149,7 +152,9 @@ class Store:
 
     def control(self, name: str, default: float) -> float:
         with self.engine.connect() as connection:
-            row = connection.execute(select(controls.c.value).where(controls.c.name == name)).first()
+            row = connection.execute(
+                select(controls.c.value).where(controls.c.name == name)
+            ).first()
         return row.value if row else default
 
     def set_control(self, name: str, value: float) -> None:

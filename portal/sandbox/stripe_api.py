@@ -113,7 +113,9 @@ def check_params(value, annotation, path: str) -> None:
         raise problems[0]
     if origin is typing.Literal:
         if str(value) not in {str(a) for a in args}:
-            raise StripeInputError(f"Invalid {path}: must be one of {', '.join(map(str, args))}", path)
+            raise StripeInputError(
+                f"Invalid {path}: must be one of {', '.join(map(str, args))}", path
+            )
         return None
     if origin in (list, typing.List):  # noqa: UP006 - comparing with the SDK's own annotation
         if value == "":
@@ -201,7 +203,9 @@ def create_session():
                     code="idempotency_error",
                 )
             return current_app.response_class(
-                previous.response, status=previous.status, mimetype="application/json",
+                previous.response,
+                status=previous.status,
+                mimetype="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
     check_params(params, _create_params_type(), "")
@@ -214,8 +218,9 @@ def create_session():
             store.put("checkout.session", session["id"], session, connection)
     except IntegrityError:
         previous = store.remembered(key)  # a concurrent retry with the same key won
-        return current_app.response_class(previous.response, status=previous.status,
-                                          mimetype="application/json")
+        return current_app.response_class(
+            previous.response, status=previous.status, mimetype="application/json"
+        )
     return jsonify(session)
 
 
@@ -239,14 +244,17 @@ def build_session(params: dict) -> dict:
     for index, item in enumerate(params["line_items"]):
         price = item.get("price_data")
         if not price:
-            raise StripeInputError("The sandbox needs price_data on each line item.",
-                                   f"line_items[{index}][price_data]")
+            raise StripeInputError(
+                "The sandbox needs price_data on each line item.",
+                f"line_items[{index}][price_data]",
+            )
         item_currency = price.get("currency", "")
         try:
             normalise_currency(item_currency)
         except ValueError:
-            raise StripeInputError(f"Invalid currency: {item_currency}",
-                                   f"line_items[{index}][price_data][currency]") from None
+            raise StripeInputError(
+                f"Invalid currency: {item_currency}", f"line_items[{index}][price_data][currency]"
+            ) from None
         if item_currency != item_currency.lower():
             raise StripeInputError("Currency must be lowercase", "currency")
         if currency and item_currency != currency:
@@ -257,12 +265,14 @@ def build_session(params: dict) -> dict:
         if unit_amount < 0 or quantity < 1:
             raise StripeInputError("Invalid amount or quantity.", f"line_items[{index}]")
         subtotal += unit_amount * quantity
-        items.append({
-            "description": (price.get("product_data") or {}).get("name", ""),
-            "quantity": quantity,
-            "amount_total": unit_amount * quantity,
-            "currency": currency,
-        })
+        items.append(
+            {
+                "description": (price.get("product_data") or {}).get("name", ""),
+                "quantity": quantity,
+                "amount_total": unit_amount * quantity,
+                "currency": currency,
+            }
+        )
     automatic_tax = (params.get("automatic_tax") or {}).get("enabled") == "true"
     session_id = new_id("cs")
     public = _settings()["PUBLIC_URL"]
@@ -323,27 +333,32 @@ def list_sessions():
     after = params.get("starting_after")
     if after:
         ids = [s["id"] for s in sessions]
-        sessions = sessions[ids.index(after) + 1:] if after in ids else []
+        sessions = sessions[ids.index(after) + 1 :] if after in ids else []
     page = sessions[:limit]
-    return jsonify({
-        "object": "list",
-        "url": "/v1/checkout/sessions",
-        "has_more": len(sessions) > limit,
-        "data": [_public(s) for s in page],
-    })
+    return jsonify(
+        {
+            "object": "list",
+            "url": "/v1/checkout/sessions",
+            "has_more": len(sessions) > limit,
+            "data": [_public(s) for s in page],
+        }
+    )
 
 
 @bp.get("/v1/payment_intents/<intent_id>")
 def retrieve_payment_intent(intent_id):
     intent = _store().get("payment_intent", intent_id)
     if intent is None:
-        raise StripeInputError(f"No such payment_intent: '{intent_id}'", "id", status=404,
-                               code="resource_missing")
+        raise StripeInputError(
+            f"No such payment_intent: '{intent_id}'", "id", status=404, code="resource_missing"
+        )
     return jsonify(intent)
 
 
 def _public(session: dict) -> dict:
-    return {k: v for k, v in session.items() if not k.startswith(("sandbox_", "payment_intent_data"))}
+    return {
+        k: v for k, v in session.items() if not k.startswith(("sandbox_", "payment_intent_data"))
+    }
 
 
 # --- the hosted payment page -------------------------------------------------------------------
@@ -351,7 +366,10 @@ def _public(session: dict) -> dict:
 
 def _page(session: dict, error: str | None = None, form=None, status: int = 200):
     return render_template(
-        "sandbox/stripe_pay.html", session=session, error=error, form=form or {},
+        "sandbox/stripe_pay.html",
+        session=session,
+        error=error,
+        form=form or {},
         tax_countries=sorted(SANDBOX_TAX) + ["US"],
     ), status
 
@@ -407,26 +425,50 @@ def pay(session_id):
     charge_id = new_id("ch")
     total = session["amount_subtotal"] + tax
     number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
-    _store().put("payment_intent", intent_id, {
-        "id": intent_id, "object": "payment_intent", "amount": total, "amount_received": total,
-        "currency": session["currency"], "status": "succeeded", "latest_charge": charge_id,
-        "metadata": (session.get("payment_intent_data") or {}).get("metadata") or {},
-        "created": int(time.time()),
-    })
-    _store().put("charge", charge_id, {
-        "id": charge_id, "object": "charge", "amount": total, "amount_refunded": 0,
-        "currency": session["currency"], "payment_intent": intent_id, "paid": True,
-        "payment_method_details": {"type": "card", "card": {"brand": "visa", "last4": number[-4:]}},
-        "created": int(time.time()),
-    })
+    _store().put(
+        "payment_intent",
+        intent_id,
+        {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": total,
+            "amount_received": total,
+            "currency": session["currency"],
+            "status": "succeeded",
+            "latest_charge": charge_id,
+            "metadata": (session.get("payment_intent_data") or {}).get("metadata") or {},
+            "created": int(time.time()),
+        },
+    )
+    _store().put(
+        "charge",
+        charge_id,
+        {
+            "id": charge_id,
+            "object": "charge",
+            "amount": total,
+            "amount_refunded": 0,
+            "currency": session["currency"],
+            "payment_intent": intent_id,
+            "paid": True,
+            "payment_method_details": {
+                "type": "card",
+                "card": {"brand": "visa", "last4": number[-4:]},
+            },
+            "created": int(time.time()),
+        },
+    )
     session.update(
         status="complete",
         payment_status="paid",
         payment_intent=intent_id,
         amount_total=total,
         url=None,
-        customer_details={"email": email, "name": form.get("name") or None,
-                          "address": {"country": country}},
+        customer_details={
+            "email": email,
+            "name": form.get("name") or None,
+            "address": {"country": country},
+        },
     )
     session["total_details"]["amount_tax"] = tax
     _store().put("checkout.session", session_id, session)
@@ -463,16 +505,20 @@ def deliver(url: str, secret: str, event: dict, attempts: int = 5) -> int | None
     for attempt in range(attempts):
         try:
             response = requests.post(
-                url, data=payload, timeout=(3.05, 30),
-                headers={"Content-Type": "application/json",
-                         "Stripe-Signature": sign(payload, secret)},
+                url,
+                data=payload,
+                timeout=(3.05, 30),
+                headers={
+                    "Content-Type": "application/json",
+                    "Stripe-Signature": sign(payload, secret),
+                },
             )
             status = response.status_code
             if response.ok:
                 return status
         except requests.RequestException as exc:
             log.warning("sandbox webhook %s to %s failed: %s", event["type"], url, exc)
-        time.sleep(min(2 ** attempt, 10))
+        time.sleep(min(2**attempt, 10))
     return status
 
 
