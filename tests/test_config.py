@@ -1,0 +1,116 @@
+"""Settings: every problem stops the app at start with a message naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal import create_app
+from portal.config import ConfigError, load_settings, validate
+
+PRODUCTION = {
+    "PORTAL_SECRET_KEY": "s3cret",
+    "PORTAL_STRIPE_SECRET_KEY": "sk_live_abc",
+    "PORTAL_STRIPE_WEBHOOK_SECRET": "whsec_1",
+    "PORTAL_PUBLIC_URL": "https://pay.example.com",
+}
+
+
+def check(environ: dict, *, testing: bool = False) -> dict:
+    settings = load_settings(environ=environ)
+    validate(settings, testing=testing)
+    return settings
+
+
+def test_a_complete_production_configuration_is_accepted():
+    settings = check(PRODUCTION)
+    assert settings["STRIPE_API_BASE"] == "https://api.stripe.com"
+    assert settings["SKILLJAR_API_BASE"] == "https://api.skilljar.com"
+    assert settings["STRIPE_WEBHOOK_SECRET"] == ("whsec_1",)
+
+
+@pytest.mark.parametrize(
+    "missing", ["PORTAL_SECRET_KEY", "PORTAL_STRIPE_SECRET_KEY", "PORTAL_STRIPE_WEBHOOK_SECRET"]
+)
+def test_a_missing_required_setting_names_the_variable(missing):
+    environ = {k: v for k, v in PRODUCTION.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing):
+        check(environ)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORTAL_RETRY_BASE_SECONDS", "soon"),
+        ("PORTAL_RETRY_BASE_SECONDS", "-1"),
+        ("PORTAL_SANDBOX", "maybe"),
+        ("PORTAL_PUBLIC_URL", "pay.example.com"),
+        ("PORTAL_STRIPE_API_BASE", "ftp://stripe"),
+        ("PORTAL_REDIRECT_HOSTS", "academy.example.com/path"),
+        ("PORTAL_TAX_MODE", "vat"),
+        ("PORTAL_TAX_RATES", "GBR:20"),
+        ("PORTAL_TAX_RATES", "GB:abc"),
+        ("PORTAL_TAX_RATES", "GB:120"),
+    ],
+)
+def test_a_malformed_setting_names_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        check({**PRODUCTION, name: value})
+
+
+def test_plain_http_public_url_is_refused_in_production():
+    with pytest.raises(ConfigError, match="PORTAL_PUBLIC_URL"):
+        check({**PRODUCTION, "PORTAL_PUBLIC_URL": "http://pay.example.com"})
+
+
+def test_fixed_tax_needs_rates():
+    with pytest.raises(ConfigError, match="PORTAL_TAX_RATES"):
+        check({**PRODUCTION, "PORTAL_TAX_MODE": "fixed"})
+
+
+def test_the_sandbox_refuses_live_stripe_keys():
+    with pytest.raises(ConfigError, match="live key"):
+        check({**PRODUCTION, "PORTAL_SANDBOX": "1"})
+
+
+def test_webhook_secrets_may_be_rotated():
+    settings = check({**PRODUCTION, "PORTAL_STRIPE_WEBHOOK_SECRET": "whsec_old, whsec_new"})
+    assert settings["STRIPE_WEBHOOK_SECRET"] == ("whsec_old", "whsec_new")
+
+
+def test_redirect_hosts_and_tax_rates_are_parsed():
+    settings = check(
+        {
+            **PRODUCTION,
+            "PORTAL_REDIRECT_HOSTS": "Academy.Example.com, learn.example.org",
+            "PORTAL_TAX_MODE": "fixed",
+            "PORTAL_TAX_RATES": "gb:20,DE:19,US:8.875",
+        }
+    )
+    assert settings["REDIRECT_HOSTS"] == ("academy.example.com", "learn.example.org")
+    assert [str(v) for v in settings["TAX_RATES"].values()] == ["20", "19", "8.875"]
+
+
+def test_create_app_stops_with_the_variable_name(monkeypatch, tmp_path):
+    monkeypatch.delenv("PORTAL_SANDBOX", raising=False)
+    monkeypatch.delenv("PORTAL_SECRET_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env to pick up
+    with pytest.raises(ConfigError, match="PORTAL_SECRET_KEY"):
+        create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+
+
+def test_sandbox_defaults_point_at_the_built_in_stand_ins(monkeypatch, tmp_path):
+    for name in ("PORTAL_STRIPE_API_BASE", "PORTAL_SKILLJAR_API_BASE", "PORTAL_STRIPE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    app = create_app(
+        {
+            "TESTING": True,
+            "SANDBOX": "1",
+            "PUBLIC_URL": "http://127.0.0.1:5999",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+            "SANDBOX_DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+        }
+    )
+    settings = app.config["PORTAL"]
+    assert settings["STRIPE_API_BASE"] == "http://127.0.0.1:5999/sandbox/stripe"
+    assert settings["SKILLJAR_API_BASE"] == "http://127.0.0.1:5999/sandbox/skilljar"
+    assert settings["STRIPE_SECRET_KEY"].startswith("sk_test_")
