@@ -18,6 +18,8 @@ SANDBOX_DEFAULTS = {
     "STRIPE_SECRET_KEY": "sk_test_sandbox",
     "STRIPE_WEBHOOK_SECRET": ("whsec_sandbox",),
     "SKILLJAR_API_KEY": "sandbox-skilljar-key",
+    "OPENLEARNING_API_KEY": "sandbox-openlearning-key",
+    "OPENLEARNING_AUDIENCE": "sandbox-institution",
 }
 
 
@@ -42,7 +44,7 @@ def configure_logging(level=logging.INFO) -> None:
     root.setLevel(level)
 
 
-def _apply_sandbox_defaults(settings: dict, environ) -> None:
+def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
     public = settings["PUBLIC_URL"]
     for name, value in SANDBOX_DEFAULTS.items():
         if not settings[name]:
@@ -51,6 +53,11 @@ def _apply_sandbox_defaults(settings: dict, environ) -> None:
         settings["STRIPE_API_BASE"] = public + "/sandbox/stripe"
     if "PORTAL_SKILLJAR_API_BASE" not in environ:
         settings["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
+    if "PORTAL_OPENLEARNING_API_BASE" not in environ:
+        settings["OPENLEARNING_API_BASE"] = public + "/sandbox/openlearning/v2.2"
+    from portal.sandbox.openlearning_api import apply_sandbox_key
+
+    apply_sandbox_key(settings, instance_path)
 
 
 def _local_secret_key(instance_path: str) -> str:
@@ -86,7 +93,7 @@ def create_app(config: dict | None = None) -> Flask:
     )
     settings = load_settings(config)
     if settings["SANDBOX"]:
-        _apply_sandbox_defaults(settings, environ)
+        _apply_sandbox_defaults(settings, environ, app.instance_path)
     validate(settings, testing=testing)
     if not settings["DATABASE_URL"]:
         os.makedirs(app.instance_path, exist_ok=True)
@@ -123,7 +130,7 @@ def create_app(config: dict | None = None) -> Flask:
     db.configure(settings["DATABASE_URL"])
 
     from portal import cli, errors, fulfilment, views, webhooks  # noqa: F401 - registers jobs
-    from portal.platforms import skilljar
+    from portal.platforms import openlearning, skilljar
     from portal.services import build_services
 
     app.extensions["portal"] = build_services(settings)
@@ -131,9 +138,14 @@ def create_app(config: dict | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(skilljar.bp)
+    app.register_blueprint(openlearning.bp)
+    csrf.exempt(openlearning.bp)  # a cross-site POST from OpenLearning, authenticated by its JWT
     app.register_blueprint(webhooks.bp)
     csrf.exempt(webhooks.bp)
     cli.init_app(app)
+    from portal import admin
+
+    admin.init_app(app)
     if settings["SANDBOX"]:
         from portal import sandbox
 

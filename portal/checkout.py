@@ -373,13 +373,18 @@ def _find_for_session(session, stripe_session) -> Order | None:
     return order
 
 
+def order_for_session(stripe_session) -> Order | None:
+    """The order a Checkout Session (or an event's copy of one) belongs to; None if not ours."""
+    with db.reader() as session:
+        return _find_for_session(session, stripe_session)
+
+
 def sync_session(services, stripe_session, *, source: str) -> Order | None:
     """Bring the order in line with a Checkout Session fetched from Stripe. Idempotent.
 
     Returns the order after the update, or None when the session is not one of ours.
     """
-    with db.reader() as session:
-        order = _find_for_session(session, stripe_session)
+    order = order_for_session(stripe_session)
     if order is None:
         return None
     status = stripe_session.get("status")
@@ -479,8 +484,7 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
 
 def payment_failed(services, stripe_session, reason: str) -> Order | None:
     """A delayed payment method failed after checkout completed."""
-    with db.reader() as session:
-        order = _find_for_session(session, stripe_session)
+    order = order_for_session(stripe_session)
     if order is None:
         return None
     with db.transaction() as session:
@@ -535,7 +539,8 @@ def next_for_status(services, order: Order) -> Next:
 def refresh_status(services, reference: str) -> Next:
     """The self-refreshing status page: check again, nudge a stalled fulfilment, move on."""
     order = load_order(reference)
-    if order.state == OrderState.PROCESSING and order.stripe_session_id:
+    # PAYING here means the return page could not reach Stripe: the learner may well have paid.
+    if order.state in {OrderState.PROCESSING, OrderState.PAYING} and order.stripe_session_id:
         try:
             stripe_session = services.stripe.retrieve_session(
                 order.stripe_session_id, order_id=order.id

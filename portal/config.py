@@ -92,6 +92,33 @@ def _secrets(value) -> tuple[str, ...]:
     return tuple(s.strip() for s in str(value).split(",") if s.strip())
 
 
+ROLES = ("admin", "operator", "marketer")
+
+
+def _role_map(value) -> dict[str, str]:
+    """`portal-admins:admin,support:operator` -> {"portal-admins": "admin", ...}: identity
+    provider group (or claim value) to operator console role."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        items = []
+        for item in str(value).split(","):
+            if item.strip():
+                group, sep, role = item.rpartition(":")
+                if not sep:
+                    raise ValueError(f"{item.strip()!r} is not GROUP:ROLE")
+                items.append((group, role))
+    mapping: dict[str, str] = {}
+    for group, role in items:
+        group, role = str(group).strip(), str(role).strip().lower()
+        if not group:
+            raise ValueError("a group name is empty")
+        if role not in ROLES:
+            raise ValueError(f"{role!r} is not one of {', '.join(ROLES)}")
+        mapping[group] = role
+    return mapping
+
+
 # name (without the PORTAL_ prefix) -> (default, parser). `None` default means "no value".
 SETTINGS: dict[str, tuple[object, object]] = {
     "SECRET_KEY": (None, str),
@@ -109,6 +136,8 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "OPENLEARNING_API_KEY": (None, str),
     "OPENLEARNING_API_BASE": ("https://api.openlearning.com/v2.2", _url),
     "OPENLEARNING_AUDIENCE": (None, str),
+    "OPENLEARNING_JWKS_URL": (None, _url),
+    "OPENLEARNING_LEEWAY_SECONDS": (30, _int),
     "CLEENG_PUBLISHER_TOKEN": (None, str),
     "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
     "CLEENG_PAYMENT_METHOD_ID": (None, str),
@@ -128,8 +157,23 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "BRAND_SUPPORT_EMAIL": (None, str),
     "SANDBOX_LATENCY_MS": (0, _int),
     "SANDBOX_FAULT_RATE": (0.0, _float),
-    "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, _float),
+    "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, float),  # negative: never deliver
     "SANDBOX_DATABASE_URL": (None, str),
+    # The operator console (portal/admin): sessions, sign-in lockout, single sign-on, /metrics.
+    "ADMIN_IDLE_MINUTES": (30, _int),
+    "ADMIN_SESSION_HOURS": (12, _int),
+    "ADMIN_LOGIN_MAX_FAILURES": (5, _int),
+    "ADMIN_LOGIN_IP_MAX_FAILURES": (20, _int),
+    "ADMIN_LOCKOUT_MINUTES": (15, _int),
+    "TRUSTED_PROXY_HOPS": (0, _int),
+    "METRICS_TOKEN": (None, str),
+    "OIDC_ISSUER": (None, _url),
+    "OIDC_METADATA_URL": (None, _url),
+    "OIDC_CLIENT_ID": (None, str),
+    "OIDC_CLIENT_SECRET": (None, str),
+    "OIDC_SCOPES": ("openid email profile", str),
+    "OIDC_ROLE_CLAIM": ("groups", str),
+    "OIDC_ROLE_MAP": ({}, _role_map),
 }
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from portal import jobs, timeline
 from portal.checkout import reload, sync_session, transition
 from portal.db import db
-from portal.http import new_session
+from portal.http import UpstreamError, new_session
 from portal.models import Order, OrderState, utcnow
 
 log = logging.getLogger("portal.fulfilment")
@@ -120,23 +120,47 @@ def give_up_quietly(services, job, error: str) -> None:
         alert(services, order, f"{job.kind} could not be reported to the platform: {error}")
 
 
+SWEEP_BATCH = 200
+
+
 def run_expire_sweep(services, job) -> None:
-    """Orders whose Checkout Session should have expired by now: ask Stripe what happened."""
+    """Orders whose Checkout Session should have expired by now: ask Stripe what happened.
+
+    Every stale order is looked at, a page at a time; one session Stripe cannot answer for is
+    logged and skipped, so it never holds back the others (they would otherwise wait forever
+    behind the same first page)."""
     cutoff = utcnow() - timedelta(minutes=2)
-    with db.reader() as session:
-        stale = session.scalars(
-            select(Order)
-            .where(
-                Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
-                Order.stripe_session_expires_at < cutoff,
-            )
-            .limit(200)
-        ).all()
-    for order in stale:
-        stripe_session = services.stripe.retrieve_session(
-            order.stripe_session_id, order_id=order.id
-        )
-        sync_session(services, stripe_session, source="expiry sweep")
+    after_id = 0
+    failures = 0
+    while True:
+        with db.reader() as session:
+            stale = session.scalars(
+                select(Order)
+                .where(
+                    Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
+                    Order.stripe_session_expires_at < cutoff,
+                    Order.stripe_session_id.is_not(None),
+                    Order.id > after_id,
+                )
+                .order_by(Order.id)
+                .limit(SWEEP_BATCH)
+            ).all()
+        for order in stale:
+            after_id = order.id
+            try:
+                stripe_session = services.stripe.retrieve_session(
+                    order.stripe_session_id, order_id=order.id
+                )
+            except UpstreamError as exc:
+                failures += 1
+                log.warning("expiry sweep: %s", exc, extra={"order_id": order.id})
+                continue
+            sync_session(services, stripe_session, source="expiry sweep")
+        if len(stale) < SWEEP_BATCH:
+            break
+    if failures:
+        # The job retries on its next turn; the orders that could be checked were.
+        raise UpstreamError(f"{failures} session(s) could not be checked", transient=True)
 
 
 @dataclass
@@ -183,7 +207,11 @@ def reconcile(services, since_hours: float = 48.0) -> ReconcileReport:
         if after is not None and after.state != before.state:
             report.repaired.append(f"{after.reference}: {before.state} -> {after.state}")
             timeline.record(after.id, "note", f"reconciliation: {before.state} -> {after.state}")
-        if after is not None and after.state == OrderState.PAID:
+        if (
+            after is not None
+            and after.state == OrderState.PAID
+            and after.reference not in report.unfulfilled
+        ):
             report.unfulfilled.append(after.reference)
     return report
 

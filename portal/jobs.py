@@ -4,7 +4,9 @@
   it committed. A dedupe key makes a second enqueue of the same purpose a no-op.
 - Claiming is a compare-and-set on the lease (`locked_until`), with `FOR UPDATE SKIP LOCKED` on
   PostgreSQL so many workers on many hosts never take the same job. A worker that dies mid-job
-  (even SIGKILL) loses nothing: its lease runs out and another worker takes the job.
+  (even SIGKILL) loses nothing: its lease runs out and another worker takes the job. A worker
+  re-checks its lease just before it starts a job and keeps renewing it while the job runs, so a
+  slow platform call never lets a second worker run the same job alongside.
 - Transient failures retry with exponential back-off and jitter; permanent ones, or too many
   attempts, stop the job and call the kind's `give_up` (which alerts an operator).
 """
@@ -138,6 +140,48 @@ def claim_one(settings, job_id: int, worker_id: str) -> Job | None:
         return session.get(Job, job_id)
 
 
+def renew_lease(settings, job_id: int, worker_id: str) -> bool:
+    """Extend our lease; False if another worker took the job (our lease had run out)."""
+    now = utcnow()
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.locked_by == worker_id, Job.state == JobState.QUEUED)
+            .values(locked_until=now + _lease(settings), updated_at=now)
+        )
+        return result.rowcount == 1
+
+
+class _Heartbeat:
+    """Keeps renewing a job's lease while it runs, so a slow platform call never lets a second
+    worker take the same job. A worker that dies (even SIGKILL) stops beating: the lease runs out
+    and the job is taken again."""
+
+    def __init__(self, settings, job_id: int, worker_id: str):
+        self.settings = settings
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{job_id}")
+
+    def _beat(self) -> None:
+        interval = max(self.settings["JOB_LEASE_SECONDS"] / 3, 0.2)
+        while not self.stopped.wait(interval):
+            try:
+                if not renew_lease(self.settings, self.job_id, self.worker_id):
+                    return
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.stopped.set()
+        self.thread.join(5)
+
+
 def _finish(job: Job, worker_id: str, **values) -> bool:
     """Release our lease with a new state; False if the lease was lost to another worker."""
     with db.transaction() as session:
@@ -156,14 +200,21 @@ def backoff_seconds(settings, attempts: int) -> float:
 
 
 def run_job(services, job: Job, worker_id: str) -> str:
-    """Run one claimed job to an outcome: "done", "retry" or "dead"."""
+    """Run one claimed job to an outcome: "done", "retry", "dead", or "lost" when our lease ran
+    out before we started and another worker has taken the job."""
     kind = KINDS.get(job.kind)
     if kind is None:
         _finish(job, worker_id, state=JobState.DEAD, last_error=f"unknown job kind {job.kind}")
         return "dead"
+    # A job claimed a while ago (in a batch, or by a worker that was paused) may already belong to
+    # another worker: check, and take a fresh lease, before touching the platform.
+    if not renew_lease(services.settings, job.id, worker_id):
+        log.warning("job %s (%s): lease lost before it ran; skipped", job.id, job.kind)
+        return "lost"
     started = time.monotonic()
     try:
-        kind.run(services, job)
+        with _Heartbeat(services.settings, job.id, worker_id):
+            kind.run(services, job)
     except Exception as exc:  # noqa: BLE001 - the queue owns every failure
         return _failed(services, kind, job, worker_id, exc)
     if kind.every_seconds is not None:
@@ -217,8 +268,16 @@ def _failed(services, kind: Kind, job: Job, worker_id: str, exc: Exception) -> s
             extra={"order_id": job.order_id},
         )
         return "retry"
-    if _finish(job, worker_id, state=JobState.DEAD, last_error=error) and kind.give_up:
+    # Give up (the order moves to its failed state and an operator is alerted) while the job is
+    # still ours, and only then mark it dead: if giving up fails half-way (the database went away),
+    # the lease runs out, the job comes back, and giving up is tried again, so a paid order can
+    # never sit with a dead job and no alert.
+    if not renew_lease(settings, job.id, worker_id):
+        log.warning("job %s (%s): lease lost; the new holder decides", job.id, job.kind)
+        return "lost"
+    if kind.give_up:
         kind.give_up(services, job, error)
+    _finish(job, worker_id, state=JobState.DEAD, last_error=error)
     return "dead"
 
 
@@ -269,10 +328,11 @@ def ensure_periodic_jobs() -> None:
 class Worker:
     """`flask portal worker`: claims due jobs and runs them until stopped (SIGTERM/SIGINT)."""
 
-    def __init__(self, services, *, batch: int = 10, poll_seconds: float = 1.0):
+    def __init__(self, services, *, batch: int = 1, poll_seconds: float = 1.0):
         self.services = services
         self.batch = batch
         self.poll_seconds = poll_seconds
+        self.error_pause_seconds = 5.0
         self.stopping = threading.Event()
         self.worker_id = worker_name()
 
@@ -285,14 +345,28 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, once: bool = False) -> dict[str, int]:
-        ensure_periodic_jobs()
-        counts = {"done": 0, "retry": 0, "dead": 0}
+        """Claim and run due jobs. One job at a time by default: a claimed job never waits behind
+        another one while its lease runs, and a stopping worker leaves nothing claimed."""
+        counts = {"done": 0, "retry": 0, "dead": 0, "lost": 0}
+        periodic_ready = False
         while not self.stopping.is_set():
-            jobs = claim_due(self.services.settings, self.worker_id, self.batch)
-            for job in jobs:
-                counts[run_job(self.services, job, self.worker_id)] += 1
-                if self.stopping.is_set():
-                    break
+            try:
+                if not periodic_ready:
+                    ensure_periodic_jobs()
+                    periodic_ready = True
+                jobs = claim_due(self.services.settings, self.worker_id, self.batch)
+                for job in jobs:
+                    counts[run_job(self.services, job, self.worker_id)] += 1
+                    if self.stopping.is_set():
+                        break
+            except Exception:
+                if once:
+                    raise
+                # The database went away (or a bug): a long-running worker waits and tries again;
+                # any job it held comes back when its lease runs out.
+                log.exception("worker %s: could not claim or finish jobs", self.worker_id)
+                self.stopping.wait(self.error_pause_seconds)
+                continue
             if not jobs:
                 if once:
                     break

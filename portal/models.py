@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -206,4 +207,81 @@ class UsedToken(Base):
     issuer: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- the operator console (portal/admin) ----------------------------------------------------------
+
+# Dashboard and search filters count and sort orders by these timestamps.
+Index("ix_orders_created_at", Order.created_at)
+Index("ix_orders_paid_at", Order.paid_at)
+Index("ix_orders_fulfilled_at", Order.fulfilled_at)
+Index("ix_orders_disputed", Order.disputed)
+# Learner email search is case-insensitive: index what it compares.
+Index("ix_orders_customer_email_lower", func.lower(Order.customer_email))
+# Error rates per platform read the recent "http" events.
+Index("ix_order_events_kind_created", OrderEvent.kind, OrderEvent.created_at)
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"  # everything: orders, branding, users, settings, the audit log
+    OPERATOR = "operator"  # orders and their actions
+    MARKETER = "marketer"  # brands and templates only
+
+
+class User(Base):
+    """Someone who signs in to the operator console: a local password, single sign-on, or both."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # stored lower-case
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    # "<issuer>|<subject>" of the single sign-on identity this user signed in with.
+    oidc_subject: Mapped[str | None] = mapped_column(String(500), unique=True)
+    active: Mapped[bool] = mapped_column(default=True)
+    # Bumped on sign-out and password change: every session cookie issued before is refused.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEntry(Base):
+    """Who did what, when, from where: every sign-in (and failed one) and every console action."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    actor: Mapped[str] = mapped_column(String(320))  # the email, kept if the user is removed
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused | failed | denied
+    target: Mapped[str | None] = mapped_column(String(190))  # e.g. an order reference
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL"), index=True
+    )
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+class LoginAttempt(Base):
+    """Password sign-ins, counted per account and per address to lock out guessing. In the
+    database, so the count holds across every gunicorn worker and host."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_email_created", "email", "created_at"),
+        Index("ix_login_attempts_ip_created", "ip_address", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    ip_address: Mapped[str] = mapped_column(String(64))
+    succeeded: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

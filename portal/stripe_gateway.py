@@ -190,3 +190,25 @@ class StripeGateway:
             if not page.get("has_more") or not page["data"]:
                 return
             params = {**params, "starting_after": page["data"][-1]["id"]}
+
+    def refund(
+        self,
+        payment_intent_id: str,
+        amount_minor: int,
+        idempotency_key: str,
+        *,
+        order_id: int | None = None,
+        metadata: dict | None = None,
+    ):
+        """Refund part or all of a PaymentIntent's charge. The idempotency key makes a repeated
+        request (a double click, a retry after a lost answer) one refund, never two."""
+        params: dict = {"payment_intent": payment_intent_id, "amount": amount_minor}
+        if metadata:
+            params["metadata"] = metadata
+        return self._call(
+            "refunds.create",
+            order_id,
+            self.client.v1.refunds.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )

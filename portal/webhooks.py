@@ -12,7 +12,8 @@ import logging
 import stripe
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from portal import checkout, timeline
 from portal.db import db
@@ -23,6 +24,8 @@ log = logging.getLogger("portal.webhooks")
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 TOLERANCE_SECONDS = 300
+# Locked (SQLite), down or unreachable, or every pooled connection busy: Stripe should try again.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 SESSION_EVENTS = {
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
@@ -67,6 +70,11 @@ def handle_event(services, event) -> tuple[str, int | None]:
     """Apply one verified event; returns (what happened, order id)."""
     obj = event.data.object.to_dict()
     if event.type in SESSION_EVENTS:
+        # Ours? (The order row exists before its Checkout Session is created, so this holds even
+        # while the order's own commit of the session id is still on its way.) Sessions of other
+        # integrations on the same Stripe account are ignored without asking Stripe about them.
+        if checkout.order_for_session(obj) is None:
+            return "ignored: not our session", None
         stripe_session = services.stripe.retrieve_session(obj["id"])
         order = None
         if event.type == "checkout.session.async_payment_failed":
@@ -146,7 +154,7 @@ def stripe_webhook():
             return jsonify(received=True, duplicate=True)
         outcome, order_id = handle_event(services, event)
         _remember(event, order_id)
-    except OperationalError:
+    except DATABASE_UNAVAILABLE:
         log.exception("Stripe webhook %s: database unavailable", event.id)
         return jsonify(error={"code": "unavailable", "message": "try again"}), 503
     except UpstreamError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass
@@ -40,9 +41,18 @@ class Platform(ABC):
         """A delayed payment failed after checkout; by default there is nothing to tell."""
         return Outcome(redirect_url=None, note="nothing to report")
 
+    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
+        """Money went back to the learner (`amount_minor` now; `order.amount_refunded_minor` in
+        all). By default there is nothing to tell."""
+        return Outcome(redirect_url=None, note="nothing to report")
+
 
 def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
+    from portal.platforms.openlearning import OpenLearningPlatform
     from portal.platforms.skilljar import SkilljarPlatform
 
-    platforms: list[Platform] = [SkilljarPlatform(settings, recorder)]
+    platforms: list[Platform] = [
+        SkilljarPlatform(settings, recorder),
+        OpenLearningPlatform(settings, recorder),
+    ]
     return {platform.name: platform for platform in platforms}

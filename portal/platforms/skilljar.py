@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, request
 
@@ -187,6 +188,22 @@ class SkilljarPlatform(Platform):
     def payment_failed(self, order, reason: str) -> Outcome:
         body = {"state": "FAILED", "error_msg": (reason or "The payment failed.")[:500]}
         return self._fulfill(order, body, "payment failed")
+
+    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
+        """Skilljar has no partial refund state: the purchase becomes REFUNDED with the refunded
+        total so far in `refund_cents`. Sending the running total makes a repeat harmless."""
+        refunded_at = (refunded_at or datetime.now(UTC)).astimezone(UTC)
+        fields = {
+            "refund_cents": order.amount_refunded_minor,
+            "refunded_at": refunded_at.isoformat().replace("+00:00", "Z"),
+            "state": "REFUNDED",
+        }
+        data = self.client.update_purchase(order.platform_ref, fields, order_id=order.id)
+        return Outcome(
+            redirect_url=None,
+            note=f"Skilljar refund: {order.amount_refunded_minor} refunded in all",
+            detail={"state": data.get("state"), "refund_cents": data.get("refund_cents")},
+        )
 
 
 bp = Blueprint("skilljar", __name__, url_prefix="/skilljar")

@@ -25,7 +25,13 @@ def control():
     """Tests and benchmarks tune the stand-ins: fault rate, latency, webhook delay."""
     store = current_app.extensions["sandbox_store"]
     data = request.get_json(silent=True) or {}
-    allowed = {"skilljar_fault_rate", "skilljar_latency_ms", "webhook_delay_seconds"}
+    allowed = {
+        "skilljar_fault_rate",
+        "skilljar_latency_ms",
+        "openlearning_fault_rate",
+        "openlearning_latency_ms",
+        "webhook_delay_seconds",
+    }
     unknown = set(data) - allowed
     if unknown:
         return jsonify(error={"message": f"unknown controls: {sorted(unknown)}"}), 400
@@ -36,9 +42,9 @@ def control():
 
 def init_app(app) -> None:
     from portal import csrf
-    from portal.sandbox import skilljar_api, stripe_api
+    from portal.sandbox import openlearning_api, skilljar_api, stripe_api
 
     app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
-    for blueprint in (bp, stripe_api.bp, skilljar_api.bp):
+    for blueprint in (bp, stripe_api.bp, skilljar_api.bp, openlearning_api.bp):
         app.register_blueprint(blueprint)
         csrf.exempt(blueprint)

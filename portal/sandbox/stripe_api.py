@@ -18,10 +18,11 @@ import typing
 from datetime import date
 
 import requests
+import typing_extensions
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
 from sqlalchemy.exc import IntegrityError
 
-from portal.money import normalise_currency
+from portal.money import format_money, normalise_currency
 
 log = logging.getLogger("portal.sandbox.stripe")
 bp = Blueprint("sandbox_stripe", __name__, url_prefix="/sandbox/stripe")
@@ -92,7 +93,7 @@ def check_params(value, annotation, path: str) -> None:
     args = typing.get_args(annotation)
     if origin in (typing.NotRequired, typing.Required):
         return check_params(value, args[0], path)
-    if typing.is_typeddict(annotation):
+    if typing_extensions.is_typeddict(annotation):
         if not isinstance(value, dict):
             raise StripeInputError(f"Invalid object for {path}", path)
         hints = typing.get_type_hints(annotation, localns=_LOCALNS, include_extras=True)
@@ -353,6 +354,133 @@ def retrieve_payment_intent(intent_id):
             f"No such payment_intent: '{intent_id}'", "id", status=404, code="resource_missing"
         )
     return jsonify(intent)
+
+
+def _refund_params_type():
+    from stripe.params._refund_create_params import RefundCreateParams
+
+    return RefundCreateParams
+
+
+def _replay(key: str | None, digest: str):
+    """The first answer given under an idempotency key, or None; a key reused with other
+    parameters is refused, as Stripe does."""
+    if not key:
+        return None
+    previous = _store().remembered(key)
+    if previous is None:
+        return None
+    if previous.request_hash != digest:
+        raise StripeInputError(
+            "Keys for idempotent requests can only be used with the same parameters they were "
+            "first used with.",
+            code="idempotency_error",
+        )
+    return current_app.response_class(
+        previous.response,
+        status=previous.status,
+        mimetype="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+def _money(amount: int, currency: str) -> str:
+    return format_money(amount, currency, "en")
+
+
+_refund_lock = threading.Lock()
+
+
+@bp.post("/v1/refunds")
+def create_refund():
+    """Refund (part of) a PaymentIntent's charge. Like Stripe: never more than was captured and
+    not yet refunded, the amount defaults to all that is left, and each refund updates the
+    charge's `amount_refunded` and sends `charge.refunded`."""
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    replayed = _replay(key, digest)
+    if replayed is not None:
+        return replayed
+    check_params(params, _refund_params_type(), "")
+    with _refund_lock:  # one refund at a time reads and writes a charge's refunded amount
+        refund = _refund(params, key, digest)
+    if not isinstance(refund, dict):
+        return refund  # a concurrent retry with the same key answered first
+    send_event("charge.refunded", _store().get("charge", refund["charge"]))
+    return jsonify(refund)
+
+
+def _refund(params: dict, key: str | None, digest: str):
+    store = _store()
+    charge_id = params.get("charge")
+    intent_id = params.get("payment_intent")
+    if bool(charge_id) == bool(intent_id):
+        raise StripeInputError("You must pass either a charge or a payment_intent.")
+    if intent_id:
+        intent = store.get("payment_intent", intent_id)
+        if intent is None:
+            raise StripeInputError(
+                f"No such payment_intent: '{intent_id}'",
+                "payment_intent",
+                status=404,
+                code="resource_missing",
+            )
+        charge_id = intent["latest_charge"]
+    charge = store.get("charge", charge_id)
+    if charge is None:
+        raise StripeInputError(
+            f"No such charge: '{charge_id}'", "charge", status=404, code="resource_missing"
+        )
+    remaining = charge["amount"] - charge["amount_refunded"]
+    if remaining <= 0:
+        raise StripeInputError(
+            f"Charge {charge_id} has already been refunded.", code="charge_already_refunded"
+        )
+    amount = int(params.get("amount", remaining))
+    if amount <= 0:
+        raise StripeInputError("Invalid positive integer", "amount")
+    if amount > remaining:
+        currency = charge["currency"]
+        raise StripeInputError(
+            f"Refund amount ({_money(amount, currency)}) is greater than unrefunded amount on "
+            f"charge ({_money(remaining, currency)})",
+            "amount",
+            code="amount_too_large",
+        )
+    refund = {
+        "id": new_id("re"),
+        "object": "refund",
+        "amount": amount,
+        "charge": charge_id,
+        "currency": charge["currency"],
+        "payment_intent": charge["payment_intent"],
+        "metadata": params.get("metadata") or {},
+        "reason": params.get("reason"),
+        "status": "succeeded",
+        "created": int(time.time()),
+    }
+    charge["amount_refunded"] += amount
+    charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+    try:
+        with store.engine.begin() as connection:
+            if key:
+                store.remember(connection, key, digest, refund, 200)
+            store.put("refund", refund["id"], refund, connection)
+            store.put("charge", charge_id, charge, connection)
+    except IntegrityError:
+        return _replay(key, digest)
+    return refund
+
+
+@bp.get("/v1/refunds/<refund_id>")
+def retrieve_refund(refund_id):
+    refund = _store().get("refund", refund_id)
+    if refund is None:
+        raise StripeInputError(
+            f"No such refund: '{refund_id}'", "id", status=404, code="resource_missing"
+        )
+    return jsonify(refund)
 
 
 def _public(session: dict) -> dict:

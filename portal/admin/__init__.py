@@ -1,0 +1,38 @@
+"""The operator console, under `/admin`: sign-in (local accounts and single sign-on), the
+dashboard, order search and export, each order's timeline and the operator actions on it, users,
+settings, the audit log, and the marketers' branding page. `/metrics` (Prometheus) lives here too.
+
+Layout: `auth` (passwords, lockout, sessions, roles), `oidc` (single sign-on), `forms`, `routes`
+(thin views), `operations` (the writes), `queries` (the reads), `audit`, `cli` (create-user),
+`metrics`.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from portal.config import ConfigError
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def check_settings(settings: dict) -> None:
+    from portal.admin import oidc
+
+    for name in ("ADMIN_IDLE_MINUTES", "ADMIN_SESSION_HOURS", "ADMIN_LOCKOUT_MINUTES"):
+        if settings[name] < 1:
+            raise ConfigError(f"PORTAL_{name} must be at least 1")
+    token = settings["METRICS_TOKEN"]
+    if token is not None and len(token) < 16:
+        raise ConfigError("PORTAL_METRICS_TOKEN must be at least 16 characters")
+    oidc.check_settings(settings)
+
+
+def init_app(app) -> None:
+    check_settings(app.config["PORTAL"])
+    from portal.admin import cli, metrics, oidc, operations, routes  # noqa: F401 - registers
+
+    app.register_blueprint(bp)
+    app.register_blueprint(metrics.bp)
+    oidc.init_app(app)
+    cli.init_app(app)

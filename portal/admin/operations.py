@@ -1,0 +1,509 @@
+"""Console writes: the operator actions on orders (retry fulfilment, refund, cancel, resolve) and
+user management. Every action is checked against the order's state, changes it with a
+compare-and-set, writes an "operator" event to the order's timeline and an audit entry, and never
+calls out while a database transaction is open. Nothing here reads `request`: the views pass an
+`Actor`.
+
+The job kind `platform_refund` tells the platform about a refund through the job queue, so a
+platform outage is retried rather than lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from portal import checkout, jobs, timeline
+from portal.admin import audit
+from portal.admin.audit import Actor
+from portal.admin.auth import hash_password, normalise_email, password_problem
+from portal.checkout import CheckoutError, transition
+from portal.db import db
+from portal.fulfilment import give_up_quietly
+from portal.http import UpstreamError
+from portal.models import Job, JobState, Order, OrderState, Role, User, utcnow
+from portal.money import format_money
+
+log = logging.getLogger("portal.admin")
+
+RETRYABLE = (OrderState.PAID, OrderState.FULFIL_FAILED)
+REFUNDABLE = (
+    OrderState.PAID,
+    OrderState.FULFILLED,
+    OrderState.FULFIL_FAILED,
+    OrderState.PARTIALLY_REFUNDED,
+)
+# A partial refund leaves the learner enrolled: only for an order the platform has confirmed.
+# (A paid order still waiting for the platform would never be fulfilled once it left `paid`.)
+PARTIALLY_REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
+CANCELLABLE = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
+
+
+class ActionRefused(Exception):
+    """The action cannot be done to this order now; the message says why, for the operator."""
+
+
+@dataclass
+class ActionResult:
+    message: str
+    ok: bool = True
+
+
+def _order(reference: str) -> Order:
+    with db.reader() as session:
+        order = session.scalar(select(Order).where(Order.reference == reference))
+    if order is None:
+        raise ActionRefused("There is no such order.")
+    return order
+
+
+def _money(order: Order, amount_minor: int) -> str:
+    return format_money(amount_minor, order.currency, "en")
+
+
+def _note(session, order: Order, actor: Actor, action: str, message: str, **detail) -> None:
+    """The order's timeline entry for an operator action."""
+    timeline.record(
+        order.id,
+        "operator",
+        f"{message} (by {actor.email})",
+        {"action": action, "actor": actor.email, **detail},
+        session=session,
+    )
+
+
+def _refuse(actor: Actor, action: str, order: Order | None, message: str, **detail):
+    audit.record(
+        actor,
+        action,
+        "refused",
+        target=order.reference if order else None,
+        order_id=order.id if order else None,
+        detail={"reason": message, **detail},
+    )
+    raise ActionRefused(message)
+
+
+def offers(order: Order) -> dict[str, bool]:
+    """Which actions make sense for the order as it is now (the order page shows these)."""
+    refundable = (
+        order.state in REFUNDABLE
+        and bool(order.stripe_payment_intent_id)
+        and (order.amount_paid_minor or 0) > (order.amount_refunded_minor or 0)
+    )
+    return {
+        "retry": order.state in RETRYABLE,
+        "refund": refundable,
+        "cancel": order.state in CANCELLABLE,
+        "resolve": order.state == OrderState.FULFIL_FAILED,
+    }
+
+
+# --- retry fulfilment now ----------------------------------------------------------------------
+
+
+def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
+    """Make the order's fulfil job due now (a `fulfil_failed` order goes back to `paid` first and
+    its job gets a fresh set of attempts), then run it, waiting a few seconds for the platform."""
+    action = "orders.retry"
+    order = _order(reference)
+    if order.state not in RETRYABLE:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"Only a paid, unfulfilled order can be retried: this one is {order.state}.",
+        )
+    key = f"fulfil:{order.id}"
+    now = utcnow()
+    with db.transaction() as session:
+        if order.state == OrderState.FULFIL_FAILED and not transition(
+            session, order.id, OrderState.FULFIL_FAILED, OrderState.PAID, failure_reason=None
+        ):
+            raise ActionRefused("The order changed meanwhile: reload the page and look again.")
+        jobs.enqueue(session, "fulfil", key, order_id=order.id)
+        # A job a worker holds right now is left alone: we wait for its outcome below.
+        session.execute(
+            update(Job)
+            .where(
+                Job.dedupe_key == key,
+                or_(Job.locked_until.is_(None), Job.locked_until < now),
+            )
+            .values(
+                state=JobState.QUEUED,
+                run_at=now,
+                attempts=case((Job.state == JobState.QUEUED, Job.attempts), else_=0),
+                last_error=None,
+                locked_by=None,
+                locked_until=None,
+                updated_at=now,
+            )
+        )
+        _note(session, order, actor, "retry", "fulfilment retry requested", from_state=order.state)
+        audit.record(
+            actor,
+            action,
+            target=order.reference,
+            order_id=order.id,
+            detail={"from_state": str(order.state)},
+            session=session,
+        )
+    jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
+    after = checkout.reload(order)
+    if after.state == OrderState.FULFILLED:
+        return ActionResult(f"The platform confirmed order {order.reference}: it is fulfilled.")
+    job = jobs.job_state(key)
+    error = job.last_error if job is not None and job.last_error else "no answer yet"
+    if after.state == OrderState.FULFIL_FAILED:
+        return ActionResult(
+            f"Fulfilment failed again ({error}); the order is back in fulfil_failed.", ok=False
+        )
+    return ActionResult(
+        f"Fulfilment was retried but is not confirmed yet ({error}). The order is "
+        f"{after.state}; the job queue keeps trying.",
+        ok=False,
+    )
+
+
+# --- refund ------------------------------------------------------------------------------------
+
+
+def refund(
+    services,
+    actor: Actor,
+    reference: str,
+    amount_minor: int,
+    reason: str,
+    *,
+    expected_refunded: int | None = None,
+) -> ActionResult:
+    """Refund through Stripe, record it on the order, and queue telling the platform.
+
+    `expected_refunded` is what the operator saw refunded already: if it has changed, the refund
+    is refused (someone else refunded, or this is a repeated submit). Two submits that race each
+    other send the same idempotency key, and Stripe makes them one refund.
+    """
+    action = "orders.refund"
+    order = _order(reference)
+    paid = order.amount_paid_minor or 0
+    already = order.amount_refunded_minor or 0
+    remaining = paid - already
+    detail = {"amount_minor": amount_minor, "reason": reason}
+    if expected_refunded is not None and expected_refunded != already:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"The order changed since you opened the refund page: {_money(order, already)} is "
+            "refunded now. Check the order and refund again if you still need to.",
+            **detail,
+        )
+    if order.state not in REFUNDABLE or not order.stripe_payment_intent_id:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"This order cannot be refunded: it is {order.state}"
+            + ("" if order.stripe_payment_intent_id else " and has no Stripe payment")
+            + ".",
+            **detail,
+        )
+    if remaining <= 0:
+        _refuse(actor, action, order, "Nothing is left to refund on this order.", **detail)
+    if not 0 < amount_minor <= remaining:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"The amount must be more than zero and at most {_money(order, remaining)}, what is "
+            "left of the payment.",
+            **detail,
+        )
+    if amount_minor < remaining and order.state not in PARTIALLY_REFUNDABLE:
+        _refuse(
+            actor,
+            action,
+            order,
+            "A partial refund needs a fulfilled order: this one is "
+            f"{order.state}. Refund it in full, or fulfil it first.",
+            **detail,
+        )
+    # Same order, same refunded-so-far, same amount: the same refund (a double click, two
+    # operators doing the same thing). Stripe answers the second request with the first refund.
+    idempotency_key = f"{order.reference}-refund-{already}-{amount_minor}"
+    try:
+        stripe_refund = services.stripe.refund(
+            order.stripe_payment_intent_id,
+            amount_minor,
+            idempotency_key,
+            order_id=order.id,
+            metadata={"order_reference": order.reference},
+        )
+    except UpstreamError as exc:
+        audit.record(
+            actor,
+            action,
+            "failed",
+            target=order.reference,
+            order_id=order.id,
+            detail={**detail, "error": str(exc)},
+        )
+        timeline.record(
+            order.id,
+            "operator",
+            f"refund of {_money(order, amount_minor)} failed: {exc} (by {actor.email})",
+            {"action": "refund", "actor": actor.email, "error": str(exc), **detail},
+        )
+        raise ActionRefused(f"Stripe did not refund: {exc}") from exc
+
+    refunded_at = utcnow()
+    with db.transaction() as session:
+        current = session.scalar(
+            select(Order.amount_refunded_minor).where(Order.id == order.id).with_for_update()
+        )
+        # The charge.refunded webhook may have recorded this refund already (it sets Stripe's
+        # running total); another operator's refund may have landed in between (add ours to it).
+        total = already + amount_minor
+        refunded = current if current >= total else current + amount_minor
+        refunded = min(refunded, paid)
+        new_state = OrderState.REFUNDED if refunded >= paid else OrderState.PARTIALLY_REFUNDED
+        transition(session, order.id, REFUNDABLE, new_state, amount_refunded_minor=refunded)
+        refund_detail = {**detail, "refund": stripe_refund.get("id"), "refunded_total": refunded}
+        _note(
+            session,
+            order,
+            actor,
+            "refund",
+            f"refunded {_money(order, amount_minor)} through Stripe: {reason}",
+            **refund_detail,
+        )
+        jobs.enqueue(
+            session,
+            "platform_refund",
+            f"platform_refund:{order.id}:{refunded}",
+            order_id=order.id,
+            payload={
+                "amount_minor": amount_minor,
+                "refund": stripe_refund.get("id"),
+                "refunded_at": refunded_at.isoformat(),
+            },
+        )
+        audit.record(
+            actor,
+            action,
+            target=order.reference,
+            order_id=order.id,
+            detail=refund_detail,
+            session=session,
+        )
+    key = f"platform_refund:{order.id}:{refunded}"
+    jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
+    job = jobs.job_state(key)
+    label = services.platform(order.platform).label or order.platform
+    message = f"Refunded {_money(order, amount_minor)} (Stripe refund {stripe_refund.get('id')})."
+    if job is not None and job.state == JobState.DONE:
+        return ActionResult(f"{message} {label} was told.")
+    error = job.last_error if job is not None and job.last_error else "no answer yet"
+    return ActionResult(
+        f"{message} {label} has not confirmed yet ({error}); the job queue keeps trying.",
+        ok=False,
+    )
+
+
+def run_platform_refund(services, job) -> None:
+    with db.reader() as session:
+        order = session.get(Order, job.order_id)
+    if order is None or order.state not in (OrderState.REFUNDED, OrderState.PARTIALLY_REFUNDED):
+        return
+    refunded_at = datetime.fromisoformat(job.payload["refunded_at"])
+    outcome = services.platform(order.platform).refund(
+        order, int(job.payload["amount_minor"]), refunded_at=refunded_at
+    )
+    timeline.record(order.id, "job", outcome.note or "platform told: refunded", outcome.detail)
+
+
+jobs.register("platform_refund", run_platform_refund, give_up=give_up_quietly)
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def cancel(services, actor: Actor, reference: str, reason: str) -> ActionResult:
+    """Cancel an unpaid order the way a learner's "return without paying" does: the Stripe session
+    is expired first (so it can no longer be paid), then the platform is told."""
+    action = "orders.cancel"
+    order = _order(reference)
+    if order.state not in CANCELLABLE:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"Only an unpaid order can be cancelled: this one is {order.state}.",
+            reason=reason,
+        )
+    try:
+        checkout.cancel_order(services, reference)
+    except (CheckoutError, UpstreamError) as exc:
+        message = exc.message if isinstance(exc, CheckoutError) else str(exc)
+        audit.record(
+            actor,
+            action,
+            "failed",
+            target=order.reference,
+            order_id=order.id,
+            detail={"reason": reason, "error": message},
+        )
+        raise ActionRefused(f"The order could not be cancelled: {message}") from exc
+    after = checkout.reload(order)
+    ok = after.state == OrderState.CANCELLED
+    with db.transaction() as session:
+        if ok:
+            _note(session, order, actor, "cancel", f"order cancelled: {reason}", reason=reason)
+        else:
+            _note(
+                session,
+                order,
+                actor,
+                "cancel",
+                f"cancel requested, but the order is {after.state}",
+                reason=reason,
+            )
+        audit.record(
+            actor,
+            action,
+            "ok" if ok else "refused",
+            target=order.reference,
+            order_id=order.id,
+            detail={"reason": reason, "state": str(after.state)},
+            session=session,
+        )
+    if ok:
+        return ActionResult(f"Order {order.reference} is cancelled and the platform was told.")
+    return ActionResult(
+        f"The order was not cancelled: it is {after.state} (it may have been paid meanwhile).",
+        ok=False,
+    )
+
+
+# --- resolve -----------------------------------------------------------------------------------
+
+
+def resolve(services, actor: Actor, reference: str, reason: str) -> ActionResult:
+    """An operator finished a failed fulfilment by hand (enrolled the learner on the platform):
+    `fulfil_failed` -> `fulfilled`, with the reason on the timeline."""
+    action = "orders.resolve"
+    order = _order(reference)
+    if order.state != OrderState.FULFIL_FAILED:
+        _refuse(
+            actor,
+            action,
+            order,
+            f"Only a fulfil_failed order can be marked resolved: this one is {order.state}.",
+            reason=reason,
+        )
+    with db.transaction() as session:
+        moved = transition(
+            session,
+            order.id,
+            OrderState.FULFIL_FAILED,
+            OrderState.FULFILLED,
+            fulfilled_at=utcnow(),
+        )
+        if moved:
+            _note(session, order, actor, "resolve", f"marked resolved: {reason}", reason=reason)
+            audit.record(
+                actor,
+                action,
+                target=order.reference,
+                order_id=order.id,
+                detail={"reason": reason},
+                session=session,
+            )
+    if not moved:
+        _refuse(actor, action, order, "The order changed meanwhile: reload and look again.")
+    return ActionResult(f"Order {order.reference} is marked fulfilled.")
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    pass
+
+
+def create_user(actor: Actor, email: str, role: str, password: str | None) -> User:
+    email = normalise_email(email)
+    if "@" not in email or len(email) > 320:
+        raise UserError("That is not an email address.")
+    if role not in set(Role):
+        raise UserError(f"The role must be one of {', '.join(Role)}.")
+    if password is not None:
+        problem = password_problem(password)
+        if problem:
+            raise UserError(problem)
+    password_hash = hash_password(password) if password is not None else None
+    try:
+        with db.transaction() as session:
+            user = User(email=email, role=role, password_hash=password_hash, active=True)
+            session.add(user)
+            session.flush()
+            audit.record(
+                actor, "users.create", target=email, detail={"role": role}, session=session
+            )
+    except IntegrityError:
+        raise UserError(f"There is already a user {email}.") from None
+    return user
+
+
+def _active_admins(session) -> int:
+    return len(
+        session.scalars(select(User.id).where(User.role == Role.ADMIN, User.active.is_(True))).all()
+    )
+
+
+def update_user(
+    actor: Actor,
+    user_id: int,
+    *,
+    role: str | None = None,
+    active: bool | None = None,
+    password: str | None = None,
+) -> User:
+    """Change a user's role, access or password. The last active admin cannot be demoted or
+    deactivated (nobody could manage users any more). A new password or deactivation ends the
+    user's sessions."""
+    if role is not None and role not in set(Role):
+        raise UserError(f"The role must be one of {', '.join(Role)}.")
+    if password:
+        problem = password_problem(password)
+        if problem:
+            raise UserError(problem)
+    password_hash = hash_password(password) if password else None
+    with db.transaction() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise UserError("There is no such user.")
+        was_admin = user.role == Role.ADMIN and user.active
+        changes: dict = {}
+        if role is not None and role != user.role:
+            changes["role"] = [user.role, role]
+            user.role = role
+        if active is not None and active != user.active:
+            changes["active"] = [user.active, active]
+            user.active = active
+        if password_hash:
+            changes["password"] = "changed"  # noqa: S105 - what changed, not a password
+            user.password_hash = password_hash
+        if not changes:
+            return user
+        if "password" in changes or user.active is False:
+            user.session_epoch += 1
+        session.flush()
+        if was_admin and _active_admins(session) == 0:
+            raise UserError("This would leave no active admin: make someone else admin first.")
+        audit.record(actor, "users.update", target=user.email, detail=changes, session=session)
+    return user
