@@ -21,7 +21,11 @@ demo: install
 	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/flask --app wsgi portal init-db
 	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) BIN=$(BIN) HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
 
-test: install
+# The browser tests inject axe-core from node_modules (npm, pinned by package-lock.json).
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+test: install node_modules/.package-lock.json
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -29,4 +33,4 @@ lint: install
 	$(BIN)/ruff format --check portal tests bench wsgi.py gunicorn.conf.py
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache test-artifacts
+	rm -rf $(VENV) instance .pytest_cache test-artifacts node_modules

@@ -20,6 +20,9 @@ SANDBOX_DEFAULTS = {
     "SKILLJAR_API_KEY": "sandbox-skilljar-key",
     "OPENLEARNING_API_KEY": "sandbox-openlearning-key",
     "OPENLEARNING_AUDIENCE": "sandbox-institution",
+    "CLEENG_PUBLISHER_TOKEN": "sandbox-cleeng-publisher-token",
+    "CLEENG_WEBHOOK_SECRET": ("sandbox-cleeng-webhook-secret",),
+    "CLEENG_PAYMENT_METHOD_ID": "900000001",
 }
 
 
@@ -55,6 +58,10 @@ def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None
         settings["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
     if "PORTAL_OPENLEARNING_API_BASE" not in environ:
         settings["OPENLEARNING_API_BASE"] = public + "/sandbox/openlearning/v2.2"
+    if "PORTAL_CLEENG_API_BASE" not in environ:
+        settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
+    if not settings["CLEENG_RETURN_URL"]:
+        settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
     from portal.sandbox.openlearning_api import apply_sandbox_key
 
     apply_sandbox_key(settings, instance_path)
@@ -130,7 +137,7 @@ def create_app(config: dict | None = None) -> Flask:
     db.configure(settings["DATABASE_URL"])
 
     from portal import cli, errors, fulfilment, views, webhooks  # noqa: F401 - registers jobs
-    from portal.platforms import openlearning, skilljar
+    from portal.platforms import cleeng, openlearning, skilljar
     from portal.services import build_services
 
     app.extensions["portal"] = build_services(settings)
@@ -140,6 +147,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(skilljar.bp)
     app.register_blueprint(openlearning.bp)
     csrf.exempt(openlearning.bp)  # a cross-site POST from OpenLearning, authenticated by its JWT
+    app.register_blueprint(cleeng.bp)
+    csrf.exempt(cleeng.bp)  # GET pages and Cleeng's webhook, authenticated by its HMAC signature
     app.register_blueprint(webhooks.bp)
     csrf.exempt(webhooks.bp)
     cli.init_app(app)

@@ -293,12 +293,17 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
     if order.state != OrderState.OPEN:
         return Next(page="status", order=order)
 
-    quote = quote_tax(services.settings, order, country)
+    options = services.platform(order.platform).checkout_options(order)
+    quote = (
+        TaxQuote("none")  # the platform's price already includes its tax
+        if options.tax_included
+        else quote_tax(services.settings, order, country)
+    )
     order = _prepare_attempt(services.settings, order, quote)
     if order.state != OrderState.OPEN:
         return Next(page="status", order=order)
 
-    if order.total_minor == 0 and quote.mode != "stripe":
+    if order.total_minor == 0 and quote.mode != "stripe" and options.mode == "payment":
         # Nothing to charge (a 100% promo): no Stripe session, straight to fulfilment.
         with db.transaction() as session:
             if transition(
@@ -328,9 +333,12 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         success_url=services.url(
             f"/orders/{order.reference}/return?session_id={{CHECKOUT_SESSION_ID}}"
         ),
-        cancel_url=services.url(f"/orders/{order.reference}/cancelled"),
+        cancel_url=options.cancel_url or services.url(f"/orders/{order.reference}/cancelled"),
         expires_at=order.stripe_session_expires_at,
         idempotency_key=f"{order.reference}-attempt-{order.session_attempt}",
+        mode=options.mode,
+        customer=options.customer,
+        setup_future_usage=options.setup_future_usage,
     )
     try:
         stripe_session = services.stripe.create_session(request, order_id=order.id)
@@ -415,7 +423,7 @@ def sync_session(services, stripe_session, *, source: str) -> Order | None:
 
 def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
     """`-> paid` compare-and-set; the winner queues the one fulfilment job. Returns True if won."""
-    amount_total = stripe_session.get("amount_total")
+    amount_total = stripe_session.get("amount_total") or 0  # null for a setup-mode session
     total_details = stripe_session.get("total_details") or {}
     tax_paid = total_details.get("amount_tax") or 0
     if order.tax_mode == "fixed":

@@ -141,6 +141,8 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "CLEENG_PUBLISHER_TOKEN": (None, str),
     "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
     "CLEENG_PAYMENT_METHOD_ID": (None, str),
+    "CLEENG_WEBHOOK_SECRET": ((), _secrets),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
+    "CLEENG_RETURN_URL": (None, _url),  # the publisher's page after payment (host allow-listed)
     "REDIRECT_HOSTS": ((), _hosts),
     "RETRY_BASE_SECONDS": (30.0, _float),
     "RETRY_MAX_SECONDS": (3600.0, _float),

@@ -55,6 +55,10 @@ class CheckoutRequest:
     cancel_url: str
     expires_at: datetime
     idempotency_key: str
+    # Optional, for platforms that keep the card for later (off-session) charges:
+    mode: str = "payment"  # "setup": collect a payment method now, charge nothing
+    customer: str | None = None  # the Stripe Customer the payment method is saved to
+    setup_future_usage: str | None = None  # "off_session": save the card used to pay
 
 
 class StripeGateway:
@@ -152,6 +156,7 @@ class StripeGateway:
         if request.automatic_tax:
             params["automatic_tax"] = {"enabled": True}
             params["billing_address_collection"] = "required"
+        params = _saved_card_params(params, request)
         return self._call(
             "checkout.sessions.create",
             order_id,
@@ -212,3 +217,143 @@ class StripeGateway:
             params=params,
             options={"idempotency_key": idempotency_key},
         )
+
+    # --- saved cards and off-session charges (the Cleeng connector) ---------------------------
+
+    def create_customer(
+        self, idempotency_key: str, *, email: str | None = None, metadata: dict | None = None
+    ):
+        """A Customer to save payment methods to; the key makes a retried create one Customer."""
+        params: dict = {"metadata": metadata or {}}
+        if email:
+            params["email"] = email
+        return self._call(
+            "customers.create",
+            None,
+            self.client.v1.customers.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+
+    def retrieve_payment_intent(self, payment_intent_id: str, *, order_id: int | None = None):
+        return self._call(
+            "payment_intents.retrieve",
+            order_id,
+            self.client.v1.payment_intents.retrieve,
+            payment_intent_id,
+        )
+
+    def retrieve_setup_intent(self, setup_intent_id: str, *, order_id: int | None = None):
+        return self._call(
+            "setup_intents.retrieve",
+            order_id,
+            self.client.v1.setup_intents.retrieve,
+            setup_intent_id,
+        )
+
+    def retrieve_payment_method(self, payment_method_id: str, *, order_id: int | None = None):
+        return self._call(
+            "payment_methods.retrieve",
+            order_id,
+            self.client.v1.payment_methods.retrieve,
+            payment_method_id,
+        )
+
+    def detach_payment_method(self, payment_method_id: str):
+        return self._call(
+            "payment_methods.detach",
+            None,
+            self.client.v1.payment_methods.detach,
+            payment_method_id,
+        )
+
+    def charge_saved_card(
+        self,
+        *,
+        customer: str,
+        payment_method: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+        description: str | None = None,
+        metadata: dict | None = None,
+    ) -> OffSessionCharge:
+        """Charge a saved card with the customer away (a renewal). A decline is an answer, not an
+        error: it comes back as `declined` with Stripe's message. The idempotency key makes a
+        retried charge the same charge (or the same decline), never a second one."""
+        params: dict = {
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "customer": customer,
+            "payment_method": payment_method,
+            "off_session": True,
+            "confirm": True,
+            "metadata": metadata or {},
+        }
+        if description:
+            params["description"] = description[:1000]
+
+        def create():
+            try:
+                return self.client.v1.payment_intents.create(
+                    params=params, options={"idempotency_key": idempotency_key}
+                )
+            except stripe.CardError as exc:
+                # The card said no (declined, insufficient funds, authentication required).
+                return {"card_error": (exc.json_body or {}).get("error") or {}}
+
+        result = self._call("payment_intents.create", None, create)
+        error = result.get("card_error")
+        if error is not None:
+            intent = error.get("payment_intent") or {}
+            return OffSessionCharge(
+                status="declined",
+                payment_intent_id=intent.get("id"),
+                message=error.get("message") or "The card was declined.",
+                decline_code=error.get("decline_code") or error.get("code"),
+            )
+        return OffSessionCharge(status=result.get("status") or "", payment_intent_id=result["id"])
+
+
+@dataclass(frozen=True)
+class OffSessionCharge:
+    """The outcome of `charge_saved_card`: `succeeded`, `declined`, or another PaymentIntent
+    status Stripe left the charge in."""
+
+    status: str
+    payment_intent_id: str | None
+    message: str | None = None
+    decline_code: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:
+    """Checkout Session parameters for a card kept for later: the Customer it is saved to, and
+    either `setup_future_usage` on the payment or a `setup` mode session that charges nothing."""
+    if request.customer:
+        params["customer"] = request.customer
+        params.pop("customer_email", None)  # Stripe takes one of the two
+    if request.setup_future_usage and request.mode == "payment":
+        params["payment_intent_data"] = {
+            **params["payment_intent_data"],
+            "setup_future_usage": request.setup_future_usage,
+        }
+    if request.mode != "setup":
+        return params
+    metadata = params["metadata"]
+    setup = {
+        key: params[key]
+        for key in ("client_reference_id", "metadata", "success_url", "cancel_url", "locale")
+    }
+    setup.update(
+        mode="setup",
+        currency=request.currency.lower(),
+        setup_intent_data={"metadata": metadata},
+        expires_at=params["expires_at"],
+    )
+    if "customer" in params:
+        setup["customer"] = params["customer"]
+    return setup

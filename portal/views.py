@@ -144,20 +144,36 @@ def status(reference):
     order = next_step.order
     waiting = order.state in {OrderState.PAID, OrderState.PROCESSING}
     locale = order.locale or learner_locale()
+    # The page checks again by itself (no JavaScript), quickly at first, then less often; the
+    # learner can switch that off (WCAG 2.2.1, timing adjustable) and check by hand.
+    auto = waiting and request.args.get("auto") != "0"
+    check = request.args.get("check", "0")
+    check = min(int(check), 10_000) if check.isdigit() else 0
+    interval = refresh_interval(check)
     response = current_app.make_response(
         render_template(
             "status.html",
             order=order,
             waiting=waiting,
+            auto=auto,
+            interval=interval,
             continue_url=services().allowed_redirect(order.redirect_url),
             fmt=lambda amount: money(order, amount, locale),
         )
     )
-    if waiting:
-        # No JavaScript needed: the page asks again by itself.
-        response.headers["Refresh"] = "3"
+    if auto:
+        next_url = url_for("orders.status", reference=order.reference, check=check + 1)
+        response.headers["Refresh"] = f"{interval}; url={next_url}"
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def refresh_interval(check: int) -> int:
+    """Seconds until the status page checks again: 3 s for the first minute or so, then 10 s,
+    then 30 s, so a long platform outage does not keep a phone busy."""
+    if check < 20:
+        return 3
+    return 10 if check < 80 else 30
 
 
 @bp.get("/healthz")

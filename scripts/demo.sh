@@ -19,6 +19,9 @@ cat <<MSG
      (4000 0000 0000 0002 is declined; "Back" cancels).
   4. You return to the academy's thank-you page with the purchase in SUCCESS.
 
+  OpenLearning instead: open a demo course and press "Join now" (a freshly signed JWT is posted):
+                                      $PORTAL_PUBLIC_URL/sandbox/openlearning/
+
   Sandbox home (sessions, API calls): $PORTAL_PUBLIC_URL/sandbox/
   Health check:                       $PORTAL_PUBLIC_URL/healthz
 

@@ -118,3 +118,38 @@ def audit_entries(action: str | None = None) -> list[AuditEntry]:
         if action:
             query = query.where(AuditEntry.action == action)
         return list(session.scalars(query.order_by(AuditEntry.id)))
+
+
+def buy_in_sandbox(base: str, offer: str = "intro-python", quantity: int = 1) -> str:
+    """A learner's whole purchase through the sandbox academy and Stripe stand-in, over HTTP;
+    returns the Skilljar purchase id."""
+    import requests
+
+    browser = requests.Session()
+    review = browser.post(
+        f"{base}/sandbox/skilljar/academy/checkout",
+        data={"offer": offer, "quantity": str(quantity), "promo_code": ""},
+        timeout=30,
+    )
+    assert review.status_code == 200, review.text
+    purchase_id = review.url.split("purchase_id=")[1]
+    action = re.search(r'action="([^"]*/pay)"', review.text).group(1)
+    stripe_page = browser.post(
+        action if action.startswith("http") else base + action,
+        data={"csrf_token": csrf(review.text)},
+        timeout=30,
+    )
+    assert "/sandbox/stripe/pay/" in stripe_page.url
+    thanks = browser.post(
+        stripe_page.url,
+        data={
+            "email": "ada@example.com",
+            "card_number": "4242 4242 4242 4242",
+            "expiry": "12/30",
+            "cvc": "123",
+            "name": "Ada Lovelace",
+        },
+        timeout=30,
+    )
+    assert "/thank-you/" in thanks.url, thanks.text
+    return purchase_id

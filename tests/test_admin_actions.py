@@ -510,3 +510,80 @@ def test_an_admin_can_refund(console, mocked):
     client = console("admin")
     flashed(client, act(client, order, "refund", amount="78.40", reason="admin refund"))
     assert reload(order).state == OrderState.REFUNDED
+
+
+# --- against the sandbox, through the real stripe SDK ---------------------------------------------
+
+
+def test_refunds_through_the_sandbox_reach_stripe_and_skilljar(sandbox_server, fast_hashing):
+    from portal.http import UpstreamError
+    from tests.admin_support import buy_in_sandbox, make_user, sign_in
+
+    server = sandbox_server()
+    purchase_id = buy_in_sandbox(server.url)
+    with server.app.app_context():
+        make_user("ops@example.com", "operator")
+    client = server.app.test_client()
+    assert sign_in(client, "ops@example.com").status_code == 303
+    found = client.get(f"/admin/orders?platform_ref={purchase_id}")
+    reference = re.search(r'href="/admin/orders/(ord_[\w-]+)"', found.text).group(1)
+    with db.reader() as session:
+        from portal.models import Order
+
+        order = session.scalar(select(Order).where(Order.reference == reference))
+    assert order.state == OrderState.FULFILLED
+    text = flashed(client, act(client, order, "refund", amount="10.00", reason="partial"))
+    assert "Skilljar was told" in text
+
+    purchase = server.store.get("skilljar.purchase", purchase_id)
+    assert (purchase["state"], purchase["refund_cents"]) == ("REFUNDED", 1000)
+    intent = server.store.get("payment_intent", order.stripe_payment_intent_id)
+    charge = server.store.get("charge", intent["latest_charge"])
+    assert (charge["amount_refunded"], charge["refunded"]) == (1000, False)
+    assert reload(order).state == OrderState.PARTIALLY_REFUNDED
+
+    # The stand-in refuses what real Stripe refuses, and replays an idempotent retry.
+    stripe = server.services.stripe
+    with pytest.raises(
+        UpstreamError, match=r"greater than unrefunded amount on charge \(\$39.00\)"
+    ):
+        stripe.refund(order.stripe_payment_intent_id, 3901, "too-much")
+    first = stripe.refund(order.stripe_payment_intent_id, 900, "same-key")
+    again = stripe.refund(order.stripe_payment_intent_id, 900, "same-key")
+    assert first["id"] == again["id"]
+    assert server.store.get("charge", charge["id"])["amount_refunded"] == 1900
+    with pytest.raises(UpstreamError, match="same parameters"):
+        stripe.refund(order.stripe_payment_intent_id, 800, "same-key")
+    fetched = stripe.client.v1.refunds.retrieve(first["id"])
+    assert (fetched.amount, fetched.payment_intent) == (900, order.stripe_payment_intent_id)
+    stripe.refund(order.stripe_payment_intent_id, 3000, "the-rest")
+    with pytest.raises(UpstreamError, match="has already been refunded"):
+        stripe.refund(order.stripe_payment_intent_id, 1, "nothing-left")
+    events = [e["type"] for e in server.store.list("event")]
+    assert events.count("charge.refunded") == 3
+
+
+def test_a_platform_without_refunds_has_nothing_to_report():
+    from portal.platforms import Outcome, Platform
+
+    class Quiet(Platform):
+        name = "quiet"
+
+        def fulfil(self, order, *, retry=False):
+            return Outcome(redirect_url=None)
+
+        def cancel(self, order):
+            return Outcome(redirect_url=None)
+
+    outcome = Quiet().refund(object(), 100)
+    assert (outcome.redirect_url, outcome.note) == (None, "nothing to report")
+
+
+def test_a_refund_on_a_platform_without_a_refund_api_says_so(console, mocked):
+    order = make_order(state=OrderState.FULFILLED, platform="openlearning", platform_ref="jti-1")
+    mocked.post(REFUNDS_URL, json=stripe_refund(7840))
+    client = console("operator")
+    text = flashed(client, act(client, order, "refund", amount="78.40", reason="no API there"))
+    assert "Refunded $78.40 (Stripe refund re_test_1). OpenLearning has no refund" in text
+    assert reload(order).state == OrderState.REFUNDED
+    assert [c.request.url for c in mocked.calls] == [REFUNDS_URL]

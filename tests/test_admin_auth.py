@@ -643,11 +643,8 @@ def idp(make_app, mocked, idp_key):
                 **claims,
             }
             id_token = jwt.encode({"alg": "RS256", "kid": "idp-1"}, id_claims, key)
-            mocked.replace(
+            mocked.upsert(
                 "POST",
-                f"{IDP}/token",
-                json={"access_token": "at-1", "token_type": "Bearer", "id_token": id_token},
-            ) if any(c.request.url == f"{IDP}/token" for c in mocked.calls) else mocked.post(
                 f"{IDP}/token",
                 json={"access_token": "at-1", "token_type": "Bearer", "id_token": id_token},
             )
@@ -795,3 +792,18 @@ def test_a_broken_console_configuration_stops_the_app(make_app, settings, messag
 
     with pytest.raises(ConfigError, match=message):
         make_app(**settings)
+
+
+def test_userinfo_about_someone_else_is_refused(idp):
+    response = idp.sign_in(
+        idp.app.test_client(), userinfo={"sub": "someone-else", "groups": ["portal-admins"]}
+    )
+    assert response.status_code == 401
+    assert user("sso.person@example.com") is None
+
+
+def test_the_role_map_setting_knows_exactly_the_console_roles():
+    from portal.config import ROLES
+    from portal.models import Role
+
+    assert set(ROLES) == {str(role) for role in Role}

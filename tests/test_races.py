@@ -228,12 +228,15 @@ def test_worker_killed_mid_job_loses_nothing(gunicorn_sandbox, portal_db):
     held = fulfil_job(portal_db, order.id)
     assert held.state == "queued"
     assert held.locked_by is not None  # still leased by the dead worker
-    # The platform never completes the dead worker's call.
+    # The platform never completes the dead worker's call (it is still sleeping on the latency).
     control(base, skilljar_fault_rate=1.0)
-    orphan = wait_until(
-        lambda: fulfil_calls(store, purchase_id), 10, "the dead worker's call to finish"
-    )
-    assert [c["status"] for c in orphan] == [503]
+    deadline = time.monotonic() + 5
+    while not (orphans := fulfil_calls(store, purchase_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Normally [503]. [] if the worker died before its request left; [200] if the platform had
+    # already answered it (only on a badly overloaded machine). Every case must end the same way.
+    lost_in_flight = [c["status"] for c in orphans]
+    assert lost_in_flight in ([503], [], [200])
     control(base, skilljar_fault_rate=0, skilljar_latency_ms=0)
     assert order_for(portal_db, purchase_id).state == OrderState.PAID
 
@@ -244,7 +247,10 @@ def test_worker_killed_mid_job_loses_nothing(gunicorn_sandbox, portal_db):
         "the second worker to fulfil the order",
     )
     calls = fulfil_calls(store, purchase_id)
-    assert [c["status"] for c in calls] == [503, 200]
     assert len(successes(calls)) == 1
+    if lost_in_flight == [200]:
+        assert [c["status"] for c in calls] == [200]  # the retry saw SUCCESS and did not call
+    else:
+        assert [c["status"] for c in calls] == [*lost_in_flight, 200]  # the second worker did
     job = fulfil_job(portal_db, order.id)
     assert (job.state, job.attempts, job.locked_by) == ("done", 2, None)

@@ -358,7 +358,7 @@ def test_unpaid_return_shows_processing(client, mocked, purchase, checkout_sessi
     assert response.status_code == 303
     page = client.get(response.headers["Location"])
     assert "processing" in page.text
-    assert page.headers["Refresh"] == "3"
+    assert page.headers["Refresh"].startswith("3; url=")
     assert order_row().state == OrderState.PROCESSING
 
 
@@ -595,3 +595,24 @@ def test_unexpected_error_is_a_branded_500_without_traceback(client, monkeypatch
     assert "secret internals" not in response.text
     assert "Traceback" not in response.text
     assert unquote("Something went wrong") in response.text
+
+
+def test_status_page_refresh_slows_down_and_can_be_switched_off(
+    make_app, mocked, purchase, checkout_session
+):
+    client = make_app(RETRY_BASE_SECONDS="600").test_client()  # no retry falls due meanwhile
+    review = open_review(client, mocked, purchase)
+    pay(client, mocked, review.text, checkout_session)
+    reference = order_row().reference
+    mocked.get(f"{SESSIONS_URL}/cs_test_1", json=paid_session(checkout_session, reference))
+    mocked.post(f"{PURCHASE_URL}/fulfill", json={"detail": "down"}, status=503)
+    client.get(f"/orders/{reference}/return?session_id=cs_test_1")
+    first = client.get(f"/orders/{reference}/status")
+    assert first.headers["Refresh"] == f"3; url=/orders/{reference}/status?check=1"
+    assert "Stop automatic updates" in first.text
+    later = client.get(f"/orders/{reference}/status?check=500")
+    assert later.headers["Refresh"].startswith("30; url=")
+    off = client.get(f"/orders/{reference}/status?auto=0")
+    assert "Refresh" not in off.headers
+    assert "Automatic updates are off" in off.text
+    assert "Check again now" in off.text

@@ -79,6 +79,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_orders_paid_at", ["paid_at"], unique=False)
         batch_op.create_index("ix_orders_fulfilled_at", ["fulfilled_at"], unique=False)
         batch_op.create_index("ix_orders_disputed", ["disputed"], unique=False)
+        batch_op.create_index("ix_orders_platform_ref", ["platform_ref"], unique=False)
     # An expression index (case-insensitive email search); SQLite and PostgreSQL both have them.
     op.create_index(
         "ix_orders_customer_email_lower", "orders", [sa.text("lower(customer_email)")]
@@ -88,6 +89,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_orders_customer_email_lower", table_name="orders")
     with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.drop_index("ix_orders_platform_ref")
         batch_op.drop_index("ix_orders_disputed")
         batch_op.drop_index("ix_orders_fulfilled_at")
         batch_op.drop_index("ix_orders_paid_at")

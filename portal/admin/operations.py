@@ -27,6 +27,7 @@ from portal.fulfilment import give_up_quietly
 from portal.http import UpstreamError
 from portal.models import Job, JobState, Order, OrderState, Role, User, utcnow
 from portal.money import format_money
+from portal.platforms import Platform
 
 log = logging.getLogger("portal.admin")
 
@@ -303,8 +304,11 @@ def refund(
     key = f"platform_refund:{order.id}:{refunded}"
     jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
     job = jobs.job_state(key)
-    label = services.platform(order.platform).label or order.platform
+    platform = services.platform(order.platform)
+    label = platform.label or order.platform
     message = f"Refunded {_money(order, amount_minor)} (Stripe refund {stripe_refund.get('id')})."
+    if type(platform).refund is Platform.refund:
+        return ActionResult(f"{message} {label} has no refund to be told about.")
     if job is not None and job.state == JobState.DONE:
         return ActionResult(f"{message} {label} was told.")
     error = job.last_error if job is not None and job.last_error else "no answer yet"

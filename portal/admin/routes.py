@@ -199,6 +199,8 @@ def sso_callback():
         role_claim = settings()["OIDC_ROLE_CLAIM"].split(".")[0]
         if role_claim not in claims and sso.load_server_metadata().get("userinfo_endpoint"):
             extra = sso.userinfo(token=token)
+            if extra.get("sub") != claims.get("sub"):  # OpenID Connect Core 5.3.2
+                raise OAuthError(description="userinfo is about someone else")
             claims.update({k: v for k, v in extra.items() if k not in {"iss", "sub", "aud"}})
     except (OAuthError, JoseError, RequestException, ValueError, KeyError) as exc:
         audit.record(actor(), "login", "failed", detail={"method": "sso", "error": str(exc)[:300]})

@@ -21,6 +21,18 @@ class Outcome:
     detail: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CheckoutOptions:
+    """How a platform wants the Checkout Session for one of its orders; the defaults suit a
+    one-off payment. `start_payment` asks the platform for these, so the core stays generic."""
+
+    tax_included: bool = False  # the platform's amount already includes its tax: quote none
+    mode: str = "payment"  # "setup": save a card for later and charge nothing now
+    customer: str | None = None  # the Stripe Customer to save the card to
+    setup_future_usage: str | None = None  # "off_session": keep the card used to pay
+    cancel_url: str | None = None  # where Stripe's "Back" goes, instead of the generic page
+
+
 class Platform(ABC):
     name: str = ""
     label: str = ""
@@ -37,6 +49,10 @@ class Platform(ABC):
     def cancel(self, order) -> Outcome:
         """Tell the platform the learner gave up; returns where to send them."""
 
+    def checkout_options(self, order) -> CheckoutOptions:
+        """How to make this order's Checkout Session; may raise portal.checkout.CheckoutError."""
+        return CheckoutOptions()
+
     def payment_failed(self, order, reason: str) -> Outcome:
         """A delayed payment failed after checkout; by default there is nothing to tell."""
         return Outcome(redirect_url=None, note="nothing to report")
@@ -48,11 +64,13 @@ class Platform(ABC):
 
 
 def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
+    from portal.platforms.cleeng import CleengPlatform
     from portal.platforms.openlearning import OpenLearningPlatform
     from portal.platforms.skilljar import SkilljarPlatform
 
     platforms: list[Platform] = [
         SkilljarPlatform(settings, recorder),
         OpenLearningPlatform(settings, recorder),
+        CleengPlatform(settings, recorder),
     ]
     return {platform.name: platform for platform in platforms}

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, request
 
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.http import HttpClient, UpstreamError, classify
-from portal.money import MoneyError, normalise_currency
+from portal.money import MoneyError, format_money, normalise_currency
 from portal.platforms import Outcome, Platform
 
 PURCHASE_ID = re.compile(r"[0-9a-z]{1,64}")
@@ -201,7 +201,8 @@ class SkilljarPlatform(Platform):
         data = self.client.update_purchase(order.platform_ref, fields, order_id=order.id)
         return Outcome(
             redirect_url=None,
-            note=f"Skilljar refund: {order.amount_refunded_minor} refunded in all",
+            note="Skilljar told: "
+            f"{format_money(order.amount_refunded_minor, order.currency)} refunded in all",
             detail={"state": data.get("state"), "refund_cents": data.get("refund_cents")},
         )
 

@@ -30,6 +30,8 @@ def control():
         "skilljar_latency_ms",
         "openlearning_fault_rate",
         "openlearning_latency_ms",
+        "cleeng_fault_rate",
+        "cleeng_latency_ms",
         "webhook_delay_seconds",
     }
     unknown = set(data) - allowed
@@ -42,9 +44,9 @@ def control():
 
 def init_app(app) -> None:
     from portal import csrf
-    from portal.sandbox import openlearning_api, skilljar_api, stripe_api
+    from portal.sandbox import cleeng_api, openlearning_api, skilljar_api, stripe_api
 
     app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
-    for blueprint in (bp, stripe_api.bp, skilljar_api.bp, openlearning_api.bp):
+    for blueprint in (bp, stripe_api.bp, skilljar_api.bp, openlearning_api.bp, cleeng_api.bp):
         app.register_blueprint(blueprint)
         csrf.exempt(blueprint)

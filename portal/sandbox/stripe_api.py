@@ -31,6 +31,7 @@ TEST_CARDS = {
     "4242424242424242": None,  # succeeds
     "4000000000000002": "Your card was declined.",
     "4000000000009995": "Your card has insufficient funds.",
+    "4000000000000341": "Your card was declined.",  # can be saved (setup); every charge fails
 }
 # Stand-in for Stripe Tax: percent by customer country.
 SANDBOX_TAX = {"GB": 20, "DE": 19, "FR": 20, "NL": 21, "AU": 10, "JP": 10}
@@ -227,8 +228,11 @@ def create_session():
 
 def build_session(params: dict) -> dict:
     mode = params.get("mode")
+    _check_customer(params)
+    if mode == "setup":
+        return build_setup_session(params)
     if mode != "payment":
-        raise StripeInputError("The sandbox supports mode=payment only.", "mode")
+        raise StripeInputError("The sandbox supports mode=payment and mode=setup only.", "mode")
     for required in ("success_url", "line_items"):
         if not params.get(required):
             raise StripeInputError(f"Missing required param: {required}.", required)
@@ -293,6 +297,7 @@ def build_session(params: dict) -> dict:
         "automatic_tax": {"enabled": automatic_tax, "status": None},
         "client_reference_id": params.get("client_reference_id"),
         "customer_email": params.get("customer_email"),
+        "customer": params.get("customer"),
         "customer_details": None,
         "locale": params.get("locale"),
         "metadata": params.get("metadata") or {},
@@ -508,6 +513,8 @@ def pay_page(session_id):
         session = _session(session_id)
     except StripeInputError:
         abort(404)
+    if session.get("mode") == "setup":
+        return setup_page(session)
     return _page(session)
 
 
@@ -535,6 +542,8 @@ def pay(session_id):
         session = _session(session_id)
     except StripeInputError:
         abort(404)
+    if session.get("mode") == "setup":
+        return pay_setup(session)
     if session["status"] != "open":
         return _page(session, "This checkout session is no longer open.", status=409)
     form = request.form
@@ -586,6 +595,7 @@ def pay(session_id):
             "created": int(time.time()),
         },
     )
+    save_card(session, intent_id, number, form)
     session.update(
         status="complete",
         payment_status="paid",
@@ -666,3 +676,333 @@ def send_event(event_type: str, obj: dict) -> dict:
 
         threading.Thread(target=later, daemon=True, name="sandbox-webhook").start()
     return event
+
+
+# --- saved cards: customers, setup-mode sessions, off-session charges (the Cleeng connector) ------
+
+# Cards that can be saved (a setup-mode session succeeds) although every charge on them fails.
+SAVE_ONLY_CARDS = frozenset({"4000000000000341"})
+DECLINE_CODES = {"4000000000009995": "insufficient_funds"}
+
+
+def _params_type(module: str, name: str):
+    import importlib
+
+    return getattr(importlib.import_module(f"stripe.params.{module}"), name)
+
+
+def _missing(kind: str, object_id: str, param: str = "id"):
+    return StripeInputError(
+        f"No such {kind}: '{object_id}'", param, status=404, code="resource_missing"
+    )
+
+
+def _strip(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if not k.startswith("sandbox_")}
+
+
+def _check_customer(params: dict) -> None:
+    customer = params.get("customer")
+    if customer is not None and _store().get("customer", customer) is None:
+        raise _missing("customer", customer, "customer")
+    if customer is not None and params.get("customer_email"):
+        raise StripeInputError(
+            "You may only specify one of these parameters: customer, customer_email.", "customer"
+        )
+
+
+def build_setup_session(params: dict) -> dict:
+    """A setup-mode Checkout Session: it saves a card and charges nothing."""
+    for required in ("success_url", "currency"):
+        if not params.get(required):
+            raise StripeInputError(f"Missing required param: {required}.", required)
+    for refused in ("line_items", "payment_intent_data"):
+        if params.get(refused):
+            raise StripeInputError(f"You can not pass `{refused}` in `setup` mode.", refused)
+    currency = params["currency"]
+    try:
+        normalise_currency(currency)
+    except ValueError:
+        raise StripeInputError(f"Invalid currency: {currency}", "currency") from None
+    if currency != currency.lower():
+        raise StripeInputError("Currency must be lowercase", "currency")
+    now = int(time.time())
+    expires_at = int(params.get("expires_at") or now + 24 * 3600)
+    if not now + 30 * 60 - 5 <= expires_at <= now + 24 * 3600:
+        raise StripeInputError(
+            "The `expires_at` timestamp must be between 30 minutes and 24 hours from now.",
+            "expires_at",
+        )
+    session_id = new_id("cs")
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "livemode": False,
+        "mode": "setup",
+        "status": "open",
+        "payment_status": "no_payment_required",
+        "created": now,
+        "expires_at": expires_at,
+        "currency": currency,
+        "amount_subtotal": None,
+        "amount_total": None,
+        "total_details": None,
+        "automatic_tax": {"enabled": False, "status": None},
+        "client_reference_id": params.get("client_reference_id"),
+        "customer": params.get("customer"),
+        "customer_email": None,
+        "customer_details": None,
+        "locale": params.get("locale"),
+        "metadata": params.get("metadata") or {},
+        "payment_intent": None,
+        "setup_intent": None,
+        "sandbox_setup_intent_data": params.get("setup_intent_data") or {},
+        "success_url": params["success_url"],
+        "cancel_url": params.get("cancel_url"),
+        "url": f"{_settings()['PUBLIC_URL']}/sandbox/stripe/pay/{session_id}",
+    }
+
+
+def _new_payment_method(number: str, form, customer: str | None) -> dict:
+    month, _, year = form.get("expiry", "").replace(" ", "").partition("/")
+    method = {
+        "id": new_id("pm"),
+        "object": "payment_method",
+        "type": "card",
+        "customer": customer,
+        "billing_details": {
+            "name": (form.get("name") or "").strip() or None,
+            "email": (form.get("email") or "").strip() or None,
+        },
+        "card": {
+            "brand": "visa",  # every sandbox test card is a Visa
+            "last4": number[-4:],
+            "exp_month": int(month),
+            "exp_year": 2000 + int(year) if len(year) == 2 else int(year),
+            "funding": "credit",
+        },
+        "created": int(time.time()),
+        "sandbox_card_number": number,
+    }
+    _store().put("payment_method", method["id"], method)
+    return method
+
+
+def save_card(session: dict, intent_id: str, number: str, form) -> None:
+    """The card a Checkout payment was made with becomes the PaymentIntent's PaymentMethod,
+    attached to the session's Customer when `setup_future_usage` asked to keep it."""
+    customer = session.get("customer")
+    future = (session.get("payment_intent_data") or {}).get("setup_future_usage")
+    method = _new_payment_method(number, form, customer if future else None)
+    intent = _store().get("payment_intent", intent_id)
+    intent.update(payment_method=method["id"], customer=customer, setup_future_usage=future)
+    _store().put("payment_intent", intent_id, intent)
+
+
+def setup_page(session: dict, error: str | None = None, form=None, status: int = 200):
+    return render_template(
+        "sandbox/cleeng_stripe_setup.html", session=session, error=error, form=form or {}
+    ), status
+
+
+def pay_setup(session: dict):
+    """The hosted page of a setup-mode session: the card is checked and saved, nothing charged."""
+    if session["status"] != "open":
+        return setup_page(session, "This checkout session is no longer open.", status=409)
+    form = request.form
+    email = (form.get("email") or "").strip()
+    if "@" not in email:
+        return setup_page(session, "Your email address is incomplete.", form, 400)
+    number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
+    problem = _card_problem(form)
+    if problem and not (number in SAVE_ONLY_CARDS and problem == TEST_CARDS[number]):
+        return setup_page(session, problem, form, 402)
+    method = _new_payment_method(number, form, session.get("customer"))
+    setup_id = new_id("seti")
+    _store().put(
+        "setup_intent",
+        setup_id,
+        {
+            "id": setup_id,
+            "object": "setup_intent",
+            "status": "succeeded",
+            "usage": "off_session",
+            "customer": session.get("customer"),
+            "payment_method": method["id"],
+            "metadata": session["sandbox_setup_intent_data"].get("metadata") or {},
+            "created": int(time.time()),
+        },
+    )
+    session.update(
+        status="complete",
+        setup_intent=setup_id,
+        url=None,
+        customer_details={"email": email, "name": form.get("name") or None},
+    )
+    _store().put("checkout.session", session["id"], session)
+    send_event("checkout.session.completed", session)
+    return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"]), 303)
+
+
+def _create_once(params_type, build):
+    """A create call as Stripe answers it: the first answer under an idempotency key is the
+    answer to every retry with that key (declines included); parameters are checked against the
+    SDK's typed definition. `build(params)` -> (body, status, [(kind, id, object) to store])."""
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    replayed = _replay(key, digest)
+    if replayed is not None:
+        return replayed
+    check_params(params, params_type, "")
+    body, status, objects = build(params)
+    store = _store()
+    try:
+        with store.engine.begin() as connection:
+            if key:
+                store.remember(connection, key, digest, body, status)
+            for kind, object_id, data in objects:
+                store.put(kind, object_id, data, connection)
+    except IntegrityError:
+        return _replay(key, digest)
+    return jsonify(body), status
+
+
+@bp.post("/v1/customers")
+def create_customer():
+    def build(params):
+        customer = {
+            "id": new_id("cus"),
+            "object": "customer",
+            "email": params.get("email"),
+            "metadata": params.get("metadata") or {},
+            "created": int(time.time()),
+        }
+        return customer, 200, [("customer", customer["id"], customer)]
+
+    return _create_once(_params_type("_customer_create_params", "CustomerCreateParams"), build)
+
+
+@bp.get("/v1/customers/<customer_id>")
+def retrieve_customer(customer_id):
+    customer = _store().get("customer", customer_id)
+    if customer is None:
+        raise _missing("customer", customer_id)
+    return jsonify(customer)
+
+
+def _payment_method(method_id: str) -> dict:
+    method = _store().get("payment_method", method_id)
+    if method is None:
+        raise _missing("payment_method", method_id)
+    return method
+
+
+@bp.get("/v1/payment_methods/<method_id>")
+def retrieve_payment_method(method_id):
+    return jsonify(_strip(_payment_method(method_id)))
+
+
+@bp.post("/v1/payment_methods/<method_id>/detach")
+def detach_payment_method(method_id):
+    method = _payment_method(method_id)
+    if not method.get("customer"):
+        raise StripeInputError(
+            "The payment method you provided is not attached to a customer so detachment is "
+            "impossible."
+        )
+    method["customer"] = None
+    _store().put("payment_method", method_id, method)
+    return jsonify(_strip(method))
+
+
+@bp.get("/v1/setup_intents/<setup_id>")
+def retrieve_setup_intent(setup_id):
+    setup = _store().get("setup_intent", setup_id)
+    if setup is None:
+        raise _missing("setup_intent", setup_id)
+    return jsonify(setup)
+
+
+@bp.post("/v1/payment_intents")
+def create_payment_intent():
+    """A PaymentIntent confirmed at once with a saved card, the customer away (a renewal): it
+    succeeds, or answers 402 with a card error, as Stripe does, for the sandbox's test cards."""
+
+    def build(params):
+        if params.get("confirm") != "true" or params.get("off_session") != "true":
+            raise StripeInputError(
+                "The sandbox supports PaymentIntents confirmed off-session only "
+                "(confirm=true, off_session=true).",
+                "confirm",
+            )
+        for required in ("amount", "currency", "customer", "payment_method"):
+            if not params.get(required):
+                raise StripeInputError(f"Missing required param: {required}.", required)
+        currency = params["currency"]
+        try:
+            normalise_currency(currency)
+        except ValueError:
+            raise StripeInputError(f"Invalid currency: {currency}", "currency") from None
+        amount = int(params["amount"])
+        if amount < 1:
+            raise StripeInputError("Amount must be at least 1.", "amount")
+        if _store().get("customer", params["customer"]) is None:
+            raise _missing("customer", params["customer"], "customer")
+        method = _payment_method(params["payment_method"])
+        if method.get("customer") != params["customer"]:
+            raise StripeInputError(
+                f"The payment method you provided is not attached to customer "
+                f"{params['customer']}.",
+                "payment_method",
+            )
+        now = int(time.time())
+        intent = {
+            "id": new_id("pi"),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": 0,
+            "currency": currency,
+            "customer": params["customer"],
+            "payment_method": method["id"],
+            "description": params.get("description"),
+            "metadata": params.get("metadata") or {},
+            "created": now,
+        }
+        number = method["sandbox_card_number"]
+        problem = TEST_CARDS.get(number)
+        if problem:
+            intent.update(
+                status="requires_payment_method",
+                latest_charge=None,
+                last_payment_error={"code": "card_declined", "message": problem},
+            )
+            error = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": DECLINE_CODES.get(number, "generic_decline"),
+                "message": problem,
+                "payment_intent": intent,
+            }
+            return {"error": error}, 402, [("payment_intent", intent["id"], intent)]
+        charge = {
+            "id": new_id("ch"),
+            "object": "charge",
+            "amount": amount,
+            "amount_refunded": 0,
+            "currency": currency,
+            "payment_intent": intent["id"],
+            "paid": True,
+            "payment_method_details": {"type": "card", "card": _strip(method)["card"]},
+            "created": now,
+        }
+        intent.update(status="succeeded", amount_received=amount, latest_charge=charge["id"])
+        return (
+            intent,
+            200,
+            [("payment_intent", intent["id"], intent), ("charge", charge["id"], charge)],
+        )
+
+    return _create_once(
+        _params_type("_payment_intent_create_params", "PaymentIntentCreateParams"), build
+    )
