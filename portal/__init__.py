@@ -155,6 +155,9 @@ def create_app(config: dict | None = None) -> Flask:
     from portal import admin
 
     admin.init_app(app)
+    from portal import api
+
+    api.init_app(app)  # the merchant API, /api/v1
     if settings["SANDBOX"]:
         from portal import sandbox
 

@@ -339,6 +339,8 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         mode=options.mode,
         customer=options.customer,
         setup_future_usage=options.setup_future_usage,
+        capture_method=options.capture_method,
+        incremental_authorization=options.incremental_authorization,
     )
     try:
         stripe_session = services.stripe.create_session(request, order_id=order.id)
@@ -399,6 +401,8 @@ def sync_session(services, stripe_session, *, source: str) -> Order | None:
     payment_status = stripe_session.get("payment_status")
     if status == "complete" and payment_status in {"paid", "no_payment_required"}:
         record_payment(services, order, stripe_session, source=source)
+    elif status == "complete" and _authorised(services, order, stripe_session):
+        record_payment(services, order, stripe_session, source=source)  # captured later
     elif status == "complete":
         with db.transaction() as session:
             transition(
@@ -419,6 +423,21 @@ def sync_session(services, stripe_session, *, source: str) -> Order | None:
                 where=Order.stripe_session_id == stripe_session["id"],
             )
     return reload(order)
+
+
+def _authorised(services, order: Order, stripe_session) -> bool:
+    """A manual-capture session may complete `unpaid` with its PaymentIntent authorised and
+    waiting for capture: that is a payment to record (the hold is captured later)."""
+    payment_intent = stripe_session.get("payment_intent")
+    if order.capture_method != "manual" or not payment_intent:
+        return False
+    if not isinstance(payment_intent, str):
+        return payment_intent.get("status") == "requires_capture"
+    try:
+        intent = services.stripe.retrieve_payment_intent(payment_intent, order_id=order.id)
+    except UpstreamError:
+        return False  # `processing` for now; the status page and the sweep look again
+    return intent.get("status") == "requires_capture"
 
 
 def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
@@ -453,6 +472,9 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
             amount_paid_minor=amount_total,
             tax_paid_minor=tax_paid,
             paid_at=utcnow(),
+            amount_authorized_minor=(
+                amount_total if order.capture_method == "manual" else order.amount_authorized_minor
+            ),
         )
         if won:
             timeline.record(

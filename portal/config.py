@@ -92,6 +92,14 @@ def _secrets(value) -> tuple[str, ...]:
     return tuple(s.strip() for s in str(value).split(",") if s.strip())
 
 
+def _smtp_url(value) -> str:
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ValueError("expected smtp://[user:password@]host[:port] or smtps://...")
+    return text
+
+
 ROLES = ("admin", "operator", "marketer")
 
 
@@ -176,6 +184,12 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "OIDC_SCOPES": ("openid email profile", str),
     "OIDC_ROLE_CLAIM": ("groups", str),
     "OIDC_ROLE_MAP": ({}, _role_map),
+    # The merchant API (portal/api), pay-by-link email (portal/mail.py).
+    "AUTH_CAPTURE_DAYS": (7, _int),  # authorised, not captured after this many days: cancelled
+    "AUTH_INCREASE_LIMIT_PERCENT": (0, _int),  # increase an authorisation in place up to this
+    "PAY_LINK_DAYS": (7, _int),  # an unpaid checkout session (link or redirect) expires after
+    "SMTP_URL": (None, _smtp_url),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
+    "MAIL_FROM": ("Checkout <no-reply@localhost>", str),
 }
 
 

@@ -340,3 +340,89 @@ class CleengPayment(Base):
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+# --- the merchant API (portal/api) and pay-by-link -----------------------------------------------
+
+# A merchant order belongs to the API key that created it; the other platforms leave these empty.
+Order.merchant_key_id = mapped_column(
+    ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True, index=True
+)
+Order.capture_method = mapped_column(String(16), nullable=True)  # automatic | manual
+Order.amount_authorized_minor = mapped_column(BigInteger, nullable=True)  # held, not captured
+Order.amount_captured_minor = mapped_column(BigInteger, nullable=True)
+
+
+class ApiKey(Base):
+    """A merchant's secret API key. Only a SHA-256 of the key is stored (the key is 32 random
+    bytes, so a fast hash is enough); the key itself is shown once, when it is made."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    prefix: Mapped[str] = mapped_column(String(24), unique=True)  # shown in lists: sk_test_Ab3d
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    live: Mapped[bool] = mapped_column(default=False)
+    brand_name: Mapped[str | None] = mapped_column(String(120))
+    allowed_hosts: Mapped[list] = mapped_column(JSON, default=list)  # success/cancel URL hosts
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookEndpoint(Base):
+    """Where a key's events go; each endpoint signs with its own secret."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(120))  # whsec_...: the receiver needs it in clear
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The delivery log: one event to one endpoint, its body, and how delivering it went."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+        Index("ix_webhook_deliveries_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(40))
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL"), index=True
+    )
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent (and signed) every attempt
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a POST under an `Idempotency-Key`, per API key; a retry gets it back."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("api_key_id", "key", name="uq_idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer)  # None while the first request runs
+    response: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -20,6 +20,8 @@ class Services:
     stripe: StripeGateway
     platforms: dict[str, Platform]
     redirect_hosts: frozenset[str] = field(default_factory=frozenset)
+    # More hosts a redirect may go to, decided at the time (a merchant API key's allowed hosts).
+    redirect_checks: list = field(default_factory=list)
 
     @property
     def public_url(self) -> str:
@@ -41,7 +43,9 @@ class Services:
             return None
         if parts.scheme == "http" and host not in {"127.0.0.1", "localhost"}:
             return None
-        return url if host in self.redirect_hosts else None
+        if host in self.redirect_hosts or any(check(host) for check in self.redirect_checks):
+            return url
+        return None
 
 
 def build_services(settings: dict) -> Services:

@@ -59,6 +59,9 @@ class CheckoutRequest:
     mode: str = "payment"  # "setup": collect a payment method now, charge nothing
     customer: str | None = None  # the Stripe Customer the payment method is saved to
     setup_future_usage: str | None = None  # "off_session": save the card used to pay
+    # Optional, for merchants who authorise now and capture on shipment:
+    capture_method: str | None = None  # "manual": authorise only (capture later or cancel)
+    incremental_authorization: bool = False  # ask for an authorisation that can be raised
 
 
 class StripeGateway:
@@ -156,6 +159,7 @@ class StripeGateway:
         if request.automatic_tax:
             params["automatic_tax"] = {"enabled": True}
             params["billing_address_collection"] = "required"
+        params = _capture_params(params, request)
         params = _saved_card_params(params, request)
         return self._call(
             "checkout.sessions.create",
@@ -215,6 +219,58 @@ class StripeGateway:
             order_id,
             self.client.v1.refunds.create,
             params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+
+    # --- authorise now, capture later (the merchant API) --------------------------------------
+
+    def capture_payment_intent(
+        self,
+        payment_intent_id: str,
+        idempotency_key: str,
+        *,
+        amount_minor: int | None = None,
+        order_id: int | None = None,
+    ):
+        """Capture an authorised PaymentIntent: all of it, or `amount_minor` (the rest of the
+        hold is released; a PaymentIntent is captured once)."""
+        params: dict = {}
+        if amount_minor is not None:
+            params["amount_to_capture"] = amount_minor
+        return self._call(
+            "payment_intents.capture",
+            order_id,
+            self.client.v1.payment_intents.capture,
+            payment_intent_id,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+
+    def cancel_payment_intent(
+        self, payment_intent_id: str, *, reason: str | None = None, order_id: int | None = None
+    ):
+        """Void an uncaptured authorisation (the hold on the card is released)."""
+        params: dict = {}
+        if reason:
+            params["cancellation_reason"] = reason
+        return self._call(
+            "payment_intents.cancel",
+            order_id,
+            self.client.v1.payment_intents.cancel,
+            payment_intent_id,
+            params=params,
+        )
+
+    def increment_authorization(
+        self, payment_intent_id: str, amount_minor: int, idempotency_key: str, *, order_id=None
+    ):
+        """Raise an authorisation to `amount_minor` in all; only some cards allow it."""
+        return self._call(
+            "payment_intents.increment_authorization",
+            order_id,
+            self.client.v1.payment_intents.increment_authorization,
+            payment_intent_id,
+            params={"amount": amount_minor},
             options={"idempotency_key": idempotency_key},
         )
 
@@ -357,3 +413,18 @@ def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:
     if "customer" in params:
         setup["customer"] = params["customer"]
     return setup
+
+
+def _capture_params(params: dict, request: CheckoutRequest) -> dict:
+    """Checkout Session parameters for an authorisation captured later (`capture_method=manual`)."""
+    if request.mode != "payment" or request.capture_method is None:
+        return params
+    params["payment_intent_data"] = {
+        **params["payment_intent_data"],
+        "capture_method": request.capture_method,
+    }
+    if request.incremental_authorization:
+        params["payment_method_options"] = {
+            "card": {"request_incremental_authorization": "if_available"}
+        }
+    return params

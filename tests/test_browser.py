@@ -369,7 +369,9 @@ def test_status_page_moves_on_by_itself_when_the_platform_recovers(portal, new_p
         pay_on_stripe(page, GOOD_CARD)
     response = status_response.value
     assert response.status == 200
-    assert re.fullmatch(r"\d+", response.headers.get("refresh", "")), response.headers
+    assert re.fullmatch(
+        r"\d+; url=/orders/ord_[\w-]+/status\?check=\d+", response.headers.get("refresh", "")
+    ), response.headers
     expect(page.get_by_role("heading", level=1)).to_have_text(
         "Payment received: finishing your enrolment"
     )

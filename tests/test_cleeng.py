@@ -333,8 +333,21 @@ def test_pay_saves_the_card_to_the_cleeng_customers_stripe_customer(
     with db.reader() as session:
         assert session.get(CleengCustomer, "927751142").stripe_customer_id == "cus_1"
 
-    # The next order of the same Cleeng customer reuses the Stripe Customer.
     assert reload(order).state == OrderState.PAYING
+
+    # The same Cleeng customer's next order reuses the Stripe Customer.
+    mocked.get(f"{CLEENG_BASE}/orders/343967544", json=envelope(order=cleeng_order(id=343967544)))
+    second = client.get("/cleeng/checkout?orderId=343967544")
+    mocked.post(
+        SESSIONS_URL,
+        json=checkout_session(
+            id="cs_test_2", client_reference_id=find_order("cleeng", "343967544").reference
+        ),
+    )
+    reference = find_order("cleeng", "343967544").reference
+    client.post(f"/orders/{reference}/pay", data={"csrf_token": csrf(second.text)})
+    assert len(sent(mocked, "POST", CUSTOMERS_URL)) == 1
+    assert form(sent(mocked, "POST", SESSIONS_URL)[1].body)["customer"] == "cus_1"
     assert count(CleengCustomer) == 1
 
 

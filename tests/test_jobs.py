@@ -414,7 +414,9 @@ def test_flask_portal_worker_once_exits_zero(
     result = runner.invoke(args=["portal", "worker", "--once"])
     assert result.exit_code == 0, result.output
     assert "(once)" in result.output
-    assert "worker stopped: done 3, retry 0, dead 0, lost 0" in result.output
+    # The fulfilment, plus one turn of each periodic job (sweeps, reconciliation, expiries).
+    periodic = sum(1 for kind in jobs.KINDS.values() if kind.every_seconds is not None)
+    assert f"worker stopped: done {1 + periodic}, retry 0, dead 0, lost 0" in result.output
     assert state_of(order) == OrderState.FULFILLED
 
 

@@ -31,6 +31,8 @@ class CheckoutOptions:
     customer: str | None = None  # the Stripe Customer to save the card to
     setup_future_usage: str | None = None  # "off_session": keep the card used to pay
     cancel_url: str | None = None  # where Stripe's "Back" goes, instead of the generic page
+    capture_method: str | None = None  # "manual": authorise now, capture later (merchant API)
+    incremental_authorization: bool = False  # ask for a hold that can be raised later
 
 
 class Platform(ABC):
@@ -65,6 +67,7 @@ class Platform(ABC):
 
 def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
     from portal.platforms.cleeng import CleengPlatform
+    from portal.platforms.merchant import MerchantPlatform
     from portal.platforms.openlearning import OpenLearningPlatform
     from portal.platforms.skilljar import SkilljarPlatform
 
@@ -72,5 +75,6 @@ def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
         SkilljarPlatform(settings, recorder),
         OpenLearningPlatform(settings, recorder),
         CleengPlatform(settings, recorder),
+        MerchantPlatform(settings, recorder),
     ]
     return {platform.name: platform for platform in platforms}

@@ -307,6 +307,7 @@ def build_session(params: dict) -> dict:
         "cancel_url": params.get("cancel_url"),
         "url": f"{public}/sandbox/stripe/pay/{session_id}",
         "sandbox_line_items": items,
+        "sandbox_payment_method_options": params.get("payment_method_options") or {},
     }
 
 
@@ -437,7 +438,12 @@ def _refund(params: dict, key: str | None, digest: str):
         raise StripeInputError(
             f"No such charge: '{charge_id}'", "charge", status=404, code="resource_missing"
         )
-    remaining = charge["amount"] - charge["amount_refunded"]
+    if charge.get("captured") is False:
+        raise StripeInputError(
+            f"Charge {charge_id} has not been captured: cancel its PaymentIntent instead.",
+            code="charge_not_captured",
+        )
+    remaining = charge.get("amount_captured", charge["amount"]) - charge["amount_refunded"]
     if remaining <= 0:
         raise StripeInputError(
             f"Charge {charge_id} has already been refunded.", code="charge_already_refunded"
@@ -609,6 +615,7 @@ def pay(session_id):
         },
     )
     session["total_details"]["amount_tax"] = tax
+    authorise_only(session, intent_id, charge_id)
     _store().put("checkout.session", session_id, session)
     send_event("checkout.session.completed", session)
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
@@ -1005,4 +1012,162 @@ def create_payment_intent():
 
     return _create_once(
         _params_type("_payment_intent_create_params", "PaymentIntentCreateParams"), build
+    )
+
+
+# --- authorise now, capture later (the merchant API) ----------------------------------------------
+
+
+def authorise_only(session: dict, intent_id: str, charge_id: str) -> None:
+    """A session with `payment_intent_data[capture_method]=manual`: the card is authorised and
+    nothing is captured; the PaymentIntent waits in `requires_capture` and the completed session
+    reports `unpaid` (the funds are not in the account yet)."""
+    intent_data = session.get("payment_intent_data") or {}
+    if intent_data.get("capture_method") != "manual":
+        return
+    card_options = (session.get("sandbox_payment_method_options") or {}).get("card") or {}
+    intent = _store().get("payment_intent", intent_id)
+    intent.update(
+        status="requires_capture",
+        capture_method="manual",
+        amount_received=0,
+        amount_capturable=intent["amount"],
+        sandbox_incremental=card_options.get("request_incremental_authorization") == "if_available",
+    )
+    charge = _store().get("charge", charge_id)
+    charge.update(captured=False, amount_captured=0)
+    _store().put("payment_intent", intent_id, intent)
+    _store().put("charge", charge_id, charge)
+    session["payment_status"] = "unpaid"
+
+
+def _intent(intent_id: str) -> dict:
+    intent = _store().get("payment_intent", intent_id)
+    if intent is None:
+        raise _missing("payment_intent", intent_id)
+    return intent
+
+
+def _requires_capture(intent: dict, action: str) -> None:
+    if intent.get("status") != "requires_capture":
+        raise StripeInputError(
+            f"This PaymentIntent could not be {action} because it has a status of "
+            f"{intent.get('status')}. Only a PaymentIntent with one of the following statuses "
+            "may be " + action + ": requires_capture.",
+            code="payment_intent_unexpected_state",
+        )
+
+
+_capture_lock = threading.Lock()
+
+
+def _intent_call(params_type, intent_id: str, act):
+    """A POST on one PaymentIntent, checked against the SDK's typed params, once per
+    idempotency key; `act(intent, params)` changes and returns the intent (and stores it)."""
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    digest = hashlib.sha256(json.dumps([intent_id, params], sort_keys=True).encode()).hexdigest()
+    replayed = _replay(key, digest)
+    if replayed is not None:
+        return replayed
+    check_params(params, params_type, "")
+    with _capture_lock:
+        intent = act(_intent(intent_id), params)
+        body = _strip(intent)
+        store = _store()
+        try:
+            with store.engine.begin() as connection:
+                if key:
+                    store.remember(connection, key, digest, body, 200)
+                store.put("payment_intent", intent_id, intent, connection)
+        except IntegrityError:
+            return _replay(key, digest)
+    return jsonify(body)
+
+
+@bp.post("/v1/payment_intents/<intent_id>/capture")
+def capture_payment_intent(intent_id):
+    """Capture all of an authorisation or `amount_to_capture` of it (the rest is released)."""
+
+    def act(intent, params):
+        _requires_capture(intent, "captured")
+        amount = int(params.get("amount_to_capture", intent["amount_capturable"]))
+        if not 1 <= amount <= intent["amount_capturable"]:
+            raise StripeInputError(
+                "The amount to capture must be at least 1 and at most the amount capturable "
+                f"({intent['amount_capturable']}).",
+                "amount_to_capture",
+                code="amount_too_large",
+            )
+        charge = _store().get("charge", intent["latest_charge"])
+        charge.update(captured=True, amount_captured=amount)
+        _store().put("charge", charge["id"], charge)
+        intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        send_event("payment_intent.succeeded", intent)
+        return intent
+
+    return _intent_call(
+        _params_type("_payment_intent_capture_params", "PaymentIntentCaptureParams"),
+        intent_id,
+        act,
+    )
+
+
+@bp.post("/v1/payment_intents/<intent_id>/cancel")
+def cancel_payment_intent(intent_id):
+    """Void an authorisation (or an unfinished PaymentIntent); a captured one cannot be."""
+
+    def act(intent, params):
+        if intent.get("status") in {"succeeded", "canceled"}:
+            raise StripeInputError(
+                "You cannot cancel this PaymentIntent because it has a status of "
+                f"{intent['status']}.",
+                code="payment_intent_unexpected_state",
+            )
+        intent.update(
+            status="canceled",
+            amount_capturable=0,
+            cancellation_reason=params.get("cancellation_reason"),
+            canceled_at=int(time.time()),
+        )
+        send_event("payment_intent.canceled", intent)
+        return intent
+
+    return _intent_call(
+        _params_type("_payment_intent_cancel_params", "PaymentIntentCancelParams"),
+        intent_id,
+        act,
+    )
+
+
+@bp.post("/v1/payment_intents/<intent_id>/increment_authorization")
+def increment_authorization(intent_id):
+    """Raise an authorisation, for sessions that asked for
+    `payment_method_options[card][request_incremental_authorization]=if_available`."""
+
+    def act(intent, params):
+        _requires_capture(intent, "incremented")
+        if not intent.get("sandbox_incremental"):
+            raise StripeInputError(
+                "This PaymentIntent is not eligible for incremental authorization.",
+                code="incremental_authorization_not_supported",
+            )
+        amount = int(params["amount"])
+        if amount <= intent["amount"]:
+            raise StripeInputError(
+                "The new amount must be greater than the current amount.", "amount"
+            )
+        intent.update(amount=amount, amount_capturable=amount)
+        charge = _store().get("charge", intent["latest_charge"])
+        charge["amount"] = amount
+        _store().put("charge", charge["id"], charge)
+        return intent
+
+    return _intent_call(
+        _params_type(
+            "_payment_intent_increment_authorization_params",
+            "PaymentIntentIncrementAuthorizationParams",
+        ),
+        intent_id,
+        act,
     )
