@@ -33,18 +33,37 @@ class _OrderIdDefault(logging.Filter):
         return True
 
 
-def configure_logging(level=logging.INFO) -> None:
+def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
+    """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
+    request id and order, secret setting values masked; or plain text lines."""
+    from portal.observability import JsonFormatter, secret_values
+
     root = logging.getLogger()
-    if any(getattr(h, "_portal", False) for h in root.handlers):
-        return
+    secrets_ = secret_values(settings) if settings else ()
+    for existing in root.handlers:
+        if getattr(existing, "_portal", False):
+            if isinstance(existing.formatter, JsonFormatter):
+                existing.formatter.add_secrets(secrets_)
+            return
     handler = logging.StreamHandler()
     handler._portal = True
     handler.addFilter(_OrderIdDefault())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [order=%(order_id)s] %(message)s")
-    )
+    if settings is None or settings["LOG_FORMAT"] == "json":
+        handler.setFormatter(JsonFormatter(secrets_))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [order=%(order_id)s] %(message)s")
+        )
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def serving_threads() -> int:
+    """Threads per process: gunicorn.conf.py exports its final `threads` as GUNICORN_THREADS."""
+    try:
+        return max(1, int(os.environ.get("GUNICORN_THREADS", "16")))
+    except ValueError:
+        return 16
 
 
 def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
@@ -130,11 +149,14 @@ def create_app(config: dict | None = None) -> Flask:
 
     app.jinja_env.undefined = StrictUndefined
     if not testing:
-        configure_logging()
+        configure_logging(settings=settings)
 
     from portal.db import db
+    from portal.http import set_default_pool_size
 
-    db.configure(settings["DATABASE_URL"])
+    threads = serving_threads()
+    set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
+    db.configure(settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or threads)
 
     from portal import cli, errors, fulfilment, views, webhooks  # noqa: F401 - registers jobs
     from portal.platforms import cleeng, openlearning, skilljar
@@ -158,10 +180,22 @@ def create_app(config: dict | None = None) -> Flask:
     from portal import api
 
     api.init_app(app)  # the merchant API, /api/v1
+    from portal import branding
+
+    branding.init_app(app)  # brands, /brand/<id>/theme.css and logo, learner template i18n
     if settings["SANDBOX"]:
         from portal import sandbox
 
         sandbox.init_app(app)
+    from portal import observability, ratelimit
+
+    ratelimit.init_app(app)  # after every blueprint: the limits attach to registered views
+    observability.init_app(app)
+    if settings["TRUSTED_PROXY_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     from portal.money import format_money
 

@@ -100,6 +100,60 @@ def _smtp_url(value) -> str:
     return text
 
 
+def _rate_limit(value) -> str:
+    """A Flask-Limiter rate: `120/minute`, `10 per second;500/hour`."""
+    from limits import parse_many
+
+    text = str(value).strip()
+    try:
+        if not parse_many(text):
+            raise ValueError
+    except ValueError:
+        raise ValueError("expected a rate such as 120/minute or 10/second;500/hour") from None
+    return text
+
+
+def _storage_url(value) -> str:
+    text = str(value).strip()
+    scheme = text.partition("://")[0]
+    if scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster"}:
+        raise ValueError("expected memory:// or redis://host:6379/0")
+    return text
+
+
+def _positive_int(value) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _log_format(value) -> str:
+    text = str(value).strip().lower()
+    if text not in {"json", "text"}:
+        raise ValueError("expected json or text")
+    return text
+
+
+def _origins(value) -> tuple[str, ...]:
+    """`https://stats.example.com,https://cdn.example.com`: extra Content-Security-Policy
+    origins (https only, no paths, no wildcards)."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    origins = tuple(item.strip().rstrip("/").lower() for item in items if item.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme != "https"
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or "*" in origin
+            or any(c in origin for c in " ;'\"")
+        ):
+            raise ValueError(f"{origin!r} is not an https origin such as https://stats.example.com")
+    return origins
+
+
 ROLES = ("admin", "operator", "marketer")
 
 
@@ -159,6 +213,16 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "INLINE_FULFIL_SECONDS": (4.0, _float),
     "HTTP_CONNECT_TIMEOUT": (3.05, _float),
     "HTTP_READ_TIMEOUT": (15.0, _float),
+    # Serving (portal/ratelimit.py, portal/observability.py): pools, limits, logs.
+    "HTTP_POOL_SIZE": (None, _positive_int),  # per upstream host; default: gunicorn's threads
+    "DB_POOL_SIZE": (None, _positive_int),  # per process; default: gunicorn's threads
+    "RATELIMIT_ENABLED": (True, _bool),
+    "RATELIMIT_STORAGE_URL": ("memory://", _storage_url),  # redis://host:6379/0 for many hosts
+    "RATELIMIT_ENTRY": ("120/minute", _rate_limit),  # each entry point and pay, per client IP
+    "RATELIMIT_API": ("1200/minute", _rate_limit),  # the merchant API, per client IP
+    "RATELIMIT_LOGIN": ("20/minute", _rate_limit),  # console password sign-in, per client IP
+    "WEBHOOK_MAX_BYTES": (256 * 1024, _positive_int),
+    "LOG_FORMAT": ("json", _log_format),
     "ALERT_WEBHOOK_URL": (None, _url),
     "TAX_MODE": ("none", _tax_mode),
     "TAX_RATES": ({}, _tax_rates),
@@ -190,6 +254,10 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "PAY_LINK_DAYS": (7, _int),  # an unpaid checkout session (link or redirect) expires after
     "SMTP_URL": (None, _smtp_url),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
     "MAIL_FROM": ("Checkout <no-reply@localhost>", str),
+    # Learner pages' Content-Security-Policy: extra origins are an admin's deployment setting.
+    "CSP_SCRIPT_ORIGINS": ((), _origins),  # e.g. an analytics script
+    "CSP_IMG_ORIGINS": ((), _origins),
+    "CSP_CONNECT_ORIGINS": ((), _origins),  # where such a script sends its beacons
 }
 
 

@@ -9,29 +9,40 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify, render_template, request
+from flask import current_app, jsonify, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from portal import i18n
 from portal.checkout import CheckoutError
 from portal.money import MoneyError
 
 log = logging.getLogger("portal.errors")
 
+def N_(text: str) -> str:
+    """Marks a message for the translation catalogue; translated when the page renders."""
+    return text
+
+
 MESSAGES = {
-    400: ("Something is wrong with this request", "Please go back and try again."),
-    403: ("Not allowed", "This page is not available to you."),
-    404: ("Page not found", "We could not find what you were looking for."),
-    405: ("Not allowed", "This page cannot be used that way. Please go back and try again."),
-    413: ("Too large", "The request was too large."),
-    429: ("Too many requests", "Please wait a moment and try again."),
-    500: (
-        "Something went wrong",
-        "An unexpected error happened on our side. You have not been "
-        "charged twice; please try again in a few minutes.",
+    400: (N_("Something is wrong with this request"), N_("Please go back and try again.")),
+    403: (N_("Not allowed"), N_("This page is not available to you.")),
+    404: (N_("Page not found"), N_("We could not find what you were looking for.")),
+    405: (
+        N_("Not allowed"),
+        N_("This page cannot be used that way. Please go back and try again."),
     ),
-    503: ("Temporarily unavailable", "Please try again in a few minutes."),
+    413: (N_("Too large"), N_("The request was too large.")),
+    429: (N_("Too many requests"), N_("Please wait a moment and try again.")),
+    500: (
+        N_("Something went wrong"),
+        N_(
+            "An unexpected error happened on our side. You have not been "
+            "charged twice; please try again in a few minutes."
+        ),
+    ),
+    503: (N_("Temporarily unavailable"), N_("Please try again in a few minutes.")),
 }
 
 
@@ -48,14 +59,38 @@ def wants_json() -> bool:
 def render_error(status: int, title: str, message: str, back_url: str | None = None):
     if wants_json():
         return jsonify(error={"code": status, "title": title, "message": message}), status
+    from portal.branding.render import render_learner, request_locale
+
     template = (
         f"errors/{status}.html"
         if status in {400, 403, 404, 405, 500, 503}
         else "errors/generic.html"
     )
+    locale = request_locale(current_app.config["PORTAL"])
+    # Titles and messages are English in the code; the catalogue has the common ones.
+    language = i18n.language_for(locale)
     return (
-        render_template(template, status=status, title=title, message=message, back_url=back_url),
+        render_learner(
+            template,
+            locale=locale,
+            status=status,
+            title=i18n.gettext(language, title),
+            message=i18n.gettext(language, message),
+            back_url=back_url,
+        ),
         status,
+    )
+
+
+def content_security_policy(settings: dict) -> str:
+    """Our own origin only, plus the extra origins an admin configured (an analytics script,
+    an image host): deployment settings, never something a marketer can change."""
+    scripts = " ".join(("'self'", *settings.get("CSP_SCRIPT_ORIGINS", ())))
+    images = " ".join(("'self'", "data:", *settings.get("CSP_IMG_ORIGINS", ())))
+    connect = " ".join(("'self'", *settings.get("CSP_CONNECT_ORIGINS", ())))
+    return (
+        f"default-src 'self'; img-src {images}; style-src 'self'; script-src {scripts}; "
+        f"connect-src {connect}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
     )
 
 
@@ -66,14 +101,17 @@ def init_app(app) -> None:
 
     @app.errorhandler(MoneyError)
     def money_error(error: MoneyError):
-        return render_error(400, "This amount cannot be paid", str(error))
+        return render_error(400, N_("This amount cannot be paid"), str(error))
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
         return render_error(
             400,
-            "This page has expired",
-            "For your security the form timed out. Please go back, reload the page and try again.",
+            N_("This page has expired"),
+            N_(
+                "For your security the form timed out. Please go back, reload the page and try "
+                "again."
+            ),
         )
 
     @app.errorhandler(HTTPException)
@@ -92,14 +130,12 @@ def init_app(app) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render_error(500, *MESSAGES[500])
 
+    policy = content_security_policy(app.config["PORTAL"])
+
     @app.after_request
     def security_headers(response):
         headers = response.headers
-        headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-        )
+        headers.setdefault("Content-Security-Policy", policy)
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
         headers.setdefault("X-Frame-Options", "DENY")

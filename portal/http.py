@@ -15,7 +15,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from portal import observability
+
 log = logging.getLogger("portal.http")
+
+# Connections kept per upstream host: one per thread that may call it at once. create_app sets it
+# from PORTAL_HTTP_POOL_SIZE (default: gunicorn's threads per worker) before building clients.
+DEFAULT_POOL_SIZE = 16
 
 SECRET_QUERY_KEYS = frozenset({"api_key", "key", "token", "access_token", "secret"})
 
@@ -50,9 +56,17 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
 
 
-def new_session(pool_size: int = 32) -> requests.Session:
+def set_default_pool_size(size: int) -> None:
+    global DEFAULT_POOL_SIZE
+    DEFAULT_POOL_SIZE = max(1, int(size))
+
+
+def new_session(pool_size: int | None = None) -> requests.Session:
+    """A keep-alive session whose pool holds `pool_size` connections per host (default: the
+    concurrency of this process), so no thread opens a new connection for each call."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    size = pool_size or DEFAULT_POOL_SIZE
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -70,6 +84,7 @@ class HttpClient:
 
     def request(self, method: str, url: str, *, order_id: int | None = None, **kwargs):
         kwargs.setdefault("timeout", self.timeout)
+        kwargs["headers"] = observability.outbound_headers(kwargs.get("headers"))
         started = time.monotonic()
         status = None
         error = None
@@ -84,7 +99,11 @@ class HttpClient:
             error = type(exc).__name__
             raise UpstreamError(f"{self.name} could not be reached", transient=True) from exc
         finally:
-            duration_ms = int((time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            duration_ms = int(elapsed * 1000)
+            observability.observe_upstream(
+                self.name, observability.outcome_of(status, error), elapsed
+            )
             safe_url = redact_url(url)
             log.info(
                 "%s %s %s -> %s in %d ms",

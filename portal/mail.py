@@ -16,7 +16,7 @@ import smtplib
 import ssl
 import time
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr, make_msgid, parseaddr
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -78,8 +78,8 @@ def render(settings: dict, template: str, order: Order, brand: str) -> tuple[str
 
 def build_message(settings, *, to, cc, subject, text, html, brand) -> EmailMessage:
     message = EmailMessage()
-    sender = settings["MAIL_FROM"]
-    message["From"] = sender if "<" in sender else formataddr((brand, sender))
+    # The brand that sends the link is the name the customer sees; the address is ours.
+    message["From"] = formataddr((brand, parseaddr(settings["MAIL_FROM"])[1]))
     message["To"] = to
     if cc:
         message["Cc"] = cc

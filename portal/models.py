@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -426,3 +427,71 @@ class IdempotencyRecord(Base):
     status: Mapped[int | None] = mapped_column(Integer)  # None while the first request runs
     response: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- brands and marketer templates (portal/branding) ----------------------------------------------
+
+
+class Brand(Base):
+    """How the learner pages look for one merchant academy: name, logo, colours, font stack,
+    support address, legal links and a few short copy blocks (plain text, always escaped)."""
+
+    __tablename__ = "brands"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    is_default: Mapped[bool] = mapped_column(default=False)
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary)
+    logo_type: Mapped[str | None] = mapped_column(String(32))  # image/png | image/svg+xml
+    colour_primary: Mapped[str] = mapped_column(String(7))  # #rrggbb
+    colour_text: Mapped[str] = mapped_column(String(7))
+    colour_background: Mapped[str] = mapped_column(String(7))
+    colour_accent: Mapped[str] = mapped_column(String(7))
+    font_stack: Mapped[str] = mapped_column(String(32), default="system")
+    support_email: Mapped[str | None] = mapped_column(String(320))
+    terms_url: Mapped[str | None] = mapped_column(Text)
+    privacy_url: Mapped[str | None] = mapped_column(Text)
+    copy_blocks: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Bumped on every save: the stylesheet and logo URLs carry it, so caches can keep them forever.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class BrandAssignment(Base):
+    """Which brand a platform source gets: ("skilljar", "*"), ("openlearning", institution id),
+    ("merchant", API key id). "*" is the platform's fallback."""
+
+    __tablename__ = "brand_assignments"
+    __table_args__ = (UniqueConstraint("platform", "source_key", name="uq_brand_assignment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    source_key: Mapped[str] = mapped_column(String(190))
+    brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TemplateOverride(Base):
+    """One saved version of a marketer's override of a learner-facing template. Versions are
+    append-only; at most one version per template is published (live)."""
+
+    __tablename__ = "template_overrides"
+    __table_args__ = (
+        UniqueConstraint("template_name", "version", name="uq_template_override_version"),
+        Index("ix_template_overrides_live", "published", "template_name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    template_name: Mapped[str] = mapped_column(String(190))
+    version: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(320))
+    note: Mapped[str | None] = mapped_column(String(300))
+    published: Mapped[bool] = mapped_column(default=False)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A live render of this version that failed (the default was shown instead).
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[str | None] = mapped_column(Text)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import stripe
 
+from portal import observability
 from portal.http import CallRecord, UpstreamError, new_session
 
 log = logging.getLogger("portal.stripe")
@@ -74,11 +75,12 @@ class StripeGateway:
         read_timeout: float,
         recorder=None,
     ):
-        http_client = stripe.RequestsClient(
-            timeout=(connect_timeout, read_timeout), session=new_session(64)
+        http_client = observability.StripeHttpClient(
+            timeout=(connect_timeout, read_timeout), session=new_session()
         )
-        # The SDK retries network errors and 429/409 with back-off, re-sending the same
-        # idempotency key, so a retried create never makes a second session.
+        # The SDK retries network errors, 409 and 5xx with back-off, and StripeHttpClient retries
+        # 429 (rate limited); both re-send the same idempotency key, so a retried create never
+        # makes a second session.
         self.client = stripe.StripeClient(
             secret_key or "sk_test_unset",
             base_addresses={"api": api_base},
@@ -108,7 +110,10 @@ class StripeGateway:
                 status=status,
             ) from exc
         finally:
-            duration_ms = int((time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            outcome = observability.outcome_of(status, error)
+            observability.observe_upstream("stripe", outcome, elapsed)
+            duration_ms = int(elapsed * 1000)
             log.info(
                 "stripe %s -> %s in %d ms",
                 what,

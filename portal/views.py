@@ -5,23 +5,20 @@ Views stay thin: they parse input, call one function of `portal.checkout`, and r
 
 from __future__ import annotations
 
-import functools
 import re
 
-from babel import Locale
-from babel.localedata import locale_identifiers
 from flask import (
     Blueprint,
     abort,
     current_app,
     jsonify,
     redirect,
-    render_template,
     request,
     url_for,
 )
 
-from portal import checkout
+from portal import checkout, i18n
+from portal.branding.render import render_learner
 from portal.db import db
 from portal.models import Order, OrderState
 from portal.money import format_money
@@ -35,16 +32,11 @@ def services():
     return current_app.extensions["portal"]
 
 
-@functools.cache
-def _known_locales() -> list[str]:
-    return locale_identifiers()
-
-
-def learner_locale() -> str:
+def learner_locale(platform_locale: str | None = None) -> str:
+    """The learner's locale (stored on the order: money, dates, Stripe's page, the page's
+    language): the platform's when it sends one, else the browser's `Accept-Language`."""
     default = services().settings["DEFAULT_LOCALE"]
-    preferred = [lang.replace("-", "_") for lang, _q in request.accept_languages]
-    match = Locale.negotiate(preferred, _known_locales(), sep="_") if preferred else None
-    return str(match) if match else default
+    return i18n.negotiate(platform_locale, request.accept_languages, default)
 
 
 def money(order: Order, amount_minor: int | None, locale: str | None = None) -> str:
@@ -71,14 +63,14 @@ def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
         if promo_saving <= 0:
             promo_saving = None
     return (
-        render_template(
+        render_learner(
             "review.html",
             order=order,
+            locale=locale,
             quote=quote,
             countries=checkout.tax_countries(settings),
             promo_saving=promo_saving,
             cancelled=cancelled,
-            fmt=lambda amount: money(order, amount, locale),
             total_minor=order.amount_minor + quote.amount_minor,
         ),
         status,
@@ -151,14 +143,14 @@ def status(reference):
     check = min(int(check), 10_000) if check.isdigit() else 0
     interval = refresh_interval(check)
     response = current_app.make_response(
-        render_template(
+        render_learner(
             "status.html",
             order=order,
+            locale=locale,
             waiting=waiting,
             auto=auto,
             interval=interval,
             continue_url=services().allowed_redirect(order.redirect_url),
-            fmt=lambda amount: money(order, amount, locale),
         )
     )
     if auto:

@@ -22,6 +22,10 @@ cat <<MSG
   OpenLearning instead: open a demo course and press "Join now" (a freshly signed JWT is posted):
                                       $PORTAL_PUBLIC_URL/sandbox/openlearning/
 
+  Merchant API, pay by link: open the demo ERP, "Send a pay link", then the caught email:
+                                      $PORTAL_PUBLIC_URL/sandbox/merchant
+                                      $PORTAL_PUBLIC_URL/sandbox/mail
+
   Sandbox home (sessions, API calls): $PORTAL_PUBLIC_URL/sandbox/
   Health check:                       $PORTAL_PUBLIC_URL/healthz
 

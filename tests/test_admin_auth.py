@@ -10,7 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from portal.admin import auth
+from portal.admin.audit import Actor
 from portal.admin.auth import SESSION_SEEN, SESSION_STARTED, hash_password, verify_password
+from portal.branding.brands import DEFAULT_COLOURS, BrandInput
+from portal.branding.operations import save_brand
 from portal.db import db
 from portal.models import LoginAttempt, User, utcnow
 from tests.admin_support import (
@@ -341,6 +344,10 @@ GET_PAGES = {
     "/admin/orders/{ref}/cancel": "orders.act",
     "/admin/orders/{ref}/resolve": "orders.act",
     "/admin/branding": "branding",
+    "/admin/branding/brands/new": "branding",
+    "/admin/branding/brands/{brand}": "branding",
+    "/admin/branding/templates/{template}": "branding",
+    "/admin/branding/templates/{template}/preview": "branding",
     "/admin/users": "users",
     "/admin/settings": "settings",
     "/admin/audit": "audit",
@@ -355,9 +362,12 @@ ALLOWED = {
 @pytest.mark.parametrize("role", ["admin", "operator", "marketer"])
 def test_each_role_reaches_exactly_its_pages(console, role):
     order = make_order()
+    brand = save_brand(Actor.command_line("test"), BrandInput("Academy", *DEFAULT_COLOURS.values()))
     client = console(role)
     for path, permission in GET_PAGES.items():
-        response = client.get(path.format(ref=order.reference))
+        response = client.get(
+            path.format(ref=order.reference, brand=brand.id, template="review.html")
+        )
         expected = 200 if permission in ALLOWED[role] else 403
         assert response.status_code == expected, (role, path, response.status_code)
         if expected == 403:
@@ -388,7 +398,12 @@ def test_every_console_route_is_covered_by_the_guard(app):
         for r in routes
         if "GET" in r.methods and not getattr(app.view_functions[r.endpoint], "public", False)
     }
-    covered = {p.replace("{ref}", "<reference>") for p in GET_PAGES} | {"/admin/"}
+    covered = {
+        p.replace("{ref}", "<reference>")
+        .replace("{brand}", "<int:brand_id>")
+        .replace("{template}", "<path:name>")
+        for p in GET_PAGES
+    } | {"/admin/"}
     assert paths == covered
 
 
@@ -397,7 +412,7 @@ def test_a_signed_out_visitor_sees_nothing_anywhere(app):
     client = app.test_client()
     token = csrf(client.get("/admin/login").text)
     for path in GET_PAGES:
-        response = client.get(path.format(ref=order.reference))
+        response = client.get(path.format(ref=order.reference, brand=1, template="review.html"))
         assert response.status_code == 302, path
         assert response.headers["Location"].startswith("/admin/login")
         assert "learner@example.com" not in response.text

@@ -195,3 +195,15 @@ def test_every_route_is_documented_and_every_documented_operation_exists(app):
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             routed.add((method, path))
     assert routed == documented
+
+
+def test_every_schema_in_the_document_is_valid_json_schema():
+    from jsonschema import Draft202012Validator
+
+    doc = schema.document()
+    for component in doc["components"]["schemas"].values():
+        Draft202012Validator.check_schema(component)  # raises, naming the problem
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], (method, path)
+            assert operation.get("operationId"), (method, path)

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from portal.checkout import find_order
+from portal.db import db
 from portal.jobs import Worker
 from portal.models import OrderState
 
@@ -26,7 +27,8 @@ def server(sandbox_server):
     records the payment."""
     portal = sandbox_server(SANDBOX_WEBHOOK_DELAY_SECONDS="0")
     portal.control(webhook_delay_seconds=-1)
-    return portal
+    yield portal
+    db.engine.dispose()  # this process used the portal's database too: close its connections
 
 
 def subscribe(server, browser, offer: str, **fields) -> requests.Response:

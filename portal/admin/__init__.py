@@ -30,7 +30,14 @@ def check_settings(settings: dict) -> None:
 
 def init_app(app) -> None:
     check_settings(app.config["PORTAL"])
-    from portal.admin import cli, metrics, oidc, operations, routes  # noqa: F401 - registers
+    from portal.admin import (  # noqa: F401 - registers
+        branding,  # noqa: F401 - registers the marketers' pages
+        cli,
+        metrics,
+        oidc,
+        operations,
+        routes,
+    )
 
     app.register_blueprint(bp)
     app.register_blueprint(metrics.bp)

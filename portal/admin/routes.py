@@ -5,7 +5,6 @@ refused to everyone, so a new route cannot be left open by mistake."""
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ from flask import (
 from sqlalchemy.engine import make_url
 from wtforms import SelectChoice
 
+from portal import ratelimit
 from portal.admin import audit, auth, bp, oidc, operations, queries
 from portal.admin.audit import Actor
 from portal.admin.forms import (
@@ -52,17 +52,9 @@ def settings() -> dict:
 
 def client_ip() -> str:
     """The visitor's address; behind `PORTAL_TRUSTED_PROXY_HOPS` proxies, the address the
-    nearest of them saw (the one a visitor cannot forge)."""
-    hops = settings()["TRUSTED_PROXY_HOPS"]
-    if hops:
-        forwarded = [
-            part.strip()
-            for part in request.headers.get("X-Forwarded-For", "").split(",")
-            if part.strip()
-        ]
-        if len(forwarded) >= hops:
-            return forwarded[-hops][:64]
-    return request.remote_addr or "unknown"
+    nearest of them saw (the one a visitor cannot forge): ProxyFix, wired in create_app, has put
+    it in `remote_addr`. The rate limits key on the same address."""
+    return ratelimit.client_ip()
 
 
 def actor() -> Actor:
@@ -431,45 +423,7 @@ def resolve(reference):
     return _action_page("resolve", order, form, 400 if request.method == "POST" else 200)
 
 
-# --- branding ----------------------------------------------------------------------------------
-
-_DESCRIPTION = re.compile(r"\{#\s*(.*?)\s*#\}", re.S)
-
-
-def learner_templates() -> list[dict]:
-    """The learner-facing templates (everything but the console's and the sandbox's), each with
-    the description from its opening comment."""
-    root = os.path.abspath(os.path.join(current_app.root_path, current_app.template_folder))
-    found = []
-    for folder, dirs, files in os.walk(root):
-        rel_folder = os.path.relpath(folder, root)
-        top = rel_folder.split(os.sep)[0]
-        if top in {"admin", "sandbox"}:
-            dirs[:] = []
-            continue
-        dirs.sort()
-        for name in sorted(files):
-            if not name.endswith(".html"):
-                continue
-            path = os.path.join(folder, name)
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            match = _DESCRIPTION.match(text.lstrip())
-            found.append(
-                {
-                    "name": os.path.relpath(path, root).replace(os.sep, "/"),
-                    "description": match.group(1) if match else "",
-                    "size": len(text.encode()),
-                    "modified": datetime.fromtimestamp(os.path.getmtime(path), UTC),
-                }
-            )
-    return sorted(found, key=lambda t: (t["name"].count("/"), t["name"]))
-
-
-@bp.get("/branding")
-@auth.requires("branding")
-def branding():
-    return render_template("admin/branding.html", templates=learner_templates())
+# --- branding: portal/admin/branding.py ----------------------------------------------------------
 
 
 # --- users, settings, audit log ----------------------------------------------------------------

@@ -44,6 +44,7 @@ def http_error(error: HTTPException):
         404: ("resource_missing", "Unrecognized request URL."),
         405: ("method_not_allowed", "This URL does not take that method."),
         413: ("body_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes."),
+        429: ("rate_limited", "Too many requests: try again after Retry-After seconds."),
     }
     code, message = codes.get(status, ("invalid_request", error.description or error.name))
     return ApiError(status, code, message).response()
@@ -52,7 +53,8 @@ def http_error(error: HTTPException):
 @bp.errorhandler(CheckoutError)
 def checkout_error(error: CheckoutError):
     status = error.status if 400 <= error.status < 600 else 409
-    return ApiError(status, "order_state_conflict", error.message).response()
+    code = "payment_provider_unavailable" if status >= 500 else "order_state_conflict"
+    return ApiError(status, code, error.message).response()
 
 
 @bp.errorhandler(UpstreamError)

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from flask import Blueprint, render_template, request
+from flask import Blueprint, request
 from joserfc import jwt
 from joserfc.errors import (
     DecodeError,
@@ -616,7 +616,8 @@ def enrol_page():
 def enrol():
     """OpenLearning's External Enrolment URL: a cross-site form POST with `jwt`, authenticated by
     the token's signature instead of a CSRF token."""
-    from portal.views import learner_locale, money, render_review, services, show_order
+    from portal.branding.render import render_learner
+    from portal.views import learner_locale, render_review, services, show_order
 
     portal = services()
     platform: OpenLearningPlatform = portal.platform(PLATFORM)
@@ -656,11 +657,11 @@ def enrol():
         timeline.record(order.id, "note", "OpenLearning enrolment token posted again")
     if order.state == OrderState.FULFILLED:
         locale = order.locale or learner_locale()
-        return render_template(
+        return render_learner(
             "openlearning/already_enrolled.html",
             order=order,
+            locale=locale,
             continue_url=portal.allowed_redirect(order.redirect_url),
-            fmt=lambda amount: money(order, amount, locale),
         )
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)

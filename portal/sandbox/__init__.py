@@ -22,7 +22,8 @@ def index():
 
 @bp.post("/control")
 def control():
-    """Tests and benchmarks tune the stand-ins: fault rate, latency, webhook delay."""
+    """Tests and benchmarks tune the stand-ins: fault rate, timeout rate (the answer comes after
+    the portal's read timeout), latency, webhook delay."""
     store = current_app.extensions["sandbox_store"]
     data = request.get_json(silent=True) or {}
     allowed = {
@@ -33,6 +34,9 @@ def control():
         "cleeng_fault_rate",
         "cleeng_latency_ms",
         "webhook_delay_seconds",
+        "stripe_latency_ms",
+        "skilljar_timeout_rate",
+        "openlearning_timeout_rate",
     }
     unknown = set(data) - allowed
     if unknown:

@@ -174,8 +174,13 @@ def api_guard():
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         return _answer(401, errors=["Invalid API key."])
     fault_rate = store.control("openlearning_fault_rate", settings["SANDBOX_FAULT_RATE"])
-    if request.method != "GET" and fault_rate and random.random() < fault_rate:  # noqa: S311
+    timeout_rate = store.control("openlearning_timeout_rate", 0.0)
+    draw = random.random()  # noqa: S311
+    if request.method != "GET" and draw < fault_rate:
         return _answer(503, errors=["Service unavailable (sandbox fault injection)."])
+    if request.method != "GET" and draw < fault_rate + timeout_rate:
+        # A timeout: the answer comes after the portal stopped waiting, and the call did happen.
+        time.sleep(settings["HTTP_READ_TIMEOUT"] + 0.5)
     return None
 
 

@@ -120,8 +120,13 @@ def api_guard():
     if header != expected:
         return _answer({"detail": "Invalid API key."}, 401)
     fault_rate = store.control("skilljar_fault_rate", settings["SANDBOX_FAULT_RATE"])
-    if request.method != "GET" and fault_rate and random.random() < fault_rate:  # noqa: S311
+    timeout_rate = store.control("skilljar_timeout_rate", 0.0)
+    draw = random.random()  # noqa: S311
+    if request.method != "GET" and draw < fault_rate:
         return _answer({"detail": "Service unavailable (sandbox fault injection)."}, 503)
+    if request.method != "GET" and draw < fault_rate + timeout_rate:
+        # A timeout: the answer comes after the portal stopped waiting, and the call did happen.
+        time.sleep(settings["HTTP_READ_TIMEOUT"] + 0.5)
     return None
 
 

@@ -156,6 +156,9 @@ def _create_params_type():
 @bp.before_request
 def authenticate():
     if request.path.startswith("/sandbox/stripe/v1/"):
+        latency = _store().control("stripe_latency_ms", 0.0)
+        if latency:
+            time.sleep(latency / 1000)
         header = request.headers.get("Authorization", "")
         if header != f"Bearer {_settings()['STRIPE_SECRET_KEY']}":
             return _error(StripeInputError("Invalid API Key provided.", status=401))

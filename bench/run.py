@@ -1,0 +1,554 @@
+"""Serving benchmark: the portal under gunicorn against the sandbox stand-ins, beside a bare
+Flask "hello" app under the same gunicorn settings, all on loopback.
+
+    .venv/bin/python bench/run.py [--seconds 15] [--learners 200] [--latency-ms 200]
+                                  [--workers N] [--threads N] [--worker-class gthread|gevent]
+
+Three gunicorn instances, each started with this repository's gunicorn.conf.py:
+
+- the stand-ins (Stripe, Skilljar): the portal app in sandbox mode on a port of its own, so their
+  sleeps and writes do not run inside the portal's workers;
+- the portal, not in sandbox mode, pointed at the stand-ins through PORTAL_STRIPE_API_BASE and
+  PORTAL_SKILLJAR_API_BASE, on PostgreSQL (a fresh schema of
+  postgresql://postgres@127.0.0.1:5432/test) or SQLite with --sqlite;
+- bench/hello_app.py, with the portal's --workers/--threads/--worker-class.
+
+Prints: the review page of an existing order (requests/s, p50/p99, ratio to hello), checkout
+handoffs (entry -> Skilljar fetch -> Stripe session -> redirect to Stripe) with --latency-ms on
+every upstream call and --learners concurrent learners, Stripe webhook ingestion (verified,
+stored, de-duplicated) and each portal worker's resident memory. wrk (Debian's `wrk`) drives the
+plain GETs when installed, bench/loadgen.py (asyncio) otherwise and for the flows that need
+cookies, forms and signatures. Bounded in time; only 127.0.0.1 is contacted.
+
+The portal's rate limits are switched off here (every learner comes from 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import requests  # noqa: E402
+from fault_run import DEFAULT_PG, free_port, wait_for  # noqa: E402
+from loadgen import connection_for, run_clients  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+
+from portal.db import normalise_url  # noqa: E402
+from portal.models import StripeEvent  # noqa: E402
+from portal.sandbox import skilljar_api  # noqa: E402
+from portal.sandbox.store import Store  # noqa: E402
+
+BIN = Path(sys.executable).parent
+WEBHOOK_SECRET = "whsec_bench_" + uuid.uuid4().hex
+STRIPE_KEY = "sk_test_sandbox"
+SKILLJAR_KEY = "sandbox-skilljar-key"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+PAY_ACTION = re.compile(r'action="([^"]*/orders/[^"]+/pay)"')
+
+
+class Servers:
+    """Starts gunicorn instances and stops every one of them at the end."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.logs = []
+
+    def gunicorn(self, name: str, app: str, env: dict, args: list[str]) -> tuple[str, int]:
+        port = free_port()
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
+        process = subprocess.Popen(
+            [*command, *args, app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.processes.append((name, process))
+        return f"http://127.0.0.1:{port}", process.pid
+
+    def stop(self) -> None:
+        for _, process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for _, process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in self.logs:
+            log.close()
+
+
+def init_db(env: dict) -> None:
+    subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", "portal", "init-db"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def worker_pids(master: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(pid) for pid in children]
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def make_purchases(sandbox_url: str, count: int) -> list[str]:
+    """`count` CREATED Skilljar purchases in the stand-in's store, made by the stand-in's own
+    `new_purchase` (collected, then written in one transaction)."""
+    made: list[dict] = []
+
+    class Collect:
+        def put(self, kind, object_id, data):
+            made.append(data)
+
+    original = skilljar_api._store
+    skilljar_api._store = Collect
+    try:
+        offers = list(skilljar_api.OFFERS)
+        for index in range(count):
+            skilljar_api.new_purchase(offers[index % len(offers)], 1 + index % 3)
+    finally:
+        skilljar_api._store = original
+    store = Store(sandbox_url)
+    with store.engine.begin() as connection:
+        for purchase in made:
+            store.put("skilljar.purchase", purchase["id"], purchase, connection=connection)
+    return [p["id"] for p in made]
+
+
+# --- the measurements -----------------------------------------------------------------------
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict | None:
+    if shutil.which("wrk") is None:
+        return None
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "tool": "wrk",
+        "per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "none",
+    }
+
+
+def python_get(url: str, seconds: int, connections: int) -> dict:
+    async def main():
+        def make():
+            connection = connection_for(url)
+            path = url.split(str(connection.port), 1)[1] or "/"
+
+            async def one(_index):
+                reply = await connection.request("GET", path)
+                return None if reply.status == 200 else f"HTTP {reply.status}"
+
+            return one, connection.close
+
+        return await run_clients(make, clients=connections, seconds=seconds)
+
+    figures = asyncio.run(main())
+    return {"tool": "bench/loadgen.py", **figures.summary()}
+
+
+def get_rate(url: str, seconds: int, connections: int) -> dict:
+    return wrk(url, seconds, connections) or python_get(url, seconds, connections)
+
+
+def handoffs(portal: str, stripe_prefix: str, purchases: list[str], args) -> dict:
+    """Concurrent learners, each: the Skilljar entry (the portal fetches the purchase), then Pay
+    (the portal creates the Checkout Session) up to the redirect to Stripe's page."""
+    queue = iter(purchases)
+
+    async def main():
+        def make():
+            connection = connection_for(portal)
+
+            async def one(_index):
+                purchase_id = next(queue)
+                connection.cookies.clear()  # a new learner
+                review = await connection.request(
+                    "GET", f"/skilljar/checkout?purchase_id={purchase_id}"
+                )
+                if review.status != 200:
+                    return f"entry HTTP {review.status}"
+                token = CSRF.search(review.text).group(1)
+                action = PAY_ACTION.search(review.text).group(1)
+                answer = await connection.request(
+                    "POST",
+                    action,
+                    body=urlencode({"csrf_token": token}).encode(),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                if answer.status != 303:
+                    return f"pay HTTP {answer.status}"
+                if not answer.headers.get("location", "").startswith(stripe_prefix):
+                    return "pay redirected elsewhere"
+                return None
+
+            return one, connection.close
+
+        return await run_clients(
+            make, clients=args.learners, seconds=args.seconds, limit=len(purchases)
+        )
+
+    figures = asyncio.run(main())
+    return {"tool": "bench/loadgen.py", **figures.summary(), "failures": figures.failures}
+
+
+def signed_events(count: int, duplicates: float) -> list[tuple[bytes, str]]:
+    events = []
+    now = int(time.time())
+    distinct = max(1, int(count * (1 - duplicates)))
+    for index in range(count):
+        number = index if index < distinct else index % distinct  # the rest are redeliveries
+        payload = json.dumps(
+            {
+                "id": f"evt_bench_{number:07d}",
+                "object": "event",
+                "api_version": "2025-01-27.acacia",
+                "created": now,
+                "livemode": False,
+                "type": "payment_intent.created",
+                "data": {"object": {"id": f"pi_bench_{number:07d}", "object": "payment_intent"}},
+            }
+        ).encode()
+        signature = hmac.new(
+            WEBHOOK_SECRET.encode(), f"{now}.".encode() + payload, hashlib.sha256
+        ).hexdigest()
+        events.append((payload, f"t={now},v1={signature}"))
+    return events
+
+
+def webhooks(portal: str, events: list[tuple[bytes, str]], args) -> dict:
+    async def main():
+        def make():
+            connection = connection_for(portal)
+
+            async def one(index):
+                payload, signature = events[index]
+                reply = await connection.request(
+                    "POST",
+                    "/webhooks/stripe",
+                    body=payload,
+                    headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+                )
+                return None if reply.status == 200 else f"HTTP {reply.status}"
+
+            return one, connection.close
+
+        return await run_clients(
+            make, clients=args.webhook_clients, seconds=args.seconds * 4, limit=len(events)
+        )
+
+    figures = asyncio.run(main())
+    return {"tool": "bench/loadgen.py", **figures.summary(), "failures": figures.failures}
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15, help="per measurement (max 120)")
+    parser.add_argument("--learners", type=int, default=200)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=64, help="for the review page")
+    parser.add_argument("--webhooks", type=int, default=6000)
+    parser.add_argument("--webhook-clients", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="default: gunicorn.conf.py")
+    parser.add_argument("--threads", type=int, default=None, help="default: gunicorn.conf.py")
+    parser.add_argument("--worker-class", default=None, help="gthread (default) or gevent")
+    parser.add_argument("--only", choices=["review", "handoff", "webhooks"], action="append")
+    parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    parser.add_argument("--database-url", default=DEFAULT_PG)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    args.seconds = max(3, min(args.seconds, 120))
+    args.learners = max(1, min(args.learners, 1000))
+    args.webhooks = max(100, min(args.webhooks, 50000))
+    only = set(args.only or ["review", "handoff", "webhooks"])
+
+    serving: list[str] = []
+    if args.workers:
+        serving += ["--workers", str(args.workers)]
+    if args.threads:
+        serving += ["--threads", str(args.threads)]
+    if args.worker_class:
+        serving += ["--worker-class", args.worker_class]
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    admin = schema = None
+    if args.sqlite:
+        database_url = f"sqlite:///{workdir / 'portal.db'}"
+    else:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(normalise_url(args.database_url))
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in args.database_url else "?"
+        database_url = f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+    sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PORTAL_", "GUNICORN_", "PROMETHEUS_"))
+    }
+    servers = Servers(workdir)
+    results: dict = {}
+    try:
+        standins_env = {
+            **base_env,
+            "PORTAL_SANDBOX": "1",
+            "PORTAL_SECRET_KEY": "bench-standins",
+            "PORTAL_DATABASE_URL": f"sqlite:///{workdir / 'standins-portal.db'}",
+            "PORTAL_SANDBOX_DATABASE_URL": sandbox_url,
+            "PORTAL_STRIPE_SECRET_KEY": STRIPE_KEY,
+            "PORTAL_SKILLJAR_API_KEY": SKILLJAR_KEY,
+            "PORTAL_RATELIMIT_ENABLED": "0",
+            "PORTAL_SANDBOX_WEBHOOK_DELAY_SECONDS": "-1",
+            "PORTAL_LOG_FORMAT": "text",
+        }
+        standins_port = free_port()
+        standins_env["PORTAL_PUBLIC_URL"] = f"http://127.0.0.1:{standins_port}"
+        init_db(standins_env)
+        log = open(workdir / "standins.log", "w")  # noqa: SIM115 - closed by servers.stop()
+        servers.logs.append(log)
+        standins_process = subprocess.Popen(
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{standins_port}",
+                "--workers",
+                "2",
+                "--threads",
+                "64",
+                "--access-logfile",
+                "/dev/null",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=standins_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        servers.processes.append(("standins", standins_process))
+        standins = standins_env["PORTAL_PUBLIC_URL"]
+
+        portal_env = {
+            **base_env,
+            "PORTAL_SECRET_KEY": "bench-portal-" + uuid.uuid4().hex,
+            "PORTAL_DATABASE_URL": database_url,
+            "PORTAL_STRIPE_SECRET_KEY": STRIPE_KEY,
+            "PORTAL_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "PORTAL_STRIPE_API_BASE": f"{standins}/sandbox/stripe",
+            "PORTAL_SKILLJAR_API_KEY": SKILLJAR_KEY,
+            "PORTAL_SKILLJAR_API_BASE": f"{standins}/sandbox/skilljar",
+            "PORTAL_REDIRECT_HOSTS": "127.0.0.1",
+            "PORTAL_RATELIMIT_ENABLED": "0",
+            "GUNICORN_ACCESSLOG": "-",
+        }
+        portal_port = free_port()
+        portal_env["PORTAL_PUBLIC_URL"] = f"http://127.0.0.1:{portal_port}"
+        init_db(portal_env)
+        log = open(workdir / "portal.log", "w")  # noqa: SIM115 - closed by servers.stop()
+        servers.logs.append(log)
+        portal_process = subprocess.Popen(
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{portal_port}",
+                *serving,
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=portal_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        servers.processes.append(("portal", portal_process))
+        portal = portal_env["PORTAL_PUBLIC_URL"]
+
+        hello, hello_pid = servers.gunicorn(
+            "hello", "bench.hello_app:app", {**base_env, "GUNICORN_ACCESSLOG": "-"}, serving
+        )
+        for url in (f"{standins}/healthz", f"{portal}/healthz", hello + "/"):
+            wait_for(url, 60)
+        time.sleep(1)  # every worker booted
+
+        control = connection_for(standins)
+
+        def set_controls(**values):
+            async def send():
+                reply = await control.request(
+                    "POST",
+                    "/sandbox/control",
+                    body=json.dumps(values).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                await control.close()
+                assert reply.status == 200, reply.text
+
+            asyncio.run(send())
+
+        set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
+        print(f"machine: {machine()}", flush=True)
+        print(f"portal gunicorn: {serving_description(portal_process.pid, serving)}", flush=True)
+
+        if "review" in only:
+            (purchase_id,) = make_purchases(sandbox_url, 1)
+            page = requests.get(
+                f"{portal}/skilljar/checkout", params={"purchase_id": purchase_id}, timeout=30
+            )
+            page.raise_for_status()
+            reference = re.search(r"/orders/(ord_[A-Za-z0-9_-]+)/pay", page.text).group(1)
+            review_url = f"{portal}/orders/{reference}"
+            assert requests.get(review_url, timeout=30).status_code == 200
+            get_rate(review_url, 2, args.connections)  # warm every worker
+            get_rate(hello + "/", 2, args.connections)
+            results["review"] = get_rate(review_url, args.seconds, args.connections)
+            results["hello"] = get_rate(hello + "/", args.seconds, args.connections)
+            results["review_ratio"] = round(
+                results["review"]["per_second"] / results["hello"]["per_second"], 3
+            )
+            print_figures("review page (GET /orders/<ref>)", results["review"])
+            print_figures("bare Flask hello", results["hello"])
+            print(f"  review / hello ratio: {results['review_ratio']:.2f} (target >= 0.4)")
+
+        if "handoff" in only:
+            count = min(40000, args.learners + int(args.seconds * 400))
+            purchases = make_purchases(sandbox_url, count)
+            set_controls(skilljar_latency_ms=args.latency_ms, stripe_latency_ms=args.latency_ms)
+            warm_args = argparse.Namespace(**{**vars(args), "seconds": 3})
+            handoffs(portal, standins, purchases[: args.learners], warm_args)
+            results["handoff"] = handoffs(portal, standins, purchases[args.learners :], args)
+            results["handoff"]["upstream_latency_ms"] = args.latency_ms
+            results["handoff"]["learners"] = args.learners
+            set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
+            print_figures(
+                f"checkout handoffs ({args.learners} learners, {args.latency_ms} ms on every "
+                "upstream call)",
+                results["handoff"],
+            )
+            print("  targets: >= 100/s, p99 < 1500 ms")
+
+        if "webhooks" in only:
+            events = signed_events(args.webhooks, duplicates=0.1)
+            results["webhooks"] = webhooks(portal, events, args)
+            engine = create_engine(normalise_url(database_url))
+            with engine.connect() as connection:
+                stored = connection.scalar(select(func.count()).select_from(StripeEvent))
+            engine.dispose()
+            results["webhooks"]["stored_distinct"] = stored
+            print_figures("Stripe webhooks (verified, stored, de-duplicated)", results["webhooks"])
+            print(f"  distinct events stored: {stored}; target >= 500/s")
+
+        memory = [rss_mb(pid) for pid in worker_pids(portal_process.pid)]
+        hello_memory = [rss_mb(pid) for pid in worker_pids(hello_pid)]
+        results["memory_mb"] = {
+            "portal_workers": [round(m, 1) for m in memory if m],
+            "hello_workers": [round(m, 1) for m in hello_memory if m],
+        }
+        print("resident memory per worker (VmRSS, MB):")
+        print(f"  portal: {results['memory_mb']['portal_workers']} (target < 120)")
+        print(f"  hello:  {results['memory_mb']['hello_workers']}")
+    finally:
+        servers.stop()
+        if admin is not None:
+            with admin.begin() as connection:
+                connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            admin.dispose()
+    results["machine"] = machine()
+    results["serving"] = serving or ["gunicorn.conf.py defaults"]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def serving_description(master: int, serving: list[str]) -> str:
+    workers = len(worker_pids(master))
+    return f"{workers} workers; options {' '.join(serving) or '(gunicorn.conf.py defaults)'}"
+
+
+def print_figures(title: str, figures: dict) -> None:
+    print(f"{title}:")
+    print(
+        f"  {figures['per_second']:.1f}/s  p50 {figures['p50_ms']:.1f} ms  "
+        f"p99 {figures['p99_ms']:.1f} ms  [{figures['tool']}]"
+    )
+    extra = {k: v for k, v in figures.items() if k in {"failed", "failures", "non_2xx"} and v}
+    if extra:
+        print(f"  {extra}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

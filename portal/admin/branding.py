@@ -1,0 +1,371 @@
+"""Console pages of the marketers (permission `branding`): brands and which platform source gets
+which, and the template editor (edit an override, check it, preview every sample state, publish,
+history with diffs, one-click rollback, back to the default). The writes are in
+portal/branding/operations.py and overrides.py; every one is audited."""
+
+from __future__ import annotations
+
+from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import (
+    BooleanField,
+    IntegerField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, Length, Optional
+
+from portal import i18n
+from portal.admin import auth, bp
+from portal.admin.routes import actor
+from portal.branding import brands, operations, overrides, samples
+from portal.branding.brands import COPY_BLOCKS, DEFAULT_COLOURS, FONT_STACKS, BrandError, BrandInput
+from portal.branding.environment import default_source, learner_template_names
+
+
+class BrandForm(FlaskForm):
+    name = StringField("Name shown to learners", validators=[DataRequired(), Length(max=120)])
+    primary = StringField("Primary colour (buttons, links)", validators=[DataRequired()])
+    text = StringField("Text colour", validators=[DataRequired()])
+    background = StringField("Page background colour", validators=[DataRequired()])
+    accent = StringField("Accent colour (focus ring)", validators=[DataRequired()])
+    font_stack = SelectField(
+        "Font stack",
+        choices=[SelectChoice(key, label) for key, (label, _stack) in FONT_STACKS.items()],
+    )
+    support_email = StringField("Support email", validators=[Optional(), Length(max=320)])
+    terms_url = StringField("Terms address (https)", validators=[Optional(), Length(max=2000)])
+    privacy_url = StringField("Privacy address (https)", validators=[Optional(), Length(max=2000)])
+    review_intro = TextAreaField(COPY_BLOCKS["review_intro"], validators=[Optional()])
+    paid_note = TextAreaField(COPY_BLOCKS["paid_note"], validators=[Optional()])
+    footer_note = TextAreaField(COPY_BLOCKS["footer_note"], validators=[Optional()])
+    logo = FileField("Logo (PNG or SVG, at most 32 KB)")
+    remove_logo = BooleanField("Remove the logo")
+    is_default = BooleanField("Default brand (for every source without its own)")
+
+
+class AssignForm(FlaskForm):
+    platform = SelectField("Platform", choices=[SelectChoice(p) for p in operations.PLATFORMS])
+    source_key = StringField(
+        "Source",
+        validators=[Optional(), Length(max=190)],
+        description="* for every source of the platform; an OpenLearning institution id; a "
+        "merchant API key id.",
+    )
+    brand_id = SelectField("Brand", coerce=int, choices=[])
+
+
+class TemplateForm(FlaskForm):
+    source = TextAreaField("Override source", validators=[DataRequired(), Length(max=65536)])
+    note = StringField("What changed", validators=[Optional(), Length(max=300)])
+
+
+class VersionForm(FlaskForm):
+    version = IntegerField(validators=[DataRequired()])
+
+
+class ConfirmOnlyForm(FlaskForm):
+    """The CSRF token only."""
+
+
+def _template_or_404(name: str) -> str:
+    if not overrides.editable(name) or name not in learner_template_names():
+        abort(404)
+    return name
+
+
+@bp.get("/branding")
+@auth.requires("branding")
+def branding():
+    assign_form = AssignForm()
+    all_brands = operations.brands()
+    assign_form.brand_id.choices = [SelectChoice(b.id, b.name) for b in all_brands]
+    state = overrides.overview()
+    templates = [
+        {"name": name, **state.get(name, {"versions": 0, "live": None})}
+        for name in learner_template_names()
+        if overrides.editable(name)
+    ]
+    return render_template(
+        "admin/branding.html",
+        brands=all_brands,
+        assignments=operations.assignments(),
+        assign_form=assign_form,
+        remove_form=ConfirmOnlyForm(),
+        templates=templates,
+        settings_brand=brands.settings_brand(bp_settings()),
+    )
+
+
+def bp_settings() -> dict:
+    from flask import current_app
+
+    return current_app.config["PORTAL"]
+
+
+def _brand_input(form: BrandForm) -> BrandInput:
+    upload = form.logo.data
+    data = upload.read(brands.LOGO_MAX_BYTES + 1) if upload else None
+    return BrandInput(
+        name=form.name.data,
+        primary=form.primary.data,
+        text=form.text.data,
+        background=form.background.data,
+        accent=form.accent.data,
+        font_stack=form.font_stack.data,
+        support_email=form.support_email.data,
+        terms_url=form.terms_url.data,
+        privacy_url=form.privacy_url.data,
+        copy_blocks={key: getattr(form, key).data for key in COPY_BLOCKS},
+        logo=data or None,
+        remove_logo=form.remove_logo.data,
+        is_default=form.is_default.data,
+    )
+
+
+def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
+    colours = {
+        key: (getattr(form, key).data or "").strip().lower()
+        for key in ("primary", "text", "background", "accent")
+    }
+    checks = None
+    if all(brands.HEX_COLOUR.fullmatch(v) for v in colours.values()):
+        checks = brands.contrast_checks(colours)
+    return (
+        render_template(
+            "admin/brand.html", form=form, edited=brand, problems=problems or {}, checks=checks
+        ),
+        status,
+    )
+
+
+@bp.route("/branding/brands/new", methods=["GET", "POST"])
+@auth.requires("branding")
+def new_brand():
+    form = BrandForm()
+    if request.method == "GET":
+        form.primary.data = DEFAULT_COLOURS["primary"]
+        form.text.data = DEFAULT_COLOURS["text"]
+        form.background.data = DEFAULT_COLOURS["background"]
+        form.accent.data = DEFAULT_COLOURS["accent"]
+        form.name.data = bp_settings()["BRAND_NAME"]
+        return _brand_page(form)
+    if not form.validate_on_submit():
+        return _brand_page(form, status=400)
+    try:
+        brand = operations.save_brand(actor(), _brand_input(form))
+    except BrandError as exc:
+        return _brand_page(form, problems=exc.problems, status=400)
+    flash(f"Brand {brand.name} saved.", "ok")
+    return redirect(url_for("admin.edit_brand", brand_id=brand.id), 303)
+
+
+@bp.route("/branding/brands/<int:brand_id>", methods=["GET", "POST"])
+@auth.requires("branding")
+def edit_brand(brand_id):
+    brand = operations.get_brand(brand_id)
+    if brand is None:
+        abort(404)
+    if request.method == "GET":
+        form = BrandForm(
+            formdata=None,
+            name=brand.name,
+            primary=brand.colour_primary,
+            text=brand.colour_text,
+            background=brand.colour_background,
+            accent=brand.colour_accent,
+            font_stack=brand.font_stack,
+            support_email=brand.support_email,
+            terms_url=brand.terms_url,
+            privacy_url=brand.privacy_url,
+            is_default=brand.is_default,
+            **{key: (brand.copy_blocks or {}).get(key, "") for key in COPY_BLOCKS},
+        )
+        return _brand_page(form, brand)
+    form = BrandForm()
+    if not form.validate_on_submit():
+        return _brand_page(form, brand, status=400)
+    try:
+        brand = operations.save_brand(actor(), _brand_input(form), brand_id)
+    except BrandError as exc:
+        return _brand_page(form, brand, problems=exc.problems, status=400)
+    flash(f"Brand {brand.name} saved (version {brand.version}).", "ok")
+    return redirect(url_for("admin.edit_brand", brand_id=brand.id), 303)
+
+
+@bp.post("/branding/assignments")
+@auth.requires("branding")
+def assign_brand():
+    form = AssignForm()
+    form.brand_id.choices = [SelectChoice(b.id, b.name) for b in operations.brands()]
+    if not form.validate_on_submit():
+        flash("Not saved: choose a platform and a brand.", "error")
+        return redirect(url_for("admin.branding"), 303)
+    try:
+        operations.assign(actor(), form.platform.data, form.source_key.data, form.brand_id.data)
+    except BrandError as exc:
+        flash("Not saved: " + " ".join(exc.problems.values()), "error")
+    else:
+        flash("Brand assigned.", "ok")
+    return redirect(url_for("admin.branding"), 303)
+
+
+@bp.post("/branding/assignments/<int:assignment_id>/delete")
+@auth.requires("branding")
+def unassign_brand(assignment_id):
+    if ConfirmOnlyForm().validate_on_submit():
+        operations.unassign(actor(), assignment_id)
+        flash("Assignment removed.", "ok")
+    return redirect(url_for("admin.branding"), 303)
+
+
+# --- the template editor ------------------------------------------------------------------------
+
+
+STARTER = """{%% extends "default:%s" %%}
+{#- Override blocks of the default page here; whatever you leave out stays as it is. -#}
+"""
+
+
+@bp.route("/branding/templates/<path:name>", methods=["GET", "POST"])
+@auth.requires("branding")
+def edit_template(name):
+    name = _template_or_404(name)
+    history = overrides.history(name)
+    form = TemplateForm()
+    problems = None
+    status = 200
+    if request.method == "POST":
+        if form.validate_on_submit():
+            row = overrides.save_draft(actor(), name, form.source.data, form.note.data)
+            problems = overrides.check(name, row.source)
+            if problems:
+                flash(
+                    f"Version {row.version} saved as a draft, with problems to fix before it "
+                    "can be published.",
+                    "warning",
+                )
+            else:
+                flash(f"Version {row.version} saved and checked: ready to publish.", "ok")
+            return redirect(url_for("admin.edit_template", name=name, version=row.version), 303)
+        status = 400
+    selected = None
+    number = request.args.get("version", type=int)
+    if number is not None:
+        selected = next((h for h in history if h.version == number), None)
+    elif history:
+        selected = history[0]
+    if request.method == "GET":
+        form.source.data = selected.source if selected else STARTER % name
+        form.note.data = ""
+    if selected is not None and problems is None:
+        problems = overrides.check(name, selected.source)
+    compare = None
+    if selected is not None:
+        earlier = [h for h in history if h.version < selected.version]
+        if earlier:
+            base = earlier[0]
+            compare = (
+                base.version,
+                overrides.diff(
+                    base.source, selected.source, f"v{base.version}", f"v{selected.version}"
+                ),
+            )
+        else:
+            compare = (
+                None,
+                overrides.diff(
+                    default_source(name), selected.source, "default", f"v{selected.version}"
+                ),
+            )
+    return render_template(
+        "admin/template_editor.html",
+        name=name,
+        form=form,
+        history=history,
+        selected=selected,
+        problems=problems or [],
+        compare=compare,
+        samples=samples.samples_for(name),
+        languages=i18n.languages(),
+        brands=operations.brands(),
+        version_form=VersionForm(),
+        default_source=default_source(name),
+    ), status
+
+
+@bp.get("/branding/templates/<path:name>/preview")
+@auth.requires("branding")
+def preview_template(name):
+    name = _template_or_404(name)
+    key = request.args.get("state") or samples.samples_for(name)[0].key
+    language = request.args.get("lang", "en")
+    if language not in i18n.languages():
+        language = "en"
+    number = request.args.get("version", type=int)
+    source = None
+    if number is not None:
+        row = overrides.version(name, number)
+        if row is None:
+            abort(404)
+        source = row.source
+    try:
+        html = overrides.preview(name, source, key, language, request.args.get("brand", type=int))
+    except overrides.OverrideError:
+        abort(404)
+    except Exception as exc:  # noqa: BLE001 - the marketer sees what broke, with its line
+        from portal.branding.render import describe
+
+        return render_template(
+            "admin/template_preview_error.html", name=name, number=number, error=describe(exc, name)
+        ), 422
+    return Response(html, mimetype="text/html")
+
+
+def _version_action(name: str, action):
+    name = _template_or_404(name)
+    form = VersionForm()
+    if not form.validate_on_submit():
+        flash("Choose a version.", "error")
+        return redirect(url_for("admin.edit_template", name=name), 303)
+    try:
+        row = action(actor(), name, form.version.data)
+    except overrides.OverrideError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.edit_template", name=name, version=form.version.data), 303)
+    return row, name
+
+
+@bp.post("/branding/templates/<path:name>/publish")
+@auth.requires("branding")
+def publish_template(name):
+    result = _version_action(name, overrides.publish)
+    if not isinstance(result, tuple):
+        return result
+    row, name = result
+    flash(f"Version {row.version} of {name} is live.", "ok")
+    return redirect(url_for("admin.edit_template", name=name, version=row.version), 303)
+
+
+@bp.post("/branding/templates/<path:name>/rollback")
+@auth.requires("branding")
+def rollback_template(name):
+    result = _version_action(name, overrides.rollback)
+    if not isinstance(result, tuple):
+        return result
+    row, name = result
+    flash(f"Rolled back: version {row.version} ({row.note}) is live.", "ok")
+    return redirect(url_for("admin.edit_template", name=name, version=row.version), 303)
+
+
+@bp.post("/branding/templates/<path:name>/default")
+@auth.requires("branding")
+def default_template(name):
+    name = _template_or_404(name)
+    if ConfirmOnlyForm().validate_on_submit():
+        overrides.use_default(actor(), name)
+        flash(f"{name}: learners see the default template again.", "ok")
+    return redirect(url_for("admin.edit_template", name=name), 303)

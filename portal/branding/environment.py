@@ -1,0 +1,229 @@
+"""The sandbox learner pages render in: an `ImmutableSandboxedEnvironment` with autoescape,
+strict undefined, a short list of filters and globals, and a loader chain (a published override
+from the database, then the default template from `templates/`).
+
+An override names the default it builds on as `default:<name>` (`{% extends
+"default:review.html" %}`), so a marketer changes blocks and need not copy the page. Only
+learner-facing templates load here: the console's and the sandbox's are not reachable, nor is
+any file outside `templates/`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal, format_percent
+from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2.filters import FILTERS
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from portal import i18n
+from portal.money import format_money
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+DEFAULT_PREFIX = "default:"
+NOT_LEARNER_FACING = ("admin/", "sandbox/")
+EXTENSIONS = (".html", ".txt", ".svg")
+
+# Published overrides for the render under way: {template name: (identity, source)}. Set by
+# portal.branding.render for each page; empty (defaults only) everywhere else.
+live_overrides: contextvars.ContextVar[dict[str, tuple[object, str]] | None] = (
+    contextvars.ContextVar("live_overrides", default=None)
+)
+
+
+def current_overrides() -> dict[str, tuple[object, str]]:
+    return live_overrides.get() or {}
+
+
+# Names of the overrides a render loaded, so a failure is recorded against them.
+overrides_used: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "overrides_used", default=None
+)
+
+
+def is_learner_template(name: str) -> bool:
+    if not name or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        return False
+    return name.endswith(EXTENSIONS) and not name.startswith(NOT_LEARNER_FACING)
+
+
+def learner_template_names() -> list[str]:
+    names = []
+    for folder, dirs, files in os.walk(TEMPLATES_DIR):
+        rel = os.path.relpath(folder, TEMPLATES_DIR).replace(os.sep, "/")
+        dirs.sort()
+        for file in sorted(files):
+            name = file if rel == "." else f"{rel}/{file}"
+            if is_learner_template(name):
+                names.append(name)
+    return sorted(names, key=lambda n: (n.count("/"), n))
+
+
+def default_source(name: str) -> str:
+    if not is_learner_template(name):
+        raise TemplateNotFound(name)
+    path = TEMPLATES_DIR / name
+    if not path.is_file():
+        raise TemplateNotFound(name)
+    return path.read_text(encoding="utf-8")
+
+
+class LearnerLoader(BaseLoader):
+    """Override (from `overrides()`), then the default file. `default:<name>` skips the
+    override."""
+
+    def __init__(self, overrides):
+        self.overrides = overrides
+
+    def get_source(self, environment, template):
+        name, use_override = template, True
+        if template.startswith(DEFAULT_PREFIX):
+            name, use_override = template[len(DEFAULT_PREFIX) :], False
+        if not is_learner_template(name):
+            raise TemplateNotFound(template)
+        if use_override:
+            current = self.overrides()
+            if name in current:
+                identity, source = current[name]
+                used = overrides_used.get()
+                if used is not None and name not in used:
+                    used.append(name)
+                return source, None, lambda: self.overrides().get(name, (None,))[0] == identity
+        source = default_source(name)
+        if not use_override:
+            return source, str(TEMPLATES_DIR / name), lambda: True
+        return source, str(TEMPLATES_DIR / name), lambda: name not in self.overrides()
+
+
+# --- filters: a short list, nothing that marks text safe or reaches Python objects --------------
+
+SAFE_BUILTIN_FILTERS = (
+    "abs",
+    "capitalize",
+    "count",
+    "d",
+    "default",
+    "e",
+    "escape",
+    "first",
+    "int",
+    "join",
+    "last",
+    "length",
+    "lower",
+    "replace",
+    "round",
+    "string",
+    "title",
+    "trim",
+    "truncate",
+    "upper",
+    "wordcount",
+)
+
+
+@pass_context
+def money_filter(context, amount_minor, currency=None):
+    """`{{ order.amount_minor|money }}`: the order's currency in the page's locale."""
+    order = context.get("order")
+    currency = currency or (order or {}).get("currency") or "USD"
+    return format_money(int(amount_minor or 0), str(currency), context.get("locale") or "en")
+
+
+def _when(value):
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, date):
+        raise TypeError("expected a date or time")
+    return value
+
+
+@pass_context
+def date_filter(context, value, format="medium"):  # noqa: A002 - Babel's own parameter name
+    value = _when(value)
+    locale = context.get("locale") or "en"
+    if isinstance(value, datetime):
+        return format_date(value.date(), format=format, locale=locale)
+    return format_date(value, format=format, locale=locale)
+
+
+@pass_context
+def datetime_filter(context, value, format="medium"):  # noqa: A002
+    return format_datetime(_when(value), format=format, locale=context.get("locale") or "en")
+
+
+@pass_context
+def number_filter(context, value):
+    return format_decimal(Decimal(str(value)), locale=context.get("locale") or "en")
+
+
+@pass_context
+def percent_filter(context, value):
+    """`20|percent` -> 20 % in French, 20% in English (value in percent, not a fraction)."""
+    return format_percent(Decimal(str(value)) / 100, locale=context.get("locale") or "en")
+
+
+def allowed_filters() -> dict:
+    filters = {name: FILTERS[name] for name in SAFE_BUILTIN_FILTERS}
+    filters.update(
+        money=money_filter,
+        date=date_filter,
+        datetime=datetime_filter,
+        number=number_filter,
+        percent=percent_filter,
+    )
+    return filters
+
+
+class LearnerEnvironment(ImmutableSandboxedEnvironment):
+    """Also refuses every attribute that starts with an underscore, on anything (the sandbox
+    already refuses dunders and Python internals)."""
+
+    def is_safe_attribute(self, obj, attr, value):
+        if attr.startswith("_"):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+
+def build_environment(language: str, overrides) -> LearnerEnvironment:
+    """A sandboxed environment for one language; `overrides()` returns the override map."""
+    env = LearnerEnvironment(
+        loader=LearnerLoader(overrides),
+        autoescape=True,
+        undefined=StrictUndefined,
+        auto_reload=True,
+        extensions=["jinja2.ext.i18n"],
+        cache_size=400,
+    )
+    env.filters = allowed_filters()
+    # No lipsum, cycler, joiner, dict or namespace: range (the sandbox's bounded one) only.
+    # (`_` is the i18n extension's alias of gettext, installed with it below.)
+    env.globals = {"range": env.globals["range"], "_": env.globals["_"]}
+    env.install_gettext_translations(i18n.translations(language), newstyle=True)
+    return env
+
+
+_live: dict[str, LearnerEnvironment] = {}
+
+
+def live_environment(language: str) -> LearnerEnvironment:
+    """The long-lived environment of a language, reading overrides from `live_overrides`."""
+    env = _live.get(language)
+    if env is None:
+        env = _live[language] = build_environment(language, current_overrides)
+    return env
+
+
+def fixed_environment(language: str, overrides: dict[str, str]) -> LearnerEnvironment:
+    """A throwaway environment with a fixed set of overrides (drafts: preview, validation)."""
+    fixed = {name: (("draft", hash(source)), source) for name, source in overrides.items()}
+    return build_environment(language, lambda: fixed)

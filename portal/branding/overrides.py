@@ -1,0 +1,267 @@
+"""Marketers' template overrides: check a draft (syntax, then a render of every sample page that
+uses it, in every language, with line numbers), save versions, publish, roll back, go back to
+the default, compare versions. Every write is audited; nothing here reads `request`."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from flask import current_app, url_for
+from jinja2 import TemplateNotFound, TemplateSyntaxError
+from sqlalchemy import func, select, update
+
+from portal import i18n
+from portal.admin import audit
+from portal.admin.audit import Actor
+from portal.branding import brands, samples
+from portal.branding.environment import fixed_environment, is_learner_template
+from portal.branding.render import describe, page_context, render_in
+from portal.db import db
+from portal.models import Brand, TemplateOverride, utcnow
+
+SOURCE_MAX = 64 * 1024
+# Markup that runs code or sends the page elsewhere has no place in an override: the CSP would
+# block most of it anyway, and refusing it up front says so clearly.
+ACTIVE_MARKUP = re.compile(
+    r"<\s*(script|iframe|object|embed|base|form|meta)\b|\son[a-z]+\s*=|javascript\s*:", re.I
+)
+
+
+class OverrideError(Exception):
+    """The action is refused; the message says why."""
+
+
+@dataclass
+class Problem:
+    where: str  # the sample (or "syntax")
+    message: str
+
+
+def editable(name: str) -> bool:
+    """Templates a marketer may override: the learner pages portal.branding renders."""
+    return is_learner_template(name) and name.split("/")[0] not in {"email", "cleeng", "api"}
+
+
+def _preview_csrf() -> str:
+    return "preview-token"
+
+
+def sample_context(sample: samples.Sample, language: str, brand: dict) -> dict:
+    locale = {"en": "en_US", "fr": "fr_FR"}.get(language, language)
+    return page_context(
+        brand=brand,
+        locale=locale,
+        order=sample.order,
+        context=sample.context,
+        preview=True,
+        csrf_token=_preview_csrf,
+    )
+
+
+def check(name: str, source: str) -> list[Problem]:
+    """Every problem publishing `source` as the override of `name` would cause."""
+    if len(source) > SOURCE_MAX:
+        return [Problem("size", f"The template is longer than {SOURCE_MAX // 1024} KB.")]
+    found = ACTIVE_MARKUP.search(source)
+    if found:
+        line = source.count("\n", 0, found.start()) + 1
+        return [
+            Problem(
+                "markup",
+                f"{name}, line {line}: scripts, frames, forms, <base>, <meta> and event "
+                f"handlers are not allowed in an override ({found.group(0).strip()!r}).",
+            )
+        ]
+    env = fixed_environment("en", {name: source})
+    try:
+        env.parse(source, name=name)
+    except TemplateSyntaxError as exc:
+        return [Problem("syntax", describe(exc, name))]
+    problems: list[Problem] = []
+    brand = brands.brand_for(None, current_app.config["PORTAL"], url_for)
+    for language in i18n.languages():
+        env = fixed_environment(language, {name: source})
+        for sample in samples.samples_for(name):
+            try:
+                render_in(env, sample.template, sample_context(sample, language, brand), {})
+            except TemplateNotFound as exc:
+                problems.append(Problem(sample.label, f"{name}: no template named {exc.name!r}"))
+            except Exception as exc:  # noqa: BLE001 - every failure is the marketer's to see
+                problems.append(Problem(f"{sample.label} ({language})", describe(exc, name)))
+            if len(problems) >= 10:
+                return problems
+    return problems
+
+
+def preview(name: str, source: str | None, sample_key: str, language: str, brand_id=None) -> str:
+    """The sample page with `source` as the override of `name` (the live defaults if None)."""
+    sample = samples.sample(sample_key)
+    if sample is None:
+        raise OverrideError("No such sample page.")
+    settings = current_app.config["PORTAL"]
+    with db.reader() as session:
+        brand_row = session.get(Brand, brand_id) if brand_id else None
+        if brand_row is None:
+            brand_row = brands.find_brand(session, None)
+    brand = brands.brand_context(brand_row, settings, url_for)
+    env = fixed_environment(language, {name: source} if source is not None else {})
+    return render_in(env, sample.template, sample_context(sample, language, brand), {})
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def history(name: str) -> list[TemplateOverride]:
+    with db.reader() as session:
+        return list(
+            session.scalars(
+                select(TemplateOverride)
+                .where(TemplateOverride.template_name == name)
+                .order_by(TemplateOverride.version.desc())
+            )
+        )
+
+
+def version(name: str, number: int) -> TemplateOverride | None:
+    with db.reader() as session:
+        return session.scalar(
+            select(TemplateOverride).where(
+                TemplateOverride.template_name == name, TemplateOverride.version == number
+            )
+        )
+
+
+def overview() -> dict[str, dict]:
+    """Per template: the number of versions, the live version and its last failure."""
+    with db.reader() as session:
+        rows = session.scalars(select(TemplateOverride).order_by(TemplateOverride.version))
+        result: dict[str, dict] = {}
+        for row in rows:
+            entry = result.setdefault(row.template_name, {"versions": 0, "live": None})
+            entry["versions"] += 1
+            if row.published:
+                entry["live"] = row
+    return result
+
+
+def diff(old: str, new: str, old_label: str, new_label: str) -> list[str]:
+    return list(
+        difflib.unified_diff(
+            old.splitlines(), new.splitlines(), old_label, new_label, lineterm="", n=2
+        )
+    )
+
+
+def _next_version(session, name: str) -> int:
+    latest = session.scalar(
+        select(func.max(TemplateOverride.version)).where(TemplateOverride.template_name == name)
+    )
+    return (latest or 0) + 1
+
+
+def save_draft(actor: Actor, name: str, source: str, note: str | None) -> TemplateOverride:
+    if not editable(name):
+        raise OverrideError("That template cannot be overridden.")
+    source = source.replace("\r\n", "\n")
+    with db.transaction() as session:
+        row = TemplateOverride(
+            template_name=name,
+            version=_next_version(session, name),
+            source=source,
+            author=actor.email,
+            note=(note or "").strip()[:300] or None,
+            published=False,
+        )
+        session.add(row)
+        session.flush()
+        audit.record(
+            actor,
+            "template.save",
+            target=f"{name} v{row.version}",
+            detail={"template": name, "version": row.version},
+            session=session,
+        )
+    return row
+
+
+def _make_live(session, name: str, row_id: int | None) -> None:
+    session.execute(
+        update(TemplateOverride)
+        .where(TemplateOverride.template_name == name, TemplateOverride.published.is_(True))
+        .values(published=False)
+    )
+    if row_id is not None:
+        session.execute(
+            update(TemplateOverride)
+            .where(TemplateOverride.id == row_id)
+            .values(published=True, published_at=utcnow(), failure_count=0, last_failure=None)
+        )
+
+
+def publish(actor: Actor, name: str, number: int) -> TemplateOverride:
+    """Make version `number` live, if it checks clean."""
+    row = version(name, number)
+    if row is None:
+        raise OverrideError("No such version.")
+    problems = check(name, row.source)
+    if problems:
+        audit.record(
+            actor,
+            "template.publish",
+            "refused",
+            target=f"{name} v{number}",
+            detail={"problems": [p.message for p in problems[:5]]},
+        )
+        raise OverrideError(
+            f"Version {number} has {len(problems)} problem(s) and cannot be published: "
+            + problems[0].message
+        )
+    with db.transaction() as session:
+        _make_live(session, name, row.id)
+        audit.record(
+            actor,
+            "template.publish",
+            target=f"{name} v{number}",
+            detail={"template": name, "version": number},
+            session=session,
+        )
+    return row
+
+
+def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
+    """One click back to an earlier version: a new version with its source goes live (history
+    stays append-only, so the rollback itself shows who did it and when)."""
+    old = version(name, number)
+    if old is None:
+        raise OverrideError("No such version.")
+    if check(name, old.source):
+        raise OverrideError(f"Version {number} no longer checks clean: open it and fix it.")
+    with db.transaction() as session:
+        row = TemplateOverride(
+            template_name=name,
+            version=_next_version(session, name),
+            source=old.source,
+            author=actor.email,
+            note=f"Rollback to version {number}",
+            published=False,
+        )
+        session.add(row)
+        session.flush()
+        _make_live(session, name, row.id)
+        audit.record(
+            actor,
+            "template.rollback",
+            target=f"{name} v{number}",
+            detail={"template": name, "to_version": number, "new_version": row.version},
+            session=session,
+        )
+    return row
+
+
+def use_default(actor: Actor, name: str) -> None:
+    """Take the override down: learners see the default template again."""
+    with db.transaction() as session:
+        _make_live(session, name, None)
+        audit.record(actor, "template.default", target=name, session=session)
