@@ -310,6 +310,7 @@ def main() -> int:
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
     parser.add_argument("--database-url", default=DEFAULT_PG)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
     args = parser.parse_args()
     args.seconds = max(3, min(args.seconds, 120))
     args.learners = max(1, min(args.learners, 1000))
@@ -513,7 +514,10 @@ def main() -> int:
     results["serving"] = serving or ["gunicorn.conf.py defaults"]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep:
+        print(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
@@ -527,9 +531,10 @@ def machine() -> str:
     except OSError:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}; load average {load}"
     )
 
 

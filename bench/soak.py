@@ -6,11 +6,12 @@ once, the platform failing and timing out, one worker SIGKILLed mid-run and rest
 Two gunicorn instances ("two hosts", each in sandbox mode on its own loopback port, sharing one
 fresh PostgreSQL schema for the portal and one sandbox store for the stand-ins, so they behave like
 one Stripe and one Skilljar) and two `flask portal worker` processes. The Skilljar stand-in answers
---fault-rate of its write calls (fulfil) with a 503 and --timeout-rate of them only after the
-portal's read timeout (PORTAL_HTTP_READ_TIMEOUT=2 here; the call still takes effect, as a slow
-platform's would). Learners (bench/fault_run.py's, half on each host) buy concurrently; once
---kill-at of them have finished, worker 1 is SIGKILLed and restarted a few seconds later. At the
-end: every order paid at Stripe must be fulfilled at Skilljar exactly once and nothing lost.
+--fault-rate of its write calls (fulfil) with a 503, and --timeout-rate of them only after the
+portal's read timeout (PORTAL_HTTP_READ_TIMEOUT=2 here): the call has taken effect, its answer is
+late, as when a platform's answer is slow or lost on the way back. Learners (bench/fault_run.py's,
+half on each host) buy concurrently; once --kill-at of them have finished, worker 1 is SIGKILLed
+and restarted a few seconds later. At the end: every order paid at Stripe must be fulfilled at
+Skilljar exactly once and nothing lost.
 
 Only 127.0.0.1 is contacted. Bounded: at most 5000 purchases and --deadline seconds of waiting.
 """
@@ -90,7 +91,7 @@ def gunicorn_command(port: int) -> list[str]:
         "--workers",
         "2",
         "--threads",
-        "16",
+        "32",
         "wsgi:app",
     ]
 
@@ -143,6 +144,9 @@ def main() -> int:
         "PORTAL_RETRY_MAX_SECONDS": "15",
         "PORTAL_HTTP_READ_TIMEOUT": "2",
         "PORTAL_JOB_LEASE_SECONDS": "20",
+        # 2 hosts x 2 gunicorn workers x (8 + 8 overflow) + 2 job workers stay under
+        # PostgreSQL's default max_connections of 100.
+        "PORTAL_DB_POOL_SIZE": "8",
         "PORTAL_RATELIMIT_ENABLED": "0",  # every learner comes from 127.0.0.1
         "GUNICORN_ACCESSLOG": "/dev/null",
     }

@@ -56,6 +56,8 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
         )
     root.addHandler(handler)
     root.setLevel(level)
+    # The Stripe SDK logs every request at INFO; portal.stripe already logs each call once.
+    logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
 def serving_threads() -> int:

@@ -20,6 +20,7 @@ from portal.money import MoneyError
 
 log = logging.getLogger("portal.errors")
 
+
 def N_(text: str) -> str:
     """Marks a message for the translation catalogue; translated when the page renders."""
     return text

@@ -354,4 +354,5 @@ def gunicorn_sandbox(database_url, tmp_path):
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()  # reaped: no "subprocess is still running" warning later
     log.close()

@@ -184,7 +184,10 @@ def test_an_uploaded_logo_is_served_with_a_strict_type_and_a_sandbox(app, client
     assert logo.headers["Content-Type"] == "image/png"
     assert logo.headers["X-Content-Type-Options"] == "nosniff"
     assert "sandbox" in logo.headers["Content-Security-Policy"]
-    svg = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect width="10" height="10"/></svg>'
+    svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10">'
+        b'<rect width="10" height="10"/></svg>'
+    )
     brand = save_brand(ACTOR, brand_input(logo=svg), brand.id)
     assert client.get(f"/brand/{brand.id}/logo").headers["Content-Type"] == "image/svg+xml"
 
@@ -292,9 +295,11 @@ def test_the_secret_key_is_unreachable_from_every_template_global(app):
 
 # --- the override workflow ------------------------------------------------------------------
 
-HEADLINE = """{% extends "default:review.html" %}
-{% block heading %}<h1 class="headline">{{ _("Review your order") }}: {{ brand.name|upper }}</h1>{% endblock %}
-"""
+HEADLINE = (
+    '{% extends "default:review.html" %}\n'
+    '{% block heading %}<h1 class="headline">{{ _("Review your order") }}: '
+    "{{ brand.name|upper }}</h1>{% endblock %}\n"
+)
 
 
 def editor_post(client, path, **data):
@@ -324,8 +329,7 @@ def test_a_marketer_edits_previews_publishes_and_rolls_back(app, console):
         assert 'class="headline"' in shown.text
         assert "ACME ACADEMY" in shown.text
     kwd = marketer.get("/admin/branding/templates/review.html/preview?version=1&state=kwd").text
-    assert "KWD" in kwd
-    assert "247.500" in kwd
+    assert "KWD24.750" in kwd
     jpy = marketer.get("/admin/branding/templates/review.html/preview?version=1&state=jpy").text
     assert "¥12,800" in jpy
     assert 'class="headline"' not in review(app, order).text
@@ -368,14 +372,20 @@ def test_a_marketer_edits_previews_publishes_and_rolls_back(app, console):
 
 def test_syntax_and_undefined_errors_are_shown_with_line_numbers_and_block_publishing(console):
     marketer = console("marketer")
-    broken = '{% extends "default:review.html" %}\n\n{% block heading %}<h1>{{ order.titel }}</h1>{% endblock %}\n'
+    broken = (
+        '{% extends "default:review.html" %}\n\n'
+        "{% block heading %}<h1>{{ order.titel }}</h1>{% endblock %}\n"
+    )
     saved = editor_post(marketer, "/admin/branding/templates/review.html", source=broken)
     page = marketer.get(saved.headers["Location"]).text
     assert "review.html, line 3" in page
     assert "titel" in page
     refused = editor_post(marketer, "/admin/branding/templates/review.html/publish", version="1")
     assert "cannot be published" in marketer.get(refused.headers["Location"]).text
-    syntax = '{% extends "default:review.html" %}\n{% block heading %}\n<h1>{{ order.description </h1>\n{% endblock %}'
+    syntax = (
+        '{% extends "default:review.html" %}\n{% block heading %}\n'
+        "<h1>{{ order.description </h1>\n{% endblock %}"
+    )
     saved = editor_post(marketer, "/admin/branding/templates/review.html", source=syntax)
     page = marketer.get(saved.headers["Location"]).text
     assert re.search(r"review\.html, line [34]: ", page)
@@ -390,7 +400,8 @@ def test_syntax_and_undefined_errors_are_shown_with_line_numbers_and_block_publi
 def test_a_broken_live_override_falls_back_and_the_console_shows_it(app, console, caplog):
     publish_raw(
         "status.html",
-        '{% extends "default:status.html" %}{% block content %}{{ order.no_such_field }}{% endblock %}',
+        '{% extends "default:status.html" %}'
+        "{% block content %}{{ order.no_such_field }}{% endblock %}",
     )
     order = make_order(state=OrderState.CANCELLED)
     with caplog.at_level("ERROR", logger="portal.branding"):
@@ -412,7 +423,7 @@ def test_a_broken_override_of_the_shared_frame_still_leaves_error_pages_up(app):
     publish_raw(
         "base.html", "{% extends 'default:base.html' %}{% block footer %}{{ 1/0 }}{% endblock %}"
     )
-    response = app.test_client().get("/orders/ord_doesnotexist0000")
+    response = app.test_client().get("/no-such-page")
     assert response.status_code == 404
     assert "Page not found" in response.text
 
@@ -422,7 +433,7 @@ def test_the_database_being_down_still_renders_the_default_error_page(app, monke
         raise RuntimeError("database down")
 
     monkeypatch.setattr(db, "reader", down)
-    response = app.test_client().get("/orders/ord_doesnotexist0000")
+    response = app.test_client().get("/no-such-page")
     assert response.status_code == 404
     assert "Page not found" in response.text
 
@@ -462,15 +473,15 @@ def test_french_learners_get_french_pages_money_and_stripe_locale(app, mocked, p
 
         order = session.scalar(select(Order))
     assert order.locale == "fr_FR"
-    assert checkout_locale(order.locale) == "fr-FR"
+    assert checkout_locale(order.locale) == "fr"
 
 
 def test_error_pages_follow_accept_language(client):
-    page = client.get("/orders/ord_doesnotexist0000", headers={"Accept-Language": "fr"}).text
+    page = client.get("/no-such-page", headers={"Accept-Language": "fr"}).text
     assert "Page introuvable" in page
     assert "Erreur 404" in page
     assert 'lang="fr"' in page
-    page = client.get("/orders/ord_doesnotexist0000", headers={"Accept-Language": "de"}).text
+    page = client.get("/no-such-page", headers={"Accept-Language": "de"}).text
     assert "Page not found" in page
     assert 'lang="en"' in page
 
@@ -496,12 +507,12 @@ def test_the_french_catalogue_is_complete_and_the_compiled_file_is_current():
         capture_output=True,
     ).stdout
     extracted = {m.id for m in read_po(io.BytesIO(fresh)) if m.id}
-    assert extracted == {m.id for m in read_po(pot_path.open("rb")) if m.id}
-    po = read_po((ROOT / "translations/fr/LC_MESSAGES/messages.po").open("rb"))
+    assert extracted == {m.id for m in read_po(io.BytesIO(pot_path.read_bytes())) if m.id}
+    po = read_po(io.BytesIO((ROOT / "translations/fr/LC_MESSAGES/messages.po").read_bytes()))
     translated = {m.id: m.string for m in po if m.id}
     assert set(translated) >= extracted
     assert all(translated[i] for i in extracted), [i for i in extracted if not translated[i]]
-    mo = read_mo((ROOT / "translations/fr/LC_MESSAGES/messages.mo").open("rb"))
+    mo = read_mo(io.BytesIO((ROOT / "translations/fr/LC_MESSAGES/messages.mo").read_bytes()))
     assert {m.id: m.string for m in mo if m.id} == translated
 
 

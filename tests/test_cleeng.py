@@ -789,6 +789,42 @@ def test_authorisation_and_capture_of_one_period_charge_once(app, client, mocked
     assert count(Job, Job.state == JobState.DONE, Job.kind == "cleeng_renewal") == 2
 
 
+def test_a_renewal_waits_while_another_worker_charges_the_same_period(
+    app, client, mocked, saved_card
+):
+    """Another worker holds this subscription period (its charge is under way): this delivery
+    neither creates an order nor charges; once the other one has captured, it is done."""
+    with db.transaction() as session:
+        session.add(
+            CleengPayment(
+                operation="recurring-payment",
+                event_key="cleeng:the-other-delivery",
+                renewal_key="332332332:2026-12-22T09:00:00Z",
+                subscription_id="332332332",
+                status="charging",
+            )
+        )
+    deliver(client, renewal_event())
+    run_worker(app, mocked)
+    with db.reader() as session:
+        job = session.scalar(select(Job).where(Job.kind == "cleeng_renewal"))
+    assert job.state == JobState.DEAD  # retried, then given up: an operator looks
+    assert "under way" in job.last_error
+    assert not sent(mocked, "POST", ORDERS_URL)
+    assert not sent(mocked, "POST", INTENTS_URL)
+
+    with db.transaction() as session:
+        session.execute(
+            CleengPayment.__table__.update()
+            .where(CleengPayment.event_key == "cleeng:the-other-delivery")
+            .values(status="captured")
+        )
+    deliver(client, renewal_event(dunningAttemptDate="2026-12-22T10:00:00Z"))
+    run_worker(app, mocked)
+    assert not sent(mocked, "POST", INTENTS_URL)
+    assert count(Job, Job.state == JobState.DONE, Job.kind == "cleeng_renewal") == 1
+
+
 def test_cleeng_down_while_reporting_a_renewal_retries_the_report_not_the_charge(
     app, client, mocked, saved_card
 ):

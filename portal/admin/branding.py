@@ -275,12 +275,7 @@ def edit_template(name):
                 ),
             )
         else:
-            compare = (
-                None,
-                overrides.diff(
-                    default_source(name), selected.source, "default", f"v{selected.version}"
-                ),
-            )
+            compare = (None, overrides.diff("", selected.source, "(none)", f"v{selected.version}"))
     return render_template(
         "admin/template_editor.html",
         name=name,

@@ -30,6 +30,7 @@ def add_registry_hook(hook) -> None:
     if hook not in REGISTRY_HOOKS:
         REGISTRY_HOOKS.append(hook)
 
+
 CALL_WINDOW = timedelta(minutes=15)
 
 

@@ -53,7 +53,8 @@ def logo(brand_id):
     brand = _brand(brand_id)
     if not brand.logo or brand.logo_type not in {"image/png", "image/svg+xml"}:
         abort(404)
-    response = Response(brand.logo, mimetype=brand.logo_type)
+    response = Response(brand.logo)
+    response.headers["Content-Type"] = brand.logo_type  # exactly: no charset, no sniffing
     # Opened directly, an SVG is a document: nothing in it may run or load.
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'unsafe-inline'; sandbox"

@@ -304,7 +304,7 @@ def settings_brand(settings: dict) -> dict:
         "theme_url": None,
         "terms_url": None,
         "privacy_url": None,
-        "blocks": {key: "" for key in COPY_BLOCKS},
+        "blocks": dict.fromkeys(COPY_BLOCKS, ""),
     }
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_decimal, format_percent
-from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, pass_context
 from jinja2.filters import FILTERS
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -29,6 +30,12 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 DEFAULT_PREFIX = "default:"
 NOT_LEARNER_FACING = ("admin/", "sandbox/")
 EXTENSIONS = (".html", ".txt", ".svg")
+# Markup that runs code or sends the page elsewhere has no place in an override: the check before
+# publishing refuses it, and the loader refuses it again (a row changed behind the console's back
+# falls back to the default instead of reaching a learner).
+ACTIVE_MARKUP = re.compile(
+    r"<\s*(script|iframe|object|embed|base|form|meta)\b|\son[a-z]+\s*=|javascript\s*:", re.I
+)
 
 # Published overrides for the render under way: {template name: (identity, source)}. Set by
 # portal.branding.render for each page; empty (defaults only) everywhere else.
@@ -97,6 +104,12 @@ class LearnerLoader(BaseLoader):
                 used = overrides_used.get()
                 if used is not None and name not in used:
                     used.append(name)
+                found = ACTIVE_MARKUP.search(source)
+                if found:
+                    line = source.count("\n", 0, found.start()) + 1
+                    raise TemplateSyntaxError(
+                        f"{found.group(0).strip()!r} is not allowed in an override", line, name
+                    )
                 return source, None, lambda: self.overrides().get(name, (None,))[0] == identity
         source = default_source(name)
         if not use_override:

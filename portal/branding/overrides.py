@@ -5,7 +5,6 @@ the default, compare versions. Every write is audited; nothing here reads `reque
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 
 from flask import current_app, url_for
@@ -16,17 +15,12 @@ from portal import i18n
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.branding import brands, samples
-from portal.branding.environment import fixed_environment, is_learner_template
+from portal.branding.environment import ACTIVE_MARKUP, fixed_environment, is_learner_template
 from portal.branding.render import describe, page_context, render_in
 from portal.db import db
 from portal.models import Brand, TemplateOverride, utcnow
 
 SOURCE_MAX = 64 * 1024
-# Markup that runs code or sends the page elsewhere has no place in an override: the CSP would
-# block most of it anyway, and refusing it up front says so clearly.
-ACTIVE_MARKUP = re.compile(
-    r"<\s*(script|iframe|object|embed|base|form|meta)\b|\son[a-z]+\s*=|javascript\s*:", re.I
-)
 
 
 class OverrideError(Exception):

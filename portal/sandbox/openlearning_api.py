@@ -24,6 +24,7 @@ from flask import (
     Blueprint,
     abort,
     current_app,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -179,9 +180,17 @@ def api_guard():
     if request.method != "GET" and draw < fault_rate:
         return _answer(503, errors=["Service unavailable (sandbox fault injection)."])
     if request.method != "GET" and draw < fault_rate + timeout_rate:
-        # A timeout: the answer comes after the portal stopped waiting, and the call did happen.
-        time.sleep(settings["HTTP_READ_TIMEOUT"] + 0.5)
+        g.sandbox_late_answer = True  # a timeout: done here, but answered too late (below)
     return None
+
+
+@bp.after_request
+def late_answer(response):
+    """The timeout fault: the call took effect, and its answer comes after the portal's read
+    timeout, as when a platform's answer is slow or lost on the way back."""
+    if g.get("sandbox_late_answer"):
+        time.sleep(_settings()["HTTP_READ_TIMEOUT"] + 0.5)
+    return response
 
 
 def _answer(status: int, *, data=None, errors=None):

@@ -11,7 +11,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request
 
 from portal.money import format_money
 
@@ -125,9 +125,17 @@ def api_guard():
     if request.method != "GET" and draw < fault_rate:
         return _answer({"detail": "Service unavailable (sandbox fault injection)."}, 503)
     if request.method != "GET" and draw < fault_rate + timeout_rate:
-        # A timeout: the answer comes after the portal stopped waiting, and the call did happen.
-        time.sleep(settings["HTTP_READ_TIMEOUT"] + 0.5)
+        g.sandbox_late_answer = True  # a timeout: done here, but answered too late (below)
     return None
+
+
+@bp.after_request
+def late_answer(response):
+    """The timeout fault: the call took effect, and its answer comes after the portal's read
+    timeout, as when a platform's answer is slow or lost on the way back."""
+    if g.get("sandbox_late_answer"):
+        time.sleep(_settings()["HTTP_READ_TIMEOUT"] + 0.5)
+    return response
 
 
 def _answer(body: dict, status: int = 200):
