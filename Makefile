@@ -14,7 +14,7 @@ $(BIN)/activate: requirements.txt requirements-dev.txt
 	touch $(BIN)/activate
 
 install: $(BIN)/activate
-	$(BIN)/pybabel compile -q -d translations
+	$(BIN)/pybabel compile -d translations
 
 # Starts the portal with the built-in sandbox (Stripe and Skilljar stand-ins) on SQLite, plus the
 # job worker, and prints the URLs to click through a whole purchase. Ctrl-C stops both.

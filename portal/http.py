@@ -29,10 +29,14 @@ SECRET_QUERY_KEYS = frozenset({"api_key", "key", "token", "access_token", "secre
 class UpstreamError(Exception):
     """A platform or Stripe call failed. `transient` says whether trying again may help."""
 
-    def __init__(self, message: str, *, transient: bool, status: int | None = None):
+    def __init__(
+        self, message: str, *, transient: bool, status: int | None = None, timeout: bool = False
+    ):
         super().__init__(message)
         self.transient = transient
         self.status = status
+        # A timeout is ambiguous: the call may still take effect after we stopped waiting.
+        self.timeout = timeout
 
 
 @dataclass
@@ -94,7 +98,7 @@ class HttpClient:
             return response
         except requests.Timeout as exc:
             error = "timeout"
-            raise UpstreamError(f"{self.name} timed out", transient=True) from exc
+            raise UpstreamError(f"{self.name} timed out", transient=True, timeout=True) from exc
         except requests.RequestException as exc:
             error = type(exc).__name__
             raise UpstreamError(f"{self.name} could not be reached", transient=True) from exc

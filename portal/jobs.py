@@ -257,6 +257,10 @@ def _failed(services, kind: Kind, job: Job, worker_id: str, exc: Exception) -> s
         return "retry"
     if transient and job.attempts < settings["RETRY_MAX_ATTEMPTS"]:
         delay = backoff_seconds(settings, job.attempts)
+        if getattr(exc, "timeout", False):
+            # The timed-out call may still be in flight at the platform: let it land (or fail)
+            # before the retry looks at the platform's state, so "already done" is seen.
+            delay = max(delay, 2 * settings["HTTP_READ_TIMEOUT"])
         _finish(job, worker_id, run_at=utcnow() + timedelta(seconds=delay), last_error=error)
         log.warning(
             "job %s (%s) attempt %d failed: %s; next try in %.1f s",

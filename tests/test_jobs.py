@@ -251,7 +251,8 @@ def test_already_success_on_retry_counts_as_success_without_a_second_fulfil_call
 ):
     """The first attempt went through but its answer was lost (a read timeout), or Skilljar says
     the purchase is already done: the retry asks first, and counts SUCCESS as success."""
-    app = make_app()
+    # A read timeout of 0 makes the post-timeout wait (2 x read timeout) nothing here.
+    app = make_app(HTTP_READ_TIMEOUT="0")
     order = paid_order(app)
     if first_answer == "timeout":
         mocked.post(FULFIL_URL, body=requests.ReadTimeout("read timed out"))
@@ -267,6 +268,20 @@ def test_already_success_on_retry_counts_as_success_without_a_second_fulfil_call
             select(OrderEvent.message).where(OrderEvent.order_id == order.id)
         ).all()
     assert "Skilljar purchase already SUCCESS" in notes
+
+
+def test_a_timed_out_fulfil_waits_for_the_call_to_land_before_retrying(make_app, mocked):
+    """A timeout is ambiguous (the call may still be applied): the retry waits at least twice
+    the read timeout, however small the back-off base, so it sees the platform's new state."""
+    app = make_app(HTTP_READ_TIMEOUT="20")
+    order = paid_order(app)
+    mocked.post(FULFIL_URL, body=requests.ReadTimeout("read timed out"))
+    before = utcnow()
+    run_worker(app)
+    job = job_for(f"fulfil:{order.id}")
+    assert job.state == JobState.QUEUED
+    assert job.run_at >= before + timedelta(seconds=40)
+    assert len(fulfil_calls(mocked)) == 1
 
 
 # --- leases ---------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ import time
 from datetime import UTC, datetime
 
 from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
 from portal.money import format_money
+from portal.sandbox.store import objects
 
 bp = Blueprint("sandbox_skilljar", __name__, url_prefix="/sandbox/skilljar")
 
@@ -199,21 +202,44 @@ def fulfill(purchase_id):
             errors[key] = ["This field may not be blank."]
     if errors:
         return _answer(errors, 400)
-    if purchase["state"] != "CREATED":
-        return _answer({"detail": f"Purchase is already {purchase['state']}."}, 400)
-    purchase["state"] = data["state"]
-    purchase["status_msg"] = data.get("error_msg", "")
-    purchase["payment_processor_order_id"] = data.get("payment_processor_order_id", "")
-    purchase["payment_processor_response_data"] = data.get("payment_processor_response_data", "")
-    if data["state"] == "SUCCESS":
-        purchase["purchased_at"] = datetime.now(UTC).isoformat()
-    _store().put("skilljar.purchase", purchase_id, purchase)
+    was_created = purchase["state"] == "CREATED"
+    if was_created:
+        purchase["state"] = data["state"]
+        purchase["status_msg"] = data.get("error_msg", "")
+        purchase["payment_processor_order_id"] = data.get("payment_processor_order_id", "")
+        purchase["payment_processor_response_data"] = data.get(
+            "payment_processor_response_data", ""
+        )
+        if data["state"] == "SUCCESS":
+            purchase["purchased_at"] = datetime.now(UTC).isoformat()
+    if not was_created or not _apply_fulfilment(purchase_id, purchase):
+        # Like the real API, a purchase leaves CREATED once: a second, concurrent fulfil
+        # (say a retry racing a slow first attempt) is refused, never applied twice.
+        current = _store().get("skilljar.purchase", purchase_id) or purchase
+        return _answer({"detail": f"Purchase is already {current['state']}."}, 400)
     public = _settings()["PUBLIC_URL"]
     if data["state"] == "SUCCESS":
         redirect_url = f"{public}/sandbox/skilljar/academy/thank-you/{purchase_id}"
     else:
         redirect_url = f"{public}/sandbox/skilljar/academy?returned={purchase_id}"
     return _answer({"redirect_url": redirect_url, "purchase": _public(purchase)})
+
+
+def _apply_fulfilment(purchase_id: str, purchase: dict) -> bool:
+    """Compare-and-set across gunicorn workers: the first fulfil inserts a marker row and
+    writes the purchase in the same transaction; any later one fails on the marker."""
+    store = _store()
+    try:
+        with store.engine.begin() as connection:
+            connection.execute(
+                insert(objects).values(
+                    kind="skilljar.fulfil", id=purchase_id, data={}, created=int(time.time())
+                )
+            )
+            store.put("skilljar.purchase", purchase_id, purchase, connection)
+    except IntegrityError:
+        return False
+    return True
 
 
 # --- the demo academy -----------------------------------------------------------------------------
