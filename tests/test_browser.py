@@ -68,7 +68,9 @@ pytestmark = [
 # --- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope: tests/test_branding_browser.py imports this fixture, and two Playwright sessions
+# alive at once in one thread would clash; each module starts and stops its own.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package")
