@@ -15,7 +15,7 @@ from portal.admin.auth import SESSION_SEEN, SESSION_STARTED, hash_password, veri
 from portal.branding.brands import DEFAULT_COLOURS, BrandInput
 from portal.branding.operations import save_brand
 from portal.db import db
-from portal.models import LoginAttempt, User, utcnow
+from portal.models import LoginAttempt, User, WebhookDelivery, utcnow
 from tests.admin_support import (
     PASSWORD,
     audit_entries,
@@ -24,6 +24,7 @@ from tests.admin_support import (
     make_user,
     sign_in,
 )
+from tests.api_support import make_key
 
 pytest_plugins = ["tests.admin_fixtures"]  # console, fast_hashing
 
@@ -343,6 +344,9 @@ GET_PAGES = {
     "/admin/orders/{ref}/refund": "orders.act",
     "/admin/orders/{ref}/cancel": "orders.act",
     "/admin/orders/{ref}/resolve": "orders.act",
+    "/admin/webhooks": "orders",
+    "/admin/webhooks/{delivery}": "orders",
+    "/admin/webhooks/{delivery}/resend": "orders.act",
     "/admin/branding": "branding",
     "/admin/branding/brands/new": "branding",
     "/admin/branding/brands/{brand}": "branding",
@@ -359,14 +363,33 @@ ALLOWED = {
 }
 
 
+def make_delivery(order) -> int:
+    """A merchant webhook delivery about `order`, for the delivery log's pages."""
+    key = make_key()
+    with db.transaction() as session:
+        delivery = WebhookDelivery(
+            event_id="evt_" + "0" * 32,
+            event_type="order.paid",
+            endpoint_id=key.endpoint.id,
+            order_id=order.id,
+            body="{}",
+        )
+        session.add(delivery)
+        session.flush()
+        return delivery.id
+
+
 @pytest.mark.parametrize("role", ["admin", "operator", "marketer"])
 def test_each_role_reaches_exactly_its_pages(console, role):
     order = make_order()
+    delivery = make_delivery(order)
     brand = save_brand(Actor.command_line("test"), BrandInput("Academy", *DEFAULT_COLOURS.values()))
     client = console(role)
     for path, permission in GET_PAGES.items():
         response = client.get(
-            path.format(ref=order.reference, brand=brand.id, template="review.html")
+            path.format(
+                ref=order.reference, brand=brand.id, template="review.html", delivery=delivery
+            )
         )
         expected = 200 if permission in ALLOWED[role] else 403
         assert response.status_code == expected, (role, path, response.status_code)
@@ -402,6 +425,7 @@ def test_every_console_route_is_covered_by_the_guard(app):
         p.replace("{ref}", "<reference>")
         .replace("{brand}", "<int:brand_id>")
         .replace("{template}", "<path:name>")
+        .replace("{delivery}", "<int:delivery_id>")
         for p in GET_PAGES
     } | {"/admin/"}
     assert paths == covered
@@ -412,7 +436,9 @@ def test_a_signed_out_visitor_sees_nothing_anywhere(app):
     client = app.test_client()
     token = csrf(client.get("/admin/login").text)
     for path in GET_PAGES:
-        response = client.get(path.format(ref=order.reference, brand=1, template="review.html"))
+        response = client.get(
+            path.format(ref=order.reference, brand=1, template="review.html", delivery=1)
+        )
         assert response.status_code == 302, path
         assert response.headers["Location"].startswith("/admin/login")
         assert "learner@example.com" not in response.text

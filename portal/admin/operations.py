@@ -1,8 +1,8 @@
-"""Console writes: the operator actions on orders (retry fulfilment, refund, cancel, resolve) and
-user management. Every action is checked against the order's state, changes it with a
-compare-and-set, writes an "operator" event to the order's timeline and an audit entry, and never
-calls out while a database transaction is open. Nothing here reads `request`: the views pass an
-`Actor`.
+"""Console writes: the operator actions on orders (retry fulfilment, refund, cancel, resolve),
+sending a merchant webhook delivery again, and user management. Every action is checked against
+the order's state, changes it with a compare-and-set, writes an "operator" event to the order's
+timeline and an audit entry, and never calls out while a database transaction is open. Nothing
+here reads `request`: the views pass an `Actor`.
 
 The job kind `platform_refund` tells the platform about a refund through the job queue, so a
 platform outage is retried rather than lost.
@@ -21,11 +21,12 @@ from portal import checkout, jobs, timeline
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.admin.auth import hash_password, normalise_email, password_problem
+from portal.api import webhooks_out
 from portal.checkout import CheckoutError, transition
 from portal.db import db
 from portal.fulfilment import give_up_quietly
-from portal.http import UpstreamError
-from portal.models import Job, JobState, Order, OrderState, Role, User, utcnow
+from portal.http import UpstreamError, redact_url
+from portal.models import Job, JobState, Order, OrderState, Role, User, WebhookEndpoint, utcnow
 from portal.money import format_money
 from portal.platforms import Platform
 
@@ -430,6 +431,64 @@ def resolve(services, actor: Actor, reference: str, reason: str) -> ActionResult
     if not moved:
         _refuse(actor, action, order, "The order changed meanwhile: reload and look again.")
     return ActionResult(f"Order {order.reference} is marked fulfilled.")
+
+
+# --- merchant webhook deliveries ----------------------------------------------------------------
+
+
+def resend_webhook(actor: Actor, delivery_id: int) -> ActionResult:
+    """Send a merchant webhook delivery again through the job queue: the same body and event id
+    (the receiver can drop a copy it already has), a fresh set of attempts, due now. The worker
+    sends it; the delivery log shows how it went."""
+    action = "webhooks.resend"
+    try:
+        with db.transaction() as session:
+            before = webhooks_out.requeue_delivery(session, delivery_id)
+            order = session.get(Order, before.order_id) if before.order_id else None
+            url = redact_url(
+                session.scalar(
+                    select(WebhookEndpoint.url).where(WebhookEndpoint.id == before.endpoint_id)
+                )
+            )
+            detail = {
+                "delivery": before.id,
+                "event": before.event_id,
+                "event_type": before.event_type,
+                "endpoint": url,
+                "from_state": before.state,
+                "attempts": before.attempts,
+                "last_status": before.last_status,
+            }
+            if order is not None:
+                _note(
+                    session,
+                    order,
+                    actor,
+                    "resend_webhook",
+                    f"merchant event {before.event_type} queued again for {url}",
+                    **detail,
+                )
+            audit.record(
+                actor,
+                action,
+                target=order.reference if order is not None else before.event_id,
+                order_id=order.id if order is not None else None,
+                detail=detail,
+                session=session,
+            )
+    except webhooks_out.RedeliveryRefused as exc:
+        audit.record(
+            actor,
+            action,
+            "refused",
+            target=f"delivery {delivery_id}",
+            detail={"delivery": delivery_id, "reason": str(exc)},
+        )
+        raise ActionRefused(str(exc)) from exc
+    return ActionResult(
+        f"Event {before.event_type} ({before.event_id}) is queued to be sent to {url} again, "
+        "with the same event id. The worker sends it within moments; this page shows the outcome."
+    )
 
 
 # --- users -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Console reads: order search and export, one order with its timeline, the dashboard figures,
-the audit log. Every filter and count runs on an indexed column (see the indexes at the end of
+the audit log, the pages of the webhook delivery log (its rows come from portal/api/queries).
+Every filter and count runs on an indexed column (see the indexes at the end of
 portal/models.py), so the dashboard stays cheap as the tables grow."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import and_, case, func, or_, select
 
+from portal.api import queries as webhook_log
 from portal.db import db
 from portal.models import (
     PAID_STATES,
@@ -235,6 +237,18 @@ def order_detail(reference: str) -> OrderDetail | None:
             select(Job).where(Job.order_id == order.id).order_by(Job.id)
         ).all()
     return OrderDetail(order, list(events), list(order_jobs))
+
+
+# --- outbound webhook deliveries ----------------------------------------------------------------
+
+
+def search_webhook_deliveries(
+    filters: webhook_log.DeliveryFilters, page: int = 1, per_page: int = PER_PAGE
+) -> Page:
+    total = webhook_log.count_deliveries(filters)
+    page = min(max(page, 1), max(1, math.ceil(total / per_page)))
+    items = webhook_log.list_deliveries(filters, per_page, (page - 1) * per_page)
+    return Page(items, total, page, per_page)
 
 
 # --- dashboard ---------------------------------------------------------------------------------

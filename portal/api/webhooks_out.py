@@ -3,7 +3,8 @@ delivered from the job queue (one job per event and endpoint, retried with back-
 
 Signature: `Portal-Signature: t={unix time},v1={hex HMAC-SHA256 of "{t}.{body}"}` with the
 endpoint's secret; `Portal-Event-Id` lets the receiver drop a repeat. The body is fixed when the
-event happens, so every retry sends (and signs) the same bytes.
+event happens, so every retry sends (and signs) the same bytes. An operator can send a delivery
+again from the console (`requeue_delivery`): the same row, body and event id, on the same job.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import json
 import logging
 import time
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, timeline
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
-from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
+from portal.models import ApiKey, Job, JobState, Order, WebhookDelivery, WebhookEndpoint, utcnow
 
 log = logging.getLogger("portal.api.webhooks")
 
@@ -35,6 +36,7 @@ EVENT_TYPES = (
     "link.sent",
 )
 SIGNATURE_TOLERANCE_SECONDS = 300
+USER_AGENT = "checkout-portal-webhooks/1"
 
 
 def sign(secret: str, timestamp: int, body: str) -> str:
@@ -54,6 +56,22 @@ def verify(secret: str, header: str, body: str, *, now: float | None = None) -> 
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
     return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def job_key(event_id: str, endpoint_id: int) -> str:
+    """The dedupe key of the job that delivers one event to one endpoint."""
+    return f"webhook:{event_id}:{endpoint_id}"
+
+
+def request_headers(secret: str, delivery: WebhookDelivery, timestamp: int) -> dict[str, str]:
+    """What each attempt sends with the body: the signature is made afresh for `timestamp`."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Portal-Signature": sign(secret, timestamp, delivery.body),
+        "Portal-Event-Id": delivery.event_id,
+        "Portal-Event-Type": delivery.event_type,
+    }
 
 
 def event_id(order: Order, event_type: str, discriminator: str = "") -> str:
@@ -122,7 +140,7 @@ def emit(
         jobs.enqueue(
             session,
             "webhook_delivery",
-            f"webhook:{evt}:{endpoint.id}",
+            job_key(evt, endpoint.id),
             order_id=order.id,
             payload={"event_id": evt, "endpoint_id": endpoint.id},
         )
@@ -164,14 +182,7 @@ def run_delivery(services, job) -> None:
     if not endpoint.active:
         _log_attempt(delivery, state="failed", error="endpoint disabled")
         return
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "checkout-portal-webhooks/1",
-        "Portal-Signature": sign(endpoint.secret, timestamp, delivery.body),
-        "Portal-Event-Id": delivery.event_id,
-        "Portal-Event-Type": delivery.event_type,
-    }
+    headers = request_headers(endpoint.secret, delivery, int(time.time()))
     try:
         response = _client(services.settings).request(
             "POST",
@@ -226,6 +237,70 @@ def give_up_delivery(services, job, error: str) -> None:
     log.error("merchant webhook %s given up: %s", job.payload["event_id"], error)
     if job.order_id is not None:
         timeline.record(job.order_id, "alert", f"merchant webhook not delivered: {error}")
+
+
+class RedeliveryRefused(Exception):
+    """The delivery cannot be sent again now; the message says why, for the operator."""
+
+
+def requeue_delivery(session, delivery_id: int) -> WebhookDelivery:
+    """Queue a delivery to be sent again, inside the caller's transaction: the same row, body and
+    event id (so the receiver can drop it if it has it already), a fresh set of attempts, and its
+    job due now. Returns the delivery as it was before, for the audit trail.
+
+    Refused when the endpoint is disabled (nothing would be sent) and while a worker is sending
+    it (its outcome is about to land; the operator looks again in a moment)."""
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise RedeliveryRefused("There is no such delivery.")
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None or not endpoint.active:
+        raise RedeliveryRefused(
+            "The endpoint is disabled (its API key was revoked), so nothing would be sent."
+        )
+    # Out of the session, so the updates below leave the "before" values on it as they were.
+    session.expunge(delivery)
+    now = utcnow()
+    key = job_key(delivery.event_id, delivery.endpoint_id)
+    jobs.enqueue(
+        session,
+        "webhook_delivery",
+        key,
+        order_id=delivery.order_id,
+        payload={"event_id": delivery.event_id, "endpoint_id": delivery.endpoint_id},
+    )
+    requeued = session.execute(
+        update(Job)
+        .where(
+            Job.dedupe_key == key,
+            or_(Job.locked_until.is_(None), Job.locked_until < now),
+        )
+        .values(
+            state=JobState.QUEUED,
+            run_at=now,
+            attempts=0,  # a fresh delivery: a fresh set of attempts before it gives up
+            last_error=None,
+            locked_by=None,
+            locked_until=None,
+            updated_at=now,
+        )
+    )
+    if requeued.rowcount != 1:
+        raise RedeliveryRefused(
+            "A worker is sending this delivery right now: reload the page in a moment."
+        )
+    reset = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery.id,
+            WebhookDelivery.state == delivery.state,
+            WebhookDelivery.attempts == delivery.attempts,
+        )
+        .values(state="pending", attempts=0, last_status=None, last_error=None, delivered_at=None)
+    )
+    if reset.rowcount != 1:
+        raise RedeliveryRefused("The delivery changed meanwhile: reload the page and look again.")
+    return delivery
 
 
 jobs.register("webhook_delivery", run_delivery, give_up=give_up_delivery)
