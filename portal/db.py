@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# A pooled connection idle for longer than this is pinged before use (a restarted or failed-over
+# server, a firewall dropping idle sockets); one in steady use is not, which saves a round trip
+# on every request.
+IDLE_PING_SECONDS = 10.0
 
 
 def normalise_url(url: str) -> str:
@@ -36,9 +41,34 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    ping_when_idle(engine)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> None:
+    """Pessimistic disconnect handling, only where it can matter: a connection back from the
+    pool after `idle_seconds` or more is pinged, and a dead one is replaced (the pool retries
+    the checkout with a fresh connection) before any work is sent on it."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()
+        except Exception as error:
+            raise exc.DisconnectionError("stale pooled connection") from error
 
 
 class Database:
@@ -47,12 +77,19 @@ class Database:
     def __init__(self):
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
+        self.read_sessions: sessionmaker[Session] | None = None
 
     def configure(self, url: str, *, pool_size: int = 10) -> None:
         if self.engine is not None:
             self.engine.dispose()
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Readers on PostgreSQL run in autocommit: a read is one round trip, not BEGIN, the
+        # query and ROLLBACK. Under READ COMMITTED each statement takes its own snapshot anyway.
+        readers = self.engine
+        if self.engine.dialect.name == "postgresql":
+            readers = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_sessions = sessionmaker(readers, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -66,8 +103,22 @@ class Database:
 
     @contextmanager
     def reader(self):
-        with self.sessions() as session:
+        """A session for reads only (never for writes: on PostgreSQL it runs in autocommit)."""
+        with self.read_sessions() as session:
             yield session
+
+    @contextmanager
+    def single_writes(self):
+        """A session whose every statement commits on its own as it runs (on PostgreSQL: one
+        round trip for an INSERT, not BEGIN, INSERT and COMMIT). Only for writes that stand
+        alone, such as appending to a log; anything that must commit together takes
+        `transaction()`. Elsewhere it is a transaction committed at the end of the block."""
+        if self.is_postgres:
+            with self.read_sessions() as session:
+                yield session
+        else:
+            with self.transaction() as session:
+                yield session
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

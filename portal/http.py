@@ -8,6 +8,7 @@ module's: a POST that may have reached the platform is never silently repeated h
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -65,11 +66,29 @@ def set_default_pool_size(size: int) -> None:
     DEFAULT_POOL_SIZE = max(1, int(size))
 
 
+def uses_proxy(environ=None) -> bool:
+    """Whether the environment routes calls through a proxy (HTTPS_PROXY, ALL_PROXY, NO_PROXY,
+    ...), which requests must then work out for each URL."""
+    environ = os.environ if environ is None else environ
+    return any(name.lower().endswith("_proxy") for name in environ)
+
+
 def new_session(pool_size: int | None = None) -> requests.Session:
     """A keep-alive session whose pool holds `pool_size` connections per host (default: the
-    concurrency of this process), so no thread opens a new connection for each call."""
+    concurrency of this process), so no thread opens a new connection for each call.
+
+    Without a proxy in the environment, the environment is read once here and not on every
+    call (requests walks os.environ for proxies, CA bundles and .netrc per call when
+    `trust_env` is on: about a millisecond of CPU each time): REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE still choose the CA bundle, and .netrc is never read (every upstream gets its
+    credentials from our settings)."""
     session = requests.Session()
     size = pool_size or DEFAULT_POOL_SIZE
+    if not uses_proxy():
+        session.trust_env = False
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

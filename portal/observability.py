@@ -92,7 +92,9 @@ class RequestIdMiddleware:
 # --- logs -----------------------------------------------------------------------------------------
 
 # 13 to 19 digits, optionally grouped by spaces or dashes: a payment card number's shape.
-CARD_NUMBER = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+# A card number stands on its own: a run of digits inside a longer word (a hex request id, a
+# Stripe object id) is left alone even when it happens to pass the Luhn check.
+CARD_NUMBER = re.compile(r"(?<![0-9A-Za-z])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z])")
 SECRET_SETTINGS = (
     "SECRET_KEY",
     "STRIPE_SECRET_KEY",

@@ -19,7 +19,8 @@ def record(
     duration_ms: int | None = None,
     session=None,
 ) -> None:
-    """Append an event; inside `session` when given (same transaction), else in its own."""
+    """Append an event; inside `session` when given (same transaction), else on its own: one
+    INSERT, committed as it runs (db.single_writes)."""
     event = OrderEvent(
         order_id=order_id, kind=kind, message=message, detail=detail or {}, duration_ms=duration_ms
     )
@@ -27,8 +28,9 @@ def record(
         session.add(event)
         return
     try:
-        with db.transaction() as own:
+        with db.single_writes() as own:
             own.add(event)
+            own.flush()
     except Exception:  # the timeline must never break a payment path
         log.exception("could not write timeline event", extra={"order_id": order_id})
 

@@ -170,6 +170,24 @@ def test_the_formatter_masks_secrets_and_card_numbers():
     )
 
 
+def test_digits_inside_an_identifier_are_not_taken_for_a_card_number():
+    # 4242424242424242 passes the Luhn check; inside a hex request id or an object id it is
+    # part of the identifier, which the log must keep whole.
+    formatter = JsonFormatter()
+    record = logging.LogRecord(
+        "portal.test",
+        logging.INFO,
+        __file__,
+        1,
+        "request 5c4242424242424242ab, intent pi_4242424242424242x, card=4242424242424242",
+        (),
+        None,
+    )
+    assert json.loads(formatter.format(record))["message"] == (
+        "request 5c4242424242424242ab, intent pi_4242424242424242x, card=[card number]"
+    )
+
+
 def test_secret_values_come_from_the_settings():
     values = secret_values(
         {

@@ -64,9 +64,10 @@ def logo(brand_id):
 
 
 def init_app(app) -> None:
-    from portal.branding import brands
+    from portal.branding import brands, cache
 
     app.register_blueprint(bp)
+    cache.init_app(app)
     settings = app.config["PORTAL"]
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_null_translations(newstyle=True)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import Brand, BrandAssignment, Order
 
@@ -329,10 +330,16 @@ def brand_context(brand: Brand | None, settings: dict, url_for) -> dict:
 
 def brand_for(order: Order | None, settings: dict, url_for) -> dict:
     """The order's brand as a template dict; the settings brand if the database fails (an
-    error page must render even while the database is down)."""
-    try:
+    error page must render even while the database is down). Kept for a few seconds per process
+    (portal.branding.cache): the brand depends only on the order's platform and source."""
+
+    def load() -> Brand | None:
         with db.reader() as session:
-            brand = find_brand(session, order)
+            return find_brand(session, order)
+
+    key = ("brand", order.platform if order is not None else None, source_key(order))
+    try:
+        brand = branding_cache.cache().get(key, load)
     except Exception:  # noqa: BLE001 - the page must still render
         log.exception("brand lookup failed: using the settings brand")
         brand = None

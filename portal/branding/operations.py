@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from portal.admin import audit
 from portal.admin.audit import Actor
+from portal.branding import cache as branding_cache
 from portal.branding.brands import BrandError, BrandInput, clean
 from portal.db import db
 from portal.models import Brand, BrandAssignment
@@ -79,6 +80,7 @@ def save_brand(actor: Actor, entry: BrandInput, brand_id: int | None = None) -> 
             detail={"brand_id": brand.id, "version": brand.version, "default": brand.is_default},
             session=session,
         )
+    branding_cache.forget()
     return brand
 
 
@@ -112,6 +114,7 @@ def assign(actor: Actor, platform: str, source_key: str, brand_id: int) -> None:
             )
     except IntegrityError:
         raise BrandError({"source_key": "That source was just assigned: try again."}) from None
+    branding_cache.forget()
 
 
 def unassign(actor: Actor, assignment_id: int) -> None:
@@ -127,3 +130,4 @@ def unassign(actor: Actor, assignment_id: int) -> None:
             detail={"brand_id": row.brand_id},
             session=session,
         )
+    branding_cache.forget()

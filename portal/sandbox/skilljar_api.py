@@ -113,17 +113,23 @@ def _public(purchase: dict) -> dict:
 def api_guard():
     if not request.path.startswith("/sandbox/skilljar/v1/"):
         return None
-    store = _store()
     settings = _settings()
-    latency = store.control("skilljar_latency_ms", settings["SANDBOX_LATENCY_MS"])
+    control = _store().controls(
+        {
+            "skilljar_latency_ms": settings["SANDBOX_LATENCY_MS"],
+            "skilljar_fault_rate": settings["SANDBOX_FAULT_RATE"],
+            "skilljar_timeout_rate": 0.0,
+        }
+    )
+    latency = control["skilljar_latency_ms"]
     if latency:
         time.sleep(latency / 1000)
     header = request.headers.get("Authorization", "")
     expected = "Basic " + base64.b64encode(f"{settings['SKILLJAR_API_KEY']}:".encode()).decode()
     if header != expected:
         return _answer({"detail": "Invalid API key."}, 401)
-    fault_rate = store.control("skilljar_fault_rate", settings["SANDBOX_FAULT_RATE"])
-    timeout_rate = store.control("skilljar_timeout_rate", 0.0)
+    fault_rate = control["skilljar_fault_rate"]
+    timeout_rate = control["skilljar_timeout_rate"]
     draw = random.random()  # noqa: S311
     if request.method != "GET" and draw < fault_rate:
         return _answer({"detail": "Service unavailable (sandbox fault injection)."}, 503)

@@ -157,6 +157,14 @@ class Store:
             ).first()
         return row.value if row else default
 
+    def controls(self, defaults: dict[str, float]) -> dict[str, float]:
+        """Several controls in one query: {name: value, or its default}."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(controls.c.name, controls.c.value).where(controls.c.name.in_(defaults))
+            ).all()
+        return {**defaults, **dict(rows)}
+
     def set_control(self, name: str, value: float) -> None:
         with self.engine.begin() as connection:
             result = connection.execute(

@@ -7,6 +7,7 @@ typed parameter definitions (`stripe.params.checkout.SessionCreateParams`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -89,6 +90,12 @@ def _lists(node):
 _LOCALNS = {"StripeContext": object, "Mapping": typing.Mapping}
 
 
+@functools.cache
+def _type_hints(typed_dict) -> dict:
+    """The SDK's TypedDict fields, worked out once (typing.get_type_hints is slow)."""
+    return typing.get_type_hints(typed_dict, localns=_LOCALNS, include_extras=True)
+
+
 def check_params(value, annotation, path: str) -> None:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -97,7 +104,7 @@ def check_params(value, annotation, path: str) -> None:
     if typing_extensions.is_typeddict(annotation):
         if not isinstance(value, dict):
             raise StripeInputError(f"Invalid object for {path}", path)
-        hints = typing.get_type_hints(annotation, localns=_LOCALNS, include_extras=True)
+        hints = _type_hints(annotation)
         for key, item in value.items():
             name = f"{path}[{key}]" if path else key
             if key not in hints or key in {"api_key", "stripe_account", "idempotency_key"}:

@@ -1,0 +1,117 @@
+"""What every learner page needs from the database besides its order: the brand of the order's
+platform source and the published template overrides. Both change only when a marketer saves,
+so each process keeps them for `PORTAL_BRANDING_CACHE_SECONDS` (default 5) instead of asking
+the database on every page. A save or publish clears the cache of the process that made it at
+once; other processes and hosts see it within those seconds. 0 turns the cache off.
+
+Only answers the database gave are kept: a failed lookup is asked again on the next page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from flask import Flask, current_app
+
+EXTENSION = "portal.branding_cache"
+
+
+class TimedCache:
+    """A small map of loaded values, each kept for `seconds`. Thread-safe: two threads that miss
+    at once may both load; the later answer wins, and both are correct."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._entries: dict[Hashable, tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], object]):
+        if self.seconds <= 0:
+            return load()
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < self.seconds:
+            return entry[1]
+        value = load()
+        with self._lock:
+            self._entries[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# Every app's cache in this process (one in production; one per app in the tests), so a write
+# made with or without an app context reaches them all.
+_caches: weakref.WeakSet[TimedCache] = weakref.WeakSet()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = made = TimedCache(app.config["PORTAL"]["BRANDING_CACHE_SECONDS"])
+    _caches.add(made)
+    init_pages(app)
+
+
+_OFF = TimedCache(0)
+
+
+def cache() -> TimedCache:
+    return current_app.extensions.get(EXTENSION, _OFF)
+
+
+def forget() -> None:
+    """After a write to brands, assignments or overrides: this process reads them afresh."""
+    for each in list(_caches):
+        each.clear()
+
+
+# --- rendered learner pages -----------------------------------------------------------------------
+
+PAGES_EXTENSION = "portal.rendered_pages"
+PAGES_KEPT = 256
+
+
+class RenderedPages:
+    """The last PAGES_KEPT learner pages rendered in this process, by a digest of everything
+    they were rendered from (template, language, the order's columns, the brand, the published
+    overrides' versions, the view's data). A page is the same for the same inputs, so there is
+    nothing to expire: a change to any input is a new key, and old pages fall off the end.
+    The CSRF token, the one part that differs per learner, is put in after the cache."""
+
+    def __init__(self, size: int = PAGES_KEPT):
+        self.size = size
+        self._pages: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> str | None:
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+            return page
+
+    def put(self, key: bytes, page: str) -> None:
+        with self._lock:
+            self._pages[key] = page
+            self._pages.move_to_end(key)
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+
+def init_pages(app: Flask) -> None:
+    """Rendered pages are kept when brands are (PORTAL_BRANDING_CACHE_SECONDS > 0), and not
+    in debug mode, where template files change under a running server."""
+    if app.config["PORTAL"]["BRANDING_CACHE_SECONDS"] > 0 and not app.debug:
+        app.extensions[PAGES_EXTENSION] = RenderedPages()
+
+
+def pages() -> RenderedPages | None:
+    return current_app.extensions.get(PAGES_EXTENSION)
