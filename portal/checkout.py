@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from portal import jobs, timeline
 from portal.db import db
 from portal.http import UpstreamError
+from portal.i18n import N_
 from portal.models import PAID_STATES, Order, OrderState, utcnow
 from portal.money import normalise_currency, percent_of
 from portal.stripe_gateway import CheckoutRequest
@@ -83,7 +84,7 @@ def load_order(reference: str) -> Order:
     with db.reader() as session:
         order = session.scalar(select(Order).where(Order.reference == reference))
     if order is None:
-        raise CheckoutError(404, "Order not found", "We could not find this order.")
+        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
     return order
 
 
@@ -119,8 +120,12 @@ def transition(session, order_id: int, expected, new: OrderState, *, where=None,
 # --- opening an order -------------------------------------------------------------------------
 
 
-def open_order(draft: OrderDraft) -> Order:
-    """Create the order for a platform purchase, or return the existing one (refreshed if open)."""
+_UNKNOWN = object()
+
+
+def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
+    """Create the order for a platform purchase, or return the existing one (refreshed if open).
+    `existing`: what find_order just answered for this purchase, when the caller asked."""
     currency = normalise_currency(draft.currency)
     values = {
         "description": draft.description[:500],
@@ -137,7 +142,8 @@ def open_order(draft: OrderDraft) -> Order:
     }
     if draft.redirect_url:
         values["redirect_url"] = draft.redirect_url
-    existing = find_order(draft.platform, draft.platform_ref)
+    if existing is _UNKNOWN:
+        existing = find_order(draft.platform, draft.platform_ref)
     if existing is None:
         try:
             with db.transaction() as session:
@@ -209,7 +215,9 @@ def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
     country = country.strip().upper()
     if country not in rates:
         raise CheckoutError(
-            400, "Unknown country", "Please choose your country from the list and try again."
+            400,
+            N_("Unknown country"),
+            N_("Please choose your country from the list and try again."),
         )
     rate = rates[country]
     return TaxQuote(mode, country, rate, percent_of(order.amount_minor, rate))
@@ -234,7 +242,7 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
         return order
     lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
     with db.transaction() as session:
-        session.execute(
+        prepared_order = session.scalar(
             update(Order)
             .where(
                 Order.id == order.id,
@@ -252,8 +260,11 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
                 tax_minor=quote.amount_minor,
                 updated_at=now,
             )
+            .returning(Order)
+            .execution_options(synchronize_session=False)
         )
-    return reload(order)
+    # The row as this update left it; if another click changed it first, as it is now.
+    return prepared_order if prepared_order is not None else reload(order)
 
 
 def start_payment(services, reference: str, country: str | None = None) -> Next:
@@ -264,8 +275,8 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
     if order.state in {OrderState.CANCELLED, OrderState.PAYMENT_FAILED}:
         raise CheckoutError(
             409,
-            "This order is closed",
-            "This order was cancelled. Please go back to the course and start again.",
+            N_("This order is closed"),
+            N_("This order was cancelled. Please go back to the course and start again."),
         )
     if order.state == OrderState.PROCESSING:
         return Next(page="status", order=order)
@@ -348,8 +359,8 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         log.warning("could not create a Checkout Session: %s", exc, extra={"order_id": order.id})
         raise CheckoutError(
             503,
-            "Payment is temporarily unavailable",
-            "We could not reach our payment provider. Please try again in a minute.",
+            N_("Payment is temporarily unavailable"),
+            N_("We could not reach our payment provider. Please try again in a minute."),
         ) from exc
     with db.transaction() as session:
         won = transition(
@@ -539,7 +550,7 @@ def handle_return(services, reference: str, session_id: str | None) -> Next:
     """The learner came back from Stripe. Trust nothing in the URL: ask Stripe."""
     order = load_order(reference)
     if not session_id or not session_id.startswith("cs_") or len(session_id) > 255:
-        raise CheckoutError(400, "Invalid return link", "This payment link is not valid.")
+        raise CheckoutError(400, N_("Invalid return link"), N_("This payment link is not valid."))
     if order.state not in PAID_STATES:
         try:
             stripe_session = services.stripe.retrieve_session(session_id, order_id=order.id)
@@ -547,10 +558,12 @@ def handle_return(services, reference: str, session_id: str | None) -> Next:
             if exc.transient:
                 return Next(page="status", order=order)  # the status page keeps checking
             raise CheckoutError(
-                400, "Invalid return link", "This payment link is not valid."
+                400, N_("Invalid return link"), N_("This payment link is not valid.")
             ) from exc
         if stripe_session.get("client_reference_id") != order.reference:
-            raise CheckoutError(400, "Invalid return link", "This payment link is not valid.")
+            raise CheckoutError(
+                400, N_("Invalid return link"), N_("This payment link is not valid.")
+            )
         order = sync_session(services, stripe_session, source="return page")
     if order.state == OrderState.PAID:
         jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
@@ -596,7 +609,7 @@ def cancel_order(services, reference: str) -> Next:
         except UpstreamError as exc:
             if exc.transient:
                 raise CheckoutError(
-                    503, "Please try again", "We could not reach our payment provider."
+                    503, N_("Please try again"), N_("We could not reach our payment provider.")
                 ) from exc
             # Not open any more: it may have been paid in another tab. Ask Stripe.
         stripe_session = services.stripe.retrieve_session(

@@ -16,14 +16,10 @@ from werkzeug.exceptions import HTTPException
 
 from portal import i18n
 from portal.checkout import CheckoutError
+from portal.i18n import N_
 from portal.money import MoneyError
 
 log = logging.getLogger("portal.errors")
-
-
-def N_(text: str) -> str:
-    """Marks a message for the translation catalogue; translated when the page renders."""
-    return text
 
 
 MESSAGES = {
@@ -68,7 +64,8 @@ def render_error(status: int, title: str, message: str, back_url: str | None = N
         else "errors/generic.html"
     )
     locale = request_locale(current_app.config["PORTAL"])
-    # Titles and messages are English in the code; the catalogue has the common ones.
+    # Titles and messages are English in the code (marked with N_, so they are in the catalogue)
+    # and in JSON answers; the learner reads them in the page's language.
     language = i18n.language_for(locale)
     return (
         render_learner(

@@ -29,8 +29,10 @@ def _known_locales() -> list[str]:
     return locale_identifiers()
 
 
+@functools.cache
 def languages() -> tuple[str, ...]:
-    """The languages learner pages are written in: English plus every compiled catalogue."""
+    """The languages learner pages are written in: English plus every compiled catalogue (read
+    once per process: catalogues ship with a release)."""
     found = sorted(
         path.parent.parent.name for path in TRANSLATIONS_DIR.glob("*/LC_MESSAGES/messages.mo")
     )
@@ -85,3 +87,11 @@ def translations(language: str) -> NullTranslations:
 
 def gettext(language: str, message: str) -> str:
     return translations(language).gettext(message)
+
+
+def N_(message: str) -> str:
+    """Marks `message` for the catalogue without translating it: texts raised in Python (a
+    `CheckoutError`'s title and message, an email's subject) stay English in the code, in logs
+    and in JSON answers for developers, and are translated where a learner reads them, in the
+    learner's language (`portal.errors.render_error`, `portal.mail`)."""
+    return message

@@ -4,48 +4,36 @@ so an SMTP outage delays a message instead of losing it.
 `smtp://[user:password@]host[:port]` upgrades with STARTTLS when the server offers it (and
 refuses to send a password in the clear); `smtps://` is TLS from the first byte. In sandbox mode
 without an SMTP URL, messages are caught in the sandbox store and shown at `/sandbox/mail`.
-Messages are rendered from `templates/email/<name>.txt` and `.html` with their own Jinja
-environment (strict undefined; HTML autoescaped), so the worker needs no request.
+Messages are rendered from `templates/email/<name>.txt` and `.html` like the learner pages:
+in the sandboxed learner environment, with the order's brand (name, logo, colours, support
+address, legal links, footer copy), in the order's language, and with a marketer's published
+override of the email templates, falling back to the default when an override fails
+(`portal.branding.render.render_learner_email`). The worker needs no request.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import smtplib
 import ssl
 import time
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid, parseaddr
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import select
 
-from portal import jobs, timeline
+from portal import i18n, jobs, timeline
+from portal.branding.render import email_brand, render_learner_email
 from portal.db import db
 from portal.http import UpstreamError
-from portal.models import ApiKey, Order
-from portal.money import format_money
+from portal.i18n import N_
+from portal.models import ApiKey, BrandAssignment, Order
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SUBJECTS = {
-    "pay_link": "{brand}: your order is ready to pay",
-    "receipt": "{brand}: receipt for your order",
+    "pay_link": N_("%(brand)s: your order is ready to pay"),
+    "receipt": N_("%(brand)s: receipt for your order"),
 }
-
-
-@functools.cache
-def environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["money"] = lambda amount, currency: format_money(amount or 0, currency, "en")
-    return env
 
 
 def queue(session, template: str, order: Order, *, to: str, cc: str | None = None) -> None:
@@ -59,21 +47,82 @@ def queue(session, template: str, order: Order, *, to: str, cc: str | None = Non
     )
 
 
-def render(settings: dict, template: str, order: Order, brand: str) -> tuple[str, str, str]:
-    """(subject, text, html) of a message about `order`."""
-    context = {
-        "order": order,
-        "brand": brand,
-        "items": (order.platform_data or {}).get("items", []),
-        "pay_url": settings["PUBLIC_URL"] + f"/orders/{order.reference}",
-        "support_email": settings["BRAND_SUPPORT_EMAIL"],
+def items(order: Order) -> list[dict]:
+    """The lines of the message: the merchant's items, or the order's one product."""
+    listed = (order.platform_data or {}).get("items") or []
+    if listed:
+        return [
+            {
+                "name": str(item.get("name") or ""),
+                "quantity": int(item.get("quantity") or 1),
+                "amount_minor": int(item.get("unit_amount") or 0) * int(item.get("quantity") or 1),
+            }
+            for item in listed
+        ]
+    return [
+        {"name": order.description, "quantity": order.quantity, "amount_minor": order.amount_minor}
+    ]
+
+
+def message_context(settings: dict, order: Order) -> dict:
+    """The values a message template reads besides the globals (`order`, `brand`, `fmt`...)."""
+    manual = order.capture_method == "manual"
+    return {
+        "items": items(order),
+        "reference": (order.platform_data or {}).get("reference") or None,
+        "pay_url": settings["PUBLIC_URL"].rstrip("/") + f"/orders/{order.reference}",
         "link_days": settings["PAY_LINK_DAYS"],
-        "manual": order.capture_method == "manual",
+        "manual": manual,
+        "charged_minor": (order.amount_captured_minor if manual else order.amount_paid_minor) or 0,
     }
-    env = environment()
-    text = env.get_template(f"email/{template}.txt").render(context)
-    html = env.get_template(f"email/{template}.html").render(context)
-    return SUBJECTS[template].format(brand=brand), text, html
+
+
+def brand_of(order: Order, settings: dict, key: ApiKey | None) -> tuple[dict, dict]:
+    """The message's brand: the order's, as on its pages. A merchant key created with `--brand`
+    names the sender unless a marketer assigned a brand to that very key."""
+    brand, colours = email_brand(order, settings)
+    if key is not None and key.brand_name and not _assigned_to_key(key.id):
+        brand = {**brand, "name": key.brand_name}
+    return brand, colours
+
+
+def _assigned_to_key(key_id: int) -> bool:
+    try:
+        with db.reader() as session:
+            return (
+                session.scalar(
+                    select(BrandAssignment.id).where(
+                        BrandAssignment.platform == "merchant",
+                        BrandAssignment.source_key == str(key_id),
+                    )
+                )
+                is not None
+            )
+    except Exception:  # noqa: BLE001 - the key's own name is a fine sender then
+        return False
+
+
+def render(
+    settings: dict, template: str, order: Order, brand: tuple[dict, dict]
+) -> tuple[str, str, str]:
+    """(subject, text, html) of a message about `order`, in the order's language (else
+    PORTAL_DEFAULT_LOCALE), with `brand` from `brand_of`."""
+    locale = order.locale or settings["DEFAULT_LOCALE"]
+    context = message_context(settings, order)
+    parts = {
+        kind: render_learner_email(
+            f"email/{template}.{kind}",
+            order=order,
+            settings=settings,
+            locale=locale,
+            brand=brand,
+            **context,
+        )
+        for kind in ("txt", "html")
+    }
+    language = i18n.language_for(locale)
+    subject = i18n.gettext(language, SUBJECTS[template]) % {"brand": brand[0]["name"]}
+    return subject, parts["txt"], parts["html"]
 
 
 def build_message(settings, *, to, cc, subject, text, html, brand) -> EmailMessage:
@@ -167,12 +216,12 @@ def run_mail(services, job) -> None:
         )
     if order is None:
         return
-    brand = (key.brand_name if key else None) or settings["BRAND_NAME"]
+    brand = brand_of(order, settings, key)
     template = job.payload["template"]
     subject, text, html = render(settings, template, order, brand)
     to, cc = job.payload["to"], job.payload.get("cc")
     message = build_message(
-        settings, to=to, cc=cc, subject=subject, text=text, html=html, brand=brand
+        settings, to=to, cc=cc, subject=subject, text=text, html=html, brand=brand[0]["name"]
     )
     send(settings, message)
     recipients = {"to": to, "cc": cc}

@@ -134,7 +134,9 @@ def status(reference):
     if next_step.redirect_url:
         return redirect(next_step.redirect_url, code=303)
     order = next_step.order
-    waiting = order.state in {OrderState.PAID, OrderState.PROCESSING}
+    # PAYING here: the learner was on Stripe's page and the payment is not confirmed yet (the
+    # return page could not reach Stripe, or a webhook is on its way). Keep checking.
+    waiting = order.state in {OrderState.PAID, OrderState.PROCESSING, OrderState.PAYING}
     locale = order.locale or learner_locale()
     # The page checks again by itself (no JavaScript), quickly at first, then less often; the
     # learner can switch that off (WCAG 2.2.1, timing adjustable) and check by hand.

@@ -48,13 +48,15 @@ def verify(payload: bytes, signature: str | None, secrets: tuple[str, ...]):
 
 def _seen(event_id: str) -> bool:
     with db.reader() as session:
-        return session.get(StripeEvent, event_id) is not None
+        return session.scalar(select(StripeEvent.id).where(StripeEvent.id == event_id)) is not None
 
 
 def _remember(event, order_id: int | None) -> None:
+    """One INSERT, committed as it runs (the event's effects are already committed)."""
     try:
-        with db.transaction() as session:
+        with db.single_writes() as session:
             session.add(StripeEvent(id=event.id, type=event.type, order_id=order_id))
+            session.flush()
     except IntegrityError:
         pass  # a concurrent delivery of the same event got there first
 

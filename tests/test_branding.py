@@ -443,10 +443,13 @@ def test_only_learner_templates_are_editable(console):
     for name in (
         "admin/base.html",
         "sandbox/base.html",
+        "sandbox/mail_message.html",
         "../portal/config.py",
-        "email/pay_link.html",
     ):
         assert marketer.get(f"/admin/branding/templates/{name}").status_code == 404
+    # The Cleeng review page and the emails are learner-facing: a marketer edits them too.
+    for name in ("cleeng/review.html", "email/pay_link.html", "email/receipt.txt"):
+        assert marketer.get(f"/admin/branding/templates/{name}").status_code == 200, name
     assert console("operator").get("/admin/branding/templates/review.html").status_code == 403
 
 
@@ -506,14 +509,25 @@ def test_the_french_catalogue_is_complete_and_the_compiled_file_is_current():
         check=True,
         capture_output=True,
     ).stdout
-    extracted = {m.id for m in read_po(io.BytesIO(fresh)) if m.id}
-    assert extracted == {m.id for m in read_po(io.BytesIO(pot_path.read_bytes())) if m.id}
+    extracted = {catalogue_key(m.id) for m in read_po(io.BytesIO(fresh)) if m.id}
+    assert extracted == {
+        catalogue_key(m.id) for m in read_po(io.BytesIO(pot_path.read_bytes())) if m.id
+    }
     po = read_po(io.BytesIO((ROOT / "translations/fr/LC_MESSAGES/messages.po").read_bytes()))
-    translated = {m.id: m.string for m in po if m.id}
+    translated = {catalogue_key(m.id): catalogue_key(m.string) for m in po if m.id}
     assert set(translated) >= extracted
-    assert all(translated[i] for i in extracted), [i for i in extracted if not translated[i]]
+    # A plural message is translated when every one of its forms is.
+    untranslated = [
+        i for i in extracted if not all(translated[i] if isinstance(i, tuple) else [translated[i]])
+    ]
+    assert untranslated == []
     mo = read_mo(io.BytesIO((ROOT / "translations/fr/LC_MESSAGES/messages.mo").read_bytes()))
-    assert {m.id: m.string for m in mo if m.id} == translated
+    assert {catalogue_key(m.id): catalogue_key(m.string) for m in mo if m.id} == translated
+
+
+def catalogue_key(value):
+    """A catalogue id or string, hashable: a plural message's forms as a tuple."""
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def test_csp_extra_origins_are_an_admin_setting(make_app):

@@ -191,7 +191,7 @@ def test_a_broken_override_falls_back_to_the_default_page(portal, new_page):
 
     page = new_page(DESKTOP)
     sign_in_marketer(page, server)
-    row = page.get_by_role("row", name=re.compile("review.html"))
+    row = page.get_by_role("row", name=re.compile(r"^review\.html"))
     expect(row).to_contain_text("1 failed render(s)")
     expect(row).to_contain_text("renamed_field")
     shot(page, "fallback-console")

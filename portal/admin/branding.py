@@ -24,6 +24,12 @@ from portal.admin.routes import actor
 from portal.branding import brands, operations, overrides, samples
 from portal.branding.brands import COPY_BLOCKS, DEFAULT_COLOURS, FONT_STACKS, BrandError, BrandInput
 from portal.branding.environment import default_source, learner_template_names
+from portal.branding.render import preview_email
+
+EMAIL_PREVIEW_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; sandbox"
+)
 
 
 class BrandForm(FlaskForm):
@@ -307,8 +313,14 @@ def preview_template(name):
         if row is None:
             abort(404)
         source = row.source
+    brand_id = request.args.get("brand", type=int)
+    sample = samples.sample(key)
+    email = sample is not None and sample.template.startswith("email/")
     try:
-        html = overrides.preview(name, source, key, language, request.args.get("brand", type=int))
+        if email:
+            html = preview_email(name, source, sample, language, brand_id)
+        else:
+            html = overrides.preview(name, source, key, language, brand_id)
     except overrides.OverrideError:
         abort(404)
     except Exception as exc:  # noqa: BLE001 - the marketer sees what broke, with its line
@@ -317,7 +329,12 @@ def preview_template(name):
         return render_template(
             "admin/template_preview_error.html", name=name, number=number, error=describe(exc, name)
         ), 422
-    return Response(html, mimetype="text/html")
+    response = Response(html, mimetype="text/html")
+    if email:
+        # An email's look is inline styles (mail clients drop stylesheets): allowed here, in a
+        # sandboxed document that can run nothing and load images from our origin only.
+        response.headers["Content-Security-Policy"] = EMAIL_PREVIEW_CSP
+    return response
 
 
 def _version_action(name: str, action):

@@ -15,7 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 
 EXTENSION = "portal.branding_cache"
 
@@ -61,6 +61,9 @@ _OFF = TimedCache(0)
 
 
 def cache() -> TimedCache:
+    """This app's cache; outside an app (a job on a thread of its own), no caching."""
+    if not has_app_context():
+        return _OFF
     return current_app.extensions.get(EXTENSION, _OFF)
 
 
@@ -114,4 +117,6 @@ def init_pages(app: Flask) -> None:
 
 
 def pages() -> RenderedPages | None:
+    if not has_app_context():
+        return None
     return current_app.extensions.get(PAGES_EXTENSION)

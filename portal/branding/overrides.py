@@ -15,6 +15,7 @@ from portal import i18n
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.branding import brands, samples
+from portal.branding import cache as branding_cache
 from portal.branding.environment import ACTIVE_MARKUP, fixed_environment, is_learner_template
 from portal.branding.render import describe, page_context, render_in
 from portal.db import db
@@ -34,8 +35,10 @@ class Problem:
 
 
 def editable(name: str) -> bool:
-    """Templates a marketer may override: the learner pages portal.branding renders."""
-    return is_learner_template(name) and name.split("/")[0] not in {"email", "cleeng", "api"}
+    """Templates a marketer may override: everything portal.branding renders for learners (the
+    pages, the Cleeng review page, the pay-link and receipt emails), never the console's or the
+    sandbox's."""
+    return is_learner_template(name) and name.split("/")[0] not in {"api"}
 
 
 def _preview_csrf() -> str:
@@ -221,6 +224,7 @@ def publish(actor: Actor, name: str, number: int) -> TemplateOverride:
             detail={"template": name, "version": number},
             session=session,
         )
+    branding_cache.forget()
     return row
 
 
@@ -251,6 +255,7 @@ def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
             detail={"template": name, "to_version": number, "new_version": row.version},
             session=session,
         )
+    branding_cache.forget()
     return row
 
 
@@ -259,3 +264,4 @@ def use_default(actor: Actor, name: str) -> None:
     with db.transaction() as session:
         _make_live(session, name, None)
         audit.record(actor, "template.default", target=name, session=session)
+    branding_cache.forget()

@@ -8,16 +8,25 @@ Stable globals: `brand` (dict), `lang` (the page's language, for `<html lang>`),
 money, dates and numbers), `sandbox`, `preview`, `url_for` (our learner endpoints only),
 `csrf_token` (the session's token), `fmt` (money in the order's currency and the learner's
 locale). Per page: `order` (a dict of the order's columns), and what the view passes.
+
+Emails (`render_learner_email`) go through the same sandbox, overrides and fallback, without a
+request: the order's locale, absolute links under PORTAL_PUBLIC_URL, and the brand's `colours`
+for inline styles.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import html
 import logging
+import re
+import secrets
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
+from urllib.parse import quote, urlencode
 
 from flask import current_app, request, url_for
 from jinja2 import TemplateSyntaxError
@@ -26,14 +35,16 @@ from sqlalchemy import select, update
 
 from portal import i18n
 from portal.branding import brands
+from portal.branding import cache as branding_cache
 from portal.branding.environment import (
     TEMPLATES_DIR,
+    fixed_environment,
     live_environment,
     live_overrides,
     overrides_used,
 )
 from portal.db import db
-from portal.models import Order, TemplateOverride, utcnow
+from portal.models import Brand, Order, TemplateOverride, utcnow
 from portal.money import format_money
 
 log = logging.getLogger("portal.branding")
@@ -135,18 +146,29 @@ def page_context(
     return page
 
 
+def load_overrides() -> dict[str, tuple[object, str]]:
+    """The published overrides from the database: {template: (identity, source)}. The identity
+    names the source too: compiled templates are kept by identity, and a row id alone can come
+    back with other text (a restored backup, a fresh test database)."""
+    with db.reader() as session:
+        rows = session.execute(
+            select(
+                TemplateOverride.id, TemplateOverride.template_name, TemplateOverride.source
+            ).where(TemplateOverride.published.is_(True))
+        ).all()
+    return {
+        name: (("live", row_id, hashlib.sha256(source.encode()).hexdigest()), source)
+        for row_id, name, source in rows
+    }
+
+
 def published_overrides() -> dict[str, tuple[object, str]]:
+    """The published overrides, kept for a few seconds per process (portal.branding.cache)."""
     try:
-        with db.reader() as session:
-            rows = session.execute(
-                select(
-                    TemplateOverride.id, TemplateOverride.template_name, TemplateOverride.source
-                ).where(TemplateOverride.published.is_(True))
-            ).all()
+        return branding_cache.cache().get("overrides", load_overrides)
     except Exception:  # noqa: BLE001 - without the database, the defaults still render
         log.exception("template overrides could not be loaded: rendering the defaults")
         return {}
-    return {name: (("live", row_id), source) for row_id, name, source in rows}
 
 
 def describe(exc: BaseException, override_name: str | None = None) -> str:
@@ -198,22 +220,72 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
 
 
 def render_learner(name: str, *, order: Order | None = None, locale: str | None = None, **context):
-    """The HTML of learner page `name` for `order` (or none, for error pages)."""
+    """The HTML of learner page `name` for `order` (or none, for error pages). An order's pages
+    are kept rendered (portal.branding.cache.RenderedPages) with a mark where the CSRF token
+    goes; each learner's own token is put in on the way out."""
     settings = current_app.config["PORTAL"]
     locale = locale or (order.locale if order is not None else None) or request_locale(settings)
     brand = brands.brand_for(order, settings, url_for)
+    pages = branding_cache.pages() if order is not None else None
+    marks: list[bool] = []
     page = page_context(
         brand=brand,
         locale=locale,
         order=order_data(order) if order is not None else None,
         context=context,
+        csrf_token=_csrf_token if pages is None else _marking(marks),
     )
-    env = live_environment(i18n.language_for(locale))
+    language = i18n.language_for(locale)
+    env = live_environment(language)
     overrides = published_overrides()
+    key = page_key(name, language, page, overrides) if pages is not None else None
+    if key is not None:
+        kept = pages.get(key)
+        if kept is not None:
+            return _with_csrf(kept)
+    html, fell_back = _render(env, name, page, overrides, order)
+    if key is None or fell_back:
+        return _with_csrf(html)
+    if marks and CSRF_MARK not in html:
+        # An override changed the token on its way into the page: render with the real one.
+        page["csrf_token"] = _csrf_token
+        return _render(env, name, page, overrides, order)[0]
+    pages.put(key, html)
+    return _with_csrf(html)
+
+
+# A per-process mark rendered where the CSRF token goes in a kept page (letters and digits only,
+# so escaping leaves it as it is).
+CSRF_MARK = "csrfmark" + secrets.token_hex(16)
+
+
+def _marking(marks: list[bool]):
+    def csrf_token() -> str:
+        marks.append(True)
+        return CSRF_MARK
+
+    return csrf_token
+
+
+def _with_csrf(html: str) -> str:
+    return html.replace(CSRF_MARK, _csrf_token()) if CSRF_MARK in html else html
+
+
+def page_key(name: str, language: str, page: dict, overrides: dict) -> bytes:
+    """A digest of everything a page is rendered from but the callables (url_for, fmt and
+    csrf_token depend only on what is digested, and the request's script root)."""
+    data = [(k, v) for k, v in page.items() if not callable(v)]
+    live = sorted((template, identity) for template, (identity, _source) in overrides.items())
+    text = repr((name, language, request.script_root, live, data))
+    return hashlib.blake2b(text.encode(), digest_size=20).digest()
+
+
+def _render(env, name: str, page: dict, overrides: dict, order: Order | None) -> tuple[str, bool]:
+    """(HTML, whether a failing override fell back to the default)."""
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
-        return render_in(env, name, page, overrides)
+        return render_in(env, name, page, overrides), False
     except Exception as exc:
         if not used:
             raise
@@ -224,6 +296,220 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
             extra={"order_id": order.id if order is not None else "-"},
         )
         _record_failure(used, text)
-        return render_in(env, name, page, {})
+        return render_in(env, name, page, {}), True
     finally:
         overrides_used.reset(used_token)
+
+
+# --- emails: the same sandbox and overrides, without a request ------------------------------------
+#
+# Pay links and receipts are rendered by the job worker, where there is no request (and often no
+# app context): no `url_for`, no session for a CSRF token, no Accept-Language. The locale is the
+# order's (else PORTAL_DEFAULT_LOCALE), links are absolute under PORTAL_PUBLIC_URL (a mail client
+# has no base URL), and the brand carries its colours for inline styles (mail clients ignore
+# linked stylesheets).
+
+# The endpoints an email may link to, as paths under PORTAL_PUBLIC_URL. A test checks each one
+# against the app's own URL map, so a renamed route cannot leave emails pointing nowhere.
+EMAIL_PATHS = {
+    "orders.review": "/orders/{reference}",
+    "orders.status": "/orders/{reference}/status",
+    "branding.logo": "/brand/{brand_id}/logo",
+    "branding.theme": "/brand/{brand_id}/theme.css",
+    "static": "/static/{filename}",
+}
+
+
+def public_url_for(settings: dict):
+    """A `url_for` for emails: absolute URLs of EMAIL_PATHS under PORTAL_PUBLIC_URL, plain values
+    only; extra values become the query string."""
+    base = settings["PUBLIC_URL"].rstrip("/")
+
+    def build(endpoint: str, **values) -> str:
+        if endpoint not in EMAIL_PATHS:
+            raise SecurityError(f"url_for({endpoint!r}) is not available to email templates")
+        for value in values.values():
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise SecurityError("url_for takes text and numbers only")
+        template = EMAIL_PATHS[endpoint]
+        names = set(re.findall(r"{(\w+)}", template))
+        missing = names - values.keys()
+        if missing:
+            raise ValueError(f"url_for({endpoint!r}) needs {', '.join(sorted(missing))}")
+        path = template.format(
+            **{
+                name: quote(str(values[name]), safe="/" if name == "filename" else "")
+                for name in names
+            }
+        )
+        query = {key: value for key, value in values.items() if key not in names}
+        return base + path + (f"?{urlencode(query)}" if query else "")
+
+    return build
+
+
+def email_colours(brand: Brand | None) -> dict[str, str]:
+    """The brand's colours for inline styles: the page background around the message, the
+    primary colour (links, the button, the header rule), button text that reads on it, body
+    text and a muted text that still has 4.5:1 on the white message card."""
+    colours = brands.colours_of(brand) if brand is not None else dict(brands.DEFAULT_COLOURS)
+    text, background = colours["text"], colours["background"]
+    muted = brands.mix(text, brands.WHITE, 0.3)
+    if brands.contrast(muted, brands.WHITE) < 4.5:
+        muted = text
+    stack = brands.FONT_STACKS.get(
+        brand.font_stack if brand is not None else "system", brands.FONT_STACKS["system"]
+    )[1]
+    return {
+        "primary": colours["primary"],
+        "on_primary": brands.on_colour(colours["primary"]),
+        "text": text,
+        "muted": muted,
+        "background": background,
+        "font": stack,
+    }
+
+
+def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
+    """The order's brand for an email, (brand dict, colours): the same choice as its pages
+    (platform source, the platform's "*", the default brand, the settings), with absolute URLs.
+    The settings brand if the database cannot be read: the message still goes."""
+    try:
+        with db.reader() as session:
+            row = brands.find_brand(session, order)
+            brand = brands.brand_context(row, settings, public_url_for(settings))
+            colours = email_colours(row)
+    except Exception:  # noqa: BLE001 - an email goes out in the default look rather than not
+        log.exception("brand lookup for an email failed: using the settings brand")
+        brand, colours = brands.settings_brand(settings), email_colours(None)
+    return brand, colours
+
+
+def email_context(
+    *,
+    settings: dict,
+    brand: dict,
+    colours: dict,
+    locale: str,
+    order: dict,
+    context: dict,
+    preview: bool = False,
+) -> dict:
+    """The globals of an email template: those of a page (`brand`, `lang`, `locale`, `order`,
+    `fmt`, `url_for`, ...), with absolute URLs, plus `colours`. An email has no form, so its
+    `csrf_token()` is empty."""
+    page = {key: plain(value) for key, value in context.items() if key != "fmt"}
+    page.update(
+        brand=brand,
+        colours=colours,
+        lang=i18n.language_for(locale).replace("_", "-"),
+        locale=locale,
+        sandbox=bool(settings["SANDBOX"]),
+        preview=preview,
+        url_for=public_url_for(settings),
+        csrf_token=lambda: "",
+        order=order,
+        fmt=money_formatter(order["currency"], locale),
+    )
+    return page
+
+
+def email_overrides() -> dict[str, tuple[object, str]]:
+    """The published overrides, read afresh: emails go out from the worker, often outside any
+    app context (where the per-app cache of `published_overrides` lives), and a few messages a
+    minute do not need a cache. Without the database, the defaults render."""
+    try:
+        return load_overrides()
+    except Exception:  # noqa: BLE001 - the message still goes, in the default look
+        log.exception("template overrides could not be loaded for an email: using the defaults")
+        return {}
+
+
+def text_part(rendered: str) -> str:
+    """The sandbox autoescapes everything; a text/plain part is not HTML, so the escapes (of
+    `&`, `<`, `>` and quotes in names and links) are undone."""
+    return html.unescape(rendered)
+
+
+def render_learner_email(
+    name: str,
+    *,
+    order: Order,
+    settings: dict,
+    locale: str | None = None,
+    brand: tuple[dict, dict] | None = None,
+    **context,
+) -> str:
+    """Email template `name` (`email/receipt.html`, `email/pay_link.txt`, ...) about `order`,
+    outside any request: the order's locale and brand, the published overrides, and the same
+    fail-safe as `render_learner`: an override that fails renders the default instead, logged
+    and recorded for the console, so an email job never fails because of an override.
+    `brand` is a (brand, colours) pair from `email_brand`, to look it up once per message."""
+    locale = locale or order.locale or settings["DEFAULT_LOCALE"]
+    brand_dict, colours = brand if brand is not None else email_brand(order, settings)
+    page = email_context(
+        settings=settings,
+        brand=brand_dict,
+        colours=colours,
+        locale=locale,
+        order=order_data(order),
+        context=context,
+    )
+    env = live_environment(i18n.language_for(locale))
+    overrides = email_overrides()
+    used: list[str] = []
+    used_token = overrides_used.set(used)
+    try:
+        try:
+            rendered = render_in(env, name, page, overrides)
+        except Exception as exc:
+            if not used:
+                raise
+            text = describe(exc, used[-1])
+            log.error(
+                "email template override failed, rendering the default instead: %s",
+                text,
+                extra={"order_id": order.id},
+            )
+            _record_failure(used, text)
+            rendered = render_in(env, name, page, {})
+    finally:
+        overrides_used.reset(used_token)
+    return text_part(rendered) if name.endswith(".txt") else rendered
+
+
+def preview_email(name: str, source: str | None, sample, language: str, brand_id=None) -> str:
+    """The console's preview of an email sample with `source` as the override of `name` (the
+    live defaults if None), in the colours of brand `brand_id` (else the default brand). A
+    plain-text message is shown as it reads, in a <pre>."""
+    settings = current_app.config["PORTAL"]
+    with db.reader() as session:
+        row = session.get(Brand, brand_id) if brand_id else None
+        if row is None:
+            row = brands.find_brand(session, None)
+        # Relative logo URLs: the preview is a console page, on the console's own origin.
+        brand = brands.brand_context(row, settings, url_for)
+        colours = email_colours(row)
+    locale = {"en": "en_US", "fr": "fr_FR"}.get(language, language)
+    context = email_context(
+        settings=settings,
+        brand=brand,
+        colours=colours,
+        locale=locale,
+        order=sample.order,
+        context=sample.context,
+        preview=True,
+    )
+    env = fixed_environment(language, {name: source} if source is not None else {})
+    rendered = render_in(env, sample.template, context, {})
+    if not sample.template.endswith(".txt"):
+        return rendered
+    return (
+        f'<!doctype html>\n<html lang="{language}">\n<head><meta charset="utf-8">'
+        f"<title>Preview: {html.escape(sample.template)}</title></head>\n"
+        '<body style="margin:0;padding:24px;background:#f3f5f9;">\n'
+        '<pre style="margin:0 auto;max-width:72ch;padding:24px;background:#ffffff;'
+        "border:1px solid #d8dee4;border-radius:8px;white-space:pre-wrap;overflow-wrap:anywhere;"
+        'font:14px/1.5 ui-monospace,Menlo,Consolas,monospace;color:#16192b;">'
+        f"{html.escape(text_part(rendered))}</pre>\n</body>\n</html>\n"
+    )

@@ -1,14 +1,18 @@
 """Sample pages for the marketer's preview and for checking an override before it is published:
 every state a learner can meet (open, cancelled, processing, paid, fulfilled, refunded, expired,
 each error), long titles, zero-decimal (JPY) and three-decimal (KWD) currencies, promo and tax
-lines. Each sample is the template name plus the plain context its view would pass."""
+lines, the Cleeng subscription review page (period, coupon, free trial, tax included in the
+price) and the pay-link and receipt emails (HTML and plain text). Each sample is the template
+name plus the plain context its view (or the mailer) would pass."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from portal.branding.render import email_colours
 from portal.errors import MESSAGES
+from portal.platforms.cleeng import review_data
 
 LONG_TITLE = (
     "Advanced Machine Learning Engineering for Production Systems: Feature Stores, Model "
@@ -145,6 +149,227 @@ def _error(status: int) -> Sample:
     )
 
 
+def _cleeng(key, label, order_fields: dict, data: dict, cancelled=False) -> Sample:
+    order = sample_order(
+        platform="cleeng",
+        platform_ref="343967543",
+        quantity=1,
+        promo_code=None,
+        customer_email="viewer@example.com",
+        customer_name=None,
+        redirect_url="https://publisher.example.com/welcome?orderId=343967543",
+        **order_fields,
+    )
+    order["platform_data"] = data
+    return Sample(
+        key,
+        label,
+        "cleeng/review.html",
+        order,
+        {"data": review_data(data), "cancelled": cancelled},
+    )
+
+
+# Cleeng's own breakdown of a monthly offer: €10.00 before tax, a 20% coupon, 21% Dutch VAT
+# included in the €9.68 charged.
+CLEENG_MONTHLY = {
+    "cleeng_order_id": "343967543",
+    "customer_id": "927751142",
+    "offer_id": "S619117184_NL",
+    "period": "month",
+    "country": "NL",
+    "offer_price_minor": 1000,
+    "discount_minor": 200,
+    "tax_minor": 168,
+    "tax_percent": "21",
+    "trial": False,
+    "discount_type": "coupon",
+    "coupon_code": "WELCOME20",
+}
+CLEENG_TRIAL = {
+    **CLEENG_MONTHLY,
+    "offer_id": "S838562951_NL",
+    "period": "year",
+    "offer_price_minor": 10000,
+    "discount_minor": 10000,
+    "tax_minor": 0,
+    "trial": True,
+    "discount_type": "trial",
+    "coupon_code": None,
+}
+CLEENG_WEEKLY_JPY = {
+    **CLEENG_MONTHLY,
+    "offer_id": "S500700900_JP",
+    "period": "week",
+    "country": "JP",
+    "offer_price_minor": 500,
+    "discount_minor": 0,
+    "tax_minor": 50,
+    "tax_percent": "10",
+    "discount_type": None,
+    "coupon_code": None,
+}
+
+
+def _cleeng_samples() -> list[Sample]:
+    monthly = {
+        "description": "Premium Monthly",
+        "sku": "S619117184_NL",
+        "currency": "EUR",
+        "amount_minor": 968,
+        "list_unit_minor": 1000,
+    }
+    return [
+        _cleeng(
+            "cleeng-open", "Cleeng: subscription, coupon, tax included", monthly, CLEENG_MONTHLY
+        ),
+        _cleeng(
+            "cleeng-cancelled",
+            "Cleeng: payment not completed",
+            monthly,
+            CLEENG_MONTHLY,
+            cancelled=True,
+        ),
+        _cleeng(
+            "cleeng-trial",
+            "Cleeng: free trial (card saved, nothing charged)",
+            {
+                "description": "Premium Annual",
+                "sku": "S838562951_NL",
+                "currency": "EUR",
+                "amount_minor": 0,
+                "list_unit_minor": 10000,
+            },
+            CLEENG_TRIAL,
+        ),
+        _cleeng(
+            "cleeng-jpy",
+            "Cleeng: weekly, JPY (no decimals), long title",
+            {
+                "description": LONG_TITLE,
+                "sku": "S500700900_JP",
+                "currency": "JPY",
+                "amount_minor": 550,
+                "list_unit_minor": 500,
+            },
+            CLEENG_WEEKLY_JPY,
+        ),
+    ]
+
+
+# The default theme's colours, as an email's inline styles read them (the console's preview
+# uses those of the brand it is asked for).
+EMAIL_COLOURS = email_colours(None)
+MERCHANT_ITEMS = [
+    {"name": "Seat licence", "unit_amount": 4900, "quantity": 40},
+    {"name": "Onboarding workshop (half a day, remote)", "unit_amount": 25000, "quantity": 1},
+]
+
+
+def _email(key, label, template, order, *, reference, manual) -> Sample:
+    listed = order["platform_data"].get("items") or []
+    items = [
+        {
+            "name": item["name"],
+            "quantity": item["quantity"],
+            "amount_minor": item["unit_amount"] * item["quantity"],
+        }
+        for item in listed
+    ] or [
+        {
+            "name": order["description"],
+            "quantity": order["quantity"],
+            "amount_minor": order["amount_minor"],
+        }
+    ]
+    paid = order["amount_paid_minor"] or 0
+    return Sample(
+        key,
+        label,
+        template,
+        order,
+        {
+            "colours": EMAIL_COLOURS,
+            "items": items,
+            "reference": reference,
+            "pay_url": f"https://pay.example.com/orders/{order['reference']}",
+            "link_days": 7,
+            "manual": manual,
+            "charged_minor": (order["amount_captured_minor"] or 0) if manual else paid,
+        },
+    )
+
+
+def _email_samples() -> list[Sample]:
+    merchant = {
+        "platform": "merchant",
+        "platform_ref": "chs_sample",
+        "description": "Seat licence and 1 more item",
+        "sku": None,
+        "quantity": 41,
+        "list_unit_minor": None,
+        "promo_code": None,
+        "customer_email": "buyer@example.com",
+        "customer_name": "Ada Lovelace",
+        "merchant_key_id": 1,
+        "amount_minor": 446000,
+    }
+    link = sample_order(
+        **merchant,
+        capture_method="manual",
+        platform_data={"items": MERCHANT_ITEMS, "reference": "SO-1001", "mode": "link"},
+    )
+    single = sample_order(
+        platform="merchant",
+        platform_ref="chs_sample_2",
+        description="Annual support plan",
+        sku=None,
+        quantity=1,
+        currency="JPY",
+        amount_minor=98000,
+        list_unit_minor=None,
+        promo_code=None,
+        customer_name=None,
+        capture_method="automatic",
+        platform_data={"mode": "link"},
+    )
+    receipt = _paid(
+        state="paid",
+        **merchant,
+        capture_method="automatic",
+        platform_data={"items": MERCHANT_ITEMS, "reference": "SO-1001", "mode": "link"},
+    )
+    samples = []
+    for kind, shown in (("html", "HTML"), ("txt", "plain text")):
+        samples += [
+            _email(
+                f"email-pay-link-{kind}",
+                f"Email, pay link ({shown}): items, capture on shipping",
+                f"email/pay_link.{kind}",
+                link,
+                reference="SO-1001",
+                manual=True,
+            ),
+            _email(
+                f"email-pay-link-single-{kind}",
+                f"Email, pay link ({shown}): one product, JPY, no name or reference",
+                f"email/pay_link.{kind}",
+                single,
+                reference=None,
+                manual=False,
+            ),
+            _email(
+                f"email-receipt-{kind}",
+                f"Email, receipt ({shown})",
+                f"email/receipt.{kind}",
+                receipt,
+                reference="SO-1001",
+                manual=False,
+            ),
+        ]
+    return samples
+
+
 def all_samples() -> list[Sample]:
     return [
         _review("open", "Review: open, promo code, quantity 2", sample_order()),
@@ -201,6 +426,8 @@ def all_samples() -> list[Sample]:
             {"continue_url": "https://www.openlearning.com/courses/sample"},
         ),
         *[_error(status) for status in (400, 403, 404, 405, 429, 500, 503)],
+        *_cleeng_samples(),
+        *_email_samples(),
     ]
 
 
@@ -211,9 +438,15 @@ def sample(key: str) -> Sample | None:
 def samples_for(template: str) -> list[Sample]:
     """The samples whose page uses `template`: a page's own samples; every sample for the shared
     frame, macros and partials (they appear on many pages)."""
-    own = [s for s in all_samples() if s.template == template]
+    everything = all_samples()
+    own = [s for s in everything if s.template == template]
     if own:
         return own
     if template == "errors/generic.html":
-        return [s for s in all_samples() if s.template.startswith("errors/")]
-    return all_samples()
+        return [s for s in everything if s.template.startswith("errors/")]
+    # An email's layout and partials appear in the emails only; the pages' frame, macros and
+    # partials in the pages only.
+    emails = [s for s in everything if s.template.startswith("email/")]
+    if template.startswith("email/"):
+        return emails
+    return [s for s in everything if not s.template.startswith("email/")]

@@ -32,16 +32,18 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, jsonify, request
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs
+from portal.branding.render import render_learner
 from portal.checkout import CheckoutError, OrderDraft, find_order, load_order, open_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify, new_session
+from portal.i18n import N_
 from portal.jobs import PermanentJobError
 from portal.models import (
     CleengCustomer,
@@ -431,24 +433,31 @@ class CleengPlatform(Platform):
         if str(order.get("id")) != cleeng_order_id:
             return CheckoutError(
                 502,
-                "This order cannot be paid here",
-                "The subscription service sent details we cannot charge. Please contact support.",
+                N_("This order cannot be paid here"),
+                N_(
+                    "The subscription service sent details we cannot charge. Please contact "
+                    "support."
+                ),
             )
         method = order.get("paymentMethodId")
         if self.payment_method_id and method is not None and str(method) != self.payment_method_id:
             return CheckoutError(
                 403,
-                "This order cannot be paid here",
-                "It was created for another payment method. Please go back to the subscription "
-                "page and choose how to pay again.",
+                N_("This order cannot be paid here"),
+                N_(
+                    "It was created for another payment method. Please go back to the "
+                    "subscription page and choose how to pay again."
+                ),
             )
         expires = _timestamp(order.get("expirationDate"))
         if expires is not None and expires <= datetime.now(UTC):
             return CheckoutError(
                 410,
-                "This order has expired",
-                "Orders can be paid for 24 hours. Please go back to the subscription page and "
-                "choose your plan again; you have not been charged.",
+                N_("This order has expired"),
+                N_(
+                    "Orders can be paid for 24 hours. Please go back to the subscription page "
+                    "and choose your plan again; you have not been charged."
+                ),
             )
         return None
 
@@ -472,8 +481,8 @@ class CleengPlatform(Platform):
         if not customer_id:
             raise CheckoutError(
                 502,
-                "This order cannot be paid here",
-                "The subscription service sent no customer for it. Please contact support.",
+                N_("This order cannot be paid here"),
+                N_("The subscription service sent no customer for it. Please contact support."),
             )
         with db.reader() as session:
             known = session.get(CleengCustomer, customer_id)
@@ -489,8 +498,8 @@ class CleengPlatform(Platform):
             log.warning("Stripe customer for Cleeng %s: %s", customer_id, exc)
             raise CheckoutError(
                 503,
-                "Payment is temporarily unavailable",
-                "We could not reach our payment provider. Please try again in a minute.",
+                N_("Payment is temporarily unavailable"),
+                N_("We could not reach our payment provider. Please try again in a minute."),
             ) from exc
         with db.transaction() as session:
             dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
@@ -999,24 +1008,42 @@ jobs.register("cleeng_detach", run_detach, give_up=give_up_event)
 
 bp = Blueprint("cleeng", __name__)
 
-_AGAIN = "Please go back to the subscription page and choose your plan again."
-
 
 def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
-    from portal.views import learner_locale, money
+    """The review page of a Cleeng order, through `render_learner` like every learner page: the
+    brand assigned to Cleeng, the learner's language, and a marketer's published override of
+    `cleeng/review.html` (the default if it fails). `data` is Cleeng's own price breakdown, as
+    plain values."""
+    from portal.views import learner_locale
 
-    locale = order.locale or learner_locale()
-    data = order.platform_data or {}
     return (
-        render_template(
+        render_learner(
             "cleeng/review.html",
             order=order,
-            data=data,
+            locale=order.locale or learner_locale(),
+            data=review_data(order.platform_data or {}),
             cancelled=cancelled,
-            fmt=lambda amount: money(order, amount, locale),
         ),
         status,
     )
+
+
+def review_data(platform_data: dict) -> dict:
+    """What the Cleeng review page reads of the order's platform data: the offer's period,
+    Cleeng's price breakdown (tax included) and how the discount came about. Every key is always
+    there (strict templates), with None for what Cleeng did not send."""
+    return {
+        "period": platform_data.get("period") or None,
+        "offer_id": platform_data.get("offer_id") or None,
+        "country": platform_data.get("country") or None,
+        "offer_price_minor": platform_data.get("offer_price_minor"),
+        "discount_minor": platform_data.get("discount_minor") or 0,
+        "tax_minor": platform_data.get("tax_minor") or 0,
+        "tax_percent": platform_data.get("tax_percent") or None,
+        "trial": bool(platform_data.get("trial")),
+        "discount_type": platform_data.get("discount_type") or None,
+        "coupon_code": platform_data.get("coupon_code") or None,
+    }
 
 
 @bp.get("/cleeng/checkout")
@@ -1028,16 +1055,21 @@ def checkout():
     if not ORDER_ID.fullmatch(cleeng_order_id):
         raise CheckoutError(
             400,
-            "This checkout link is not valid",
-            "The link that brought you here is incomplete or damaged. " + _AGAIN,
+            N_("This checkout link is not valid"),
+            N_(
+                "The link that brought you here is incomplete or damaged. Please go back to the "
+                "subscription page and choose your plan again."
+            ),
         )
     platform: CleengPlatform = services().platform(PLATFORM)
     if not platform.client.configured:
         raise CheckoutError(
             503,
-            "Checkout is not available here yet",
-            "Paying for subscriptions is not set up on this site. Please try again later, or "
-            "contact support.",
+            N_("Checkout is not available here yet"),
+            N_(
+                "Paying for subscriptions is not set up on this site. Please try again later, "
+                "or contact support."
+            ),
         )
     existing = find_order(PLATFORM, cleeng_order_id)
     if existing is not None and (
@@ -1052,18 +1084,30 @@ def checkout():
         if exc.status == 403:
             raise CheckoutError(
                 403,
-                "This order cannot be paid here",
-                "It belongs to another subscription service. " + _AGAIN,
+                N_("This order cannot be paid here"),
+                N_(
+                    "It belongs to another subscription service. Please go back to the "
+                    "subscription page and choose your plan again."
+                ),
             ) from exc
         log.error("Cleeng order %s could not be loaded: %s", cleeng_order_id, exc)
         raise CheckoutError(
             503,
-            "Checkout is temporarily unavailable",
-            "We could not load your order from the subscription service. Please try again in a "
-            "few minutes; you have not been charged.",
+            N_("Checkout is temporarily unavailable"),
+            N_(
+                "We could not load your order from the subscription service. Please try again "
+                "in a few minutes; you have not been charged."
+            ),
         ) from exc
     if order is None:
-        raise CheckoutError(404, "Order not found", "We could not find this order. " + _AGAIN)
+        raise CheckoutError(
+            404,
+            N_("Order not found"),
+            N_(
+                "We could not find this order. Please go back to the subscription page and "
+                "choose your plan again."
+            ),
+        )
     refusal = platform.refusal(order, cleeng_order_id)
     if refusal is not None:
         log.warning("Cleeng order %s refused: %s", cleeng_order_id, refusal.title)
@@ -1074,8 +1118,8 @@ def checkout():
         log.error("Cleeng order %s is malformed: %s", cleeng_order_id, exc)
         raise CheckoutError(
             502,
-            "This order cannot be paid here",
-            "The subscription service sent details we cannot charge. Please contact support.",
+            N_("This order cannot be paid here"),
+            N_("The subscription service sent details we cannot charge. Please contact support."),
         ) from exc
     ours = open_order(draft)
     if ours.is_paid or ours.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
@@ -1089,10 +1133,10 @@ def cancelled(reference):
     from portal.views import REFERENCE, show_order
 
     if not REFERENCE.fullmatch(reference):
-        raise CheckoutError(404, "Order not found", "We could not find this order.")
+        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
     order = load_order(reference)
     if order.platform != PLATFORM:
-        raise CheckoutError(404, "Order not found", "We could not find this order.")
+        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     return render_cleeng_review(order, cancelled=True)

@@ -48,6 +48,7 @@ from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
+from portal.i18n import N_
 from portal.models import OrderState, UsedToken
 from portal.money import MoneyError, normalise_currency, to_minor
 from portal.platforms import Outcome, Platform
@@ -92,61 +93,91 @@ REGISTRY = _Registry(algorithms=ALGORITHMS, strict_check_header=False)
 
 # --- refusals -----------------------------------------------------------------------------------
 
-_AGAIN = "Please go back to the course page on OpenLearning and choose “Join now” again."
-_SUPPORT = " If this keeps happening, please contact support."
+# What the learner reads for each refusal (whole sentences, so each is one catalogue entry).
 REFUSALS: dict[str, tuple[int, str, str]] = {
     "missing": (
         400,
-        "This enrolment request is incomplete",
-        "We did not receive your enrolment details from OpenLearning. " + _AGAIN,
+        N_("This enrolment request is incomplete"),
+        N_(
+            "We did not receive your enrolment details from OpenLearning. Please go back to the "
+            "course page on OpenLearning and choose “Join now” again."
+        ),
     ),
     "malformed": (
         400,
-        "This enrolment request is not valid",
-        "The enrolment details from OpenLearning were damaged on the way. " + _AGAIN,
+        N_("This enrolment request is not valid"),
+        N_(
+            "The enrolment details from OpenLearning were damaged on the way. Please go back to "
+            "the course page on OpenLearning and choose “Join now” again."
+        ),
     ),
     "unverified": (
         401,
-        "We could not verify this enrolment request",
-        "It does not carry a valid signature from OpenLearning. " + _AGAIN + _SUPPORT,
+        N_("We could not verify this enrolment request"),
+        N_(
+            "It does not carry a valid signature from OpenLearning. Please go back to the course "
+            "page on OpenLearning and choose “Join now” again. If this keeps happening, please "
+            "contact support."
+        ),
     ),
     "expired": (
         401,
-        "This enrolment request has expired",
-        "Enrolment requests from OpenLearning are valid for a few minutes only. " + _AGAIN,
+        N_("This enrolment request has expired"),
+        N_(
+            "Enrolment requests from OpenLearning are valid for a few minutes only. Please go back "
+            "to the course page on OpenLearning and choose “Join now” again."
+        ),
     ),
     "early": (
         401,
-        "This enrolment request is not valid yet",
-        "It is dated in the future. Please wait a minute, then go back to the course page on "
-        "OpenLearning and choose “Join now” again.",
+        N_("This enrolment request is not valid yet"),
+        N_(
+            "It is dated in the future. Please wait a minute, then go back to the course page on "
+            "OpenLearning and choose “Join now” again."
+        ),
     ),
     "audience": (
         401,
-        "This enrolment request is for another school",
-        "It was issued for a different OpenLearning institution. " + _AGAIN,
+        N_("This enrolment request is for another school"),
+        N_(
+            "It was issued for a different OpenLearning institution. Please go back to the course "
+            "page on OpenLearning and choose “Join now” again."
+        ),
     ),
     "claims": (
         400,
-        "This enrolment request is incomplete",
-        "Some of the course details in it are missing or malformed. " + _AGAIN + _SUPPORT,
+        N_("This enrolment request is incomplete"),
+        N_(
+            "Some of the course details in it are missing or malformed. Please go back to the "
+            "course page on OpenLearning and choose “Join now” again. If this keeps happening, "
+            "please contact support."
+        ),
     ),
     "price": (
         400,
-        "This course price cannot be charged",
-        "The price or currency set for this class cannot be charged here. "
-        + _AGAIN
-        + " If it happens again, please tell the course provider.",
+        N_("This course price cannot be charged"),
+        N_(
+            "The price or currency set for this class cannot be charged here. Please go back to "
+            "the course page on OpenLearning and choose “Join now” again. If it happens again, "
+            "please tell the course provider."
+        ),
     ),
     "redirect": (
         400,
-        "This enrolment request is not valid",
-        "It would send you back to an address we do not recognise. " + _AGAIN + _SUPPORT,
+        N_("This enrolment request is not valid"),
+        N_(
+            "It would send you back to an address we do not recognise. Please go back to the "
+            "course page on OpenLearning and choose “Join now” again. If this keeps happening, "
+            "please contact support."
+        ),
     ),
     "used": (
         400,
-        "This enrolment request was already used",
-        "Each “Join now” can be used once. " + _AGAIN,
+        N_("This enrolment request was already used"),
+        N_(
+            "Each “Join now” can be used once. Please go back to the course page on OpenLearning "
+            "and choose “Join now” again."
+        ),
     ),
 }
 
@@ -605,9 +636,12 @@ def enrol_page():
 
     body, status = render_error(
         405,
-        "Please start from your course page",
-        "This address receives enrolment requests from OpenLearning’s “Join now” button and "
-        "cannot be opened directly. " + _AGAIN,
+        N_("Please start from your course page"),
+        N_(
+            "This address receives enrolment requests from OpenLearning’s “Join now” button and "
+            "cannot be opened directly. Please go back to the course page on OpenLearning and "
+            "choose “Join now” again."
+        ),
     )
     return body, status, {"Allow": "POST"}
 
@@ -629,9 +663,11 @@ def enrol():
     if platform.verifier is None:
         raise CheckoutError(
             503,
-            "Enrolment is not available here yet",
-            "Paying for OpenLearning courses is not set up on this site. Please go back to the "
-            "course page and try again later, or contact support.",
+            N_("Enrolment is not available here yet"),
+            N_(
+                "Paying for OpenLearning courses is not set up on this site. Please go back to the "
+                "course page and try again later, or contact support."
+            ),
         )
     try:
         token = platform.verifier.verify(raw_token, portal.allowed_redirect)
@@ -642,9 +678,12 @@ def enrol():
         log.error("OpenLearning token not checked: %s", exc)
         raise CheckoutError(
             503,
-            "Enrolment is temporarily unavailable",
-            "We could not check your enrolment request with OpenLearning just now. Please go "
-            "back to the course page and try again in a few minutes; you have not been charged.",
+            N_("Enrolment is temporarily unavailable"),
+            N_(
+                "We could not check your enrolment request with OpenLearning just now. Please go "
+                "back to the course page and try again in a few minutes; you have not been "
+                "charged."
+            ),
         ) from exc
 
     order = find_order(PLATFORM, token.jti)

@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, request
 
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.http import HttpClient, UpstreamError, classify
+from portal.i18n import N_
 from portal.money import MoneyError, format_money, normalise_currency
 from portal.platforms import Outcome, Platform
 
@@ -219,9 +220,11 @@ def checkout():
     if not PURCHASE_ID.fullmatch(purchase_id):
         raise CheckoutError(
             400,
-            "This checkout link is not valid",
-            "The link that brought you here is incomplete or damaged. Please go back to the "
-            "course page and choose “Proceed to Checkout” again.",
+            N_("This checkout link is not valid"),
+            N_(
+                "The link that brought you here is incomplete or damaged. Please go back to the "
+                "course page and choose “Proceed to Checkout” again."
+            ),
         )
     existing = find_order("skilljar", purchase_id)
     if existing is not None and (existing.is_paid or existing.state == "processing"):
@@ -235,23 +238,29 @@ def checkout():
         current_app.logger.error("Skilljar purchase %s could not be loaded: %s", purchase_id, exc)
         raise CheckoutError(
             503,
-            "Checkout is temporarily unavailable",
-            "We could not load your purchase from the course platform. Please try again in a "
-            "few minutes; you have not been charged.",
+            N_("Checkout is temporarily unavailable"),
+            N_(
+                "We could not load your purchase from the course platform. Please try again in a "
+                "few minutes; you have not been charged."
+            ),
         ) from exc
     if purchase is None:
         raise CheckoutError(
             404,
-            "Purchase not found",
-            "We could not find this purchase. Please go back to the course page and start the "
-            "checkout again.",
+            N_("Purchase not found"),
+            N_(
+                "We could not find this purchase. Please go back to the course page and start the "
+                "checkout again."
+            ),
         )
     if purchase.get("state") != PAYABLE_STATE:
         raise CheckoutError(
             409,
-            "This purchase can no longer be paid",
-            "This purchase has already been completed or cancelled. Please go back to the "
-            "course page; if you have paid, your enrolment is on its way.",
+            N_("This purchase can no longer be paid"),
+            N_(
+                "This purchase has already been completed or cancelled. Please go back to the "
+                "course page; if you have paid, your enrolment is on its way."
+            ),
         )
     try:
         draft = draft_from_purchase(purchase, learner_locale())
@@ -259,10 +268,10 @@ def checkout():
         current_app.logger.error("Skilljar purchase %s is malformed: %s", purchase_id, exc)
         raise CheckoutError(
             502,
-            "This purchase cannot be paid here",
-            "The course platform sent details we cannot charge. Please contact support.",
+            N_("This purchase cannot be paid here"),
+            N_("The course platform sent details we cannot charge. Please contact support."),
         ) from exc
-    order = open_order(draft)
+    order = open_order(draft, existing)
     if order.is_paid:
         return show_order(order)
     return render_review(order)
