@@ -246,8 +246,9 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     html, fell_back = _render(env, name, page, overrides, order)
     if key is None or fell_back:
         return _with_csrf(html)
-    if marks and CSRF_MARK not in html:
-        # An override changed the token on its way into the page: render with the real one.
+    if html.count(CSRF_MARK) != len(marks):
+        # The token did not go into the page exactly as it came (an override changed or reused
+        # it): the page is not kept, and renders with the real token.
         page["csrf_token"] = _csrf_token
         return _render(env, name, page, overrides, order)[0]
     pages.put(key, html)

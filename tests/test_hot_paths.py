@@ -1,0 +1,275 @@
+"""What the hot paths keep and skip for speed, and that none of it changes what a learner or an
+operator sees: brands and overrides kept per process for a few seconds, rendered pages kept with
+each learner's own CSRF token put in, reads in autocommit on PostgreSQL, pooled connections
+pinged only after being idle, and requests reading the environment once."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from flask import session as flask_session
+from flask_wtf.csrf import validate_csrf
+from sqlalchemy import select, text, update
+
+from portal import http
+from portal.admin.audit import Actor
+from portal.branding import cache as branding_cache
+from portal.branding import overrides
+from portal.branding.brands import DEFAULT_COLOURS, BrandInput
+from portal.branding.operations import save_brand
+from portal.db import db, make_engine
+from portal.models import Brand, Order, OrderState, TemplateOverride
+from tests.admin_support import make_order
+
+ACTOR = Actor(None, "marketer@example.com")
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def brand_input(**fields) -> BrandInput:
+    return BrandInput(**{"name": "Acme Academy", **DEFAULT_COLOURS, **fields})
+
+
+def assert_token_is_valid(app, client, token: str) -> None:
+    """The token in the page belongs to this client's session (Flask-WTF's own check)."""
+    with client.session_transaction() as stored:
+        data = dict(stored)
+    with app.test_request_context():
+        flask_session.update(data)
+        validate_csrf(token)  # raises ValidationError otherwise
+
+
+# --- rendered pages -------------------------------------------------------------------------
+
+
+def test_a_kept_page_carries_each_learners_own_csrf_token(app):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    first, second = app.test_client(), app.test_client()
+    page_one = first.get(f"/orders/{order.reference}").text
+    page_two = second.get(f"/orders/{order.reference}").text
+    with app.app_context():
+        assert len(branding_cache.pages()) == 1  # the second learner was served the kept page
+    token_one, token_two = CSRF.search(page_one).group(1), CSRF.search(page_two).group(1)
+    assert token_one != token_two
+    assert_token_is_valid(app, first, token_one)
+    assert_token_is_valid(app, second, token_two)
+    assert page_one.replace(token_one, "T") == page_two.replace(token_two, "T")
+    assert branding_cache_mark() not in page_one + page_two
+
+
+def branding_cache_mark() -> str:
+    from portal.branding.render import CSRF_MARK
+
+    return CSRF_MARK
+
+
+def test_a_change_to_the_order_renders_afresh(app):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    assert "Introduction to Python" in client.get(f"/orders/{order.reference}").text
+    with db.transaction() as session:
+        session.execute(
+            update(Order).where(Order.id == order.id).values(description="Advanced Python")
+        )
+    page = client.get(f"/orders/{order.reference}").text
+    assert "Advanced Python" in page
+    assert "Introduction to Python" not in page
+
+
+def test_a_published_override_shows_on_the_next_page(app):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    client.get(f"/orders/{order.reference}")
+    source = '{% extends "default:review.html" %}{% block title %}Kept-page check{% endblock %}'
+    with app.test_request_context():
+        row = overrides.save_draft(ACTOR, "review.html", source, None)
+        overrides.publish(ACTOR, "review.html", row.version)
+    assert "<title>Kept-page check ·" in client.get(f"/orders/{order.reference}").text
+    with app.test_request_context():
+        overrides.use_default(ACTOR, "review.html")
+    assert "Kept-page check" not in client.get(f"/orders/{order.reference}").text
+
+
+def test_an_override_that_changes_the_token_still_gets_a_working_form(app):
+    # The kept page has a mark where the token goes; an override that transforms the token
+    # (here, into its length in the title) is not kept, and renders with the real token.
+    source = (
+        '{% extends "default:review.html" %}'
+        "{% block title %}{{ csrf_token()|upper|length }} characters{% endblock %}"
+    )
+    with app.test_request_context():
+        row = overrides.save_draft(ACTOR, "review.html", source, None)
+        overrides.publish(ACTOR, "review.html", row.version)
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    page = client.get(f"/orders/{order.reference}").text
+    token = CSRF.search(page).group(1)
+    assert_token_is_valid(app, client, token)
+    assert f"<title>{len(token)} characters ·" in page
+    with app.app_context():
+        assert len(branding_cache.pages()) == 0
+
+
+def test_no_pages_are_kept_when_the_cache_is_off(make_app):
+    app = make_app(BRANDING_CACHE_SECONDS="0")
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    assert client.get(f"/orders/{order.reference}").status_code == 200
+    with app.app_context():
+        assert branding_cache.pages() is None
+
+
+# --- brands and overrides kept per process --------------------------------------------------
+
+
+def test_a_brand_saved_here_shows_at_once(app):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    save_brand(ACTOR, brand_input(name="First Name Academy", is_default=True))
+    assert "First Name Academy" in client.get(f"/orders/{order.reference}").text
+    brand_id = db_scalar(select(Brand.id))
+    save_brand(ACTOR, brand_input(name="Second Name Academy", is_default=True), brand_id)
+    assert "Second Name Academy" in client.get(f"/orders/{order.reference}").text
+
+
+def db_scalar(query):
+    with db.reader() as session:
+        return session.scalar(query)
+
+
+def test_a_brand_changed_by_another_host_shows_within_the_cache_time(app, monkeypatch):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    save_brand(ACTOR, brand_input(name="Old Name Academy", is_default=True))
+    assert "Old Name Academy" in client.get(f"/orders/{order.reference}").text
+    # Another host writes the row: this process is not told.
+    with db.transaction() as session:
+        session.execute(update(Brand).values(name="New Name Academy", version=Brand.version + 1))
+    assert "Old Name Academy" in client.get(f"/orders/{order.reference}").text
+    now = time.monotonic()
+    monkeypatch.setattr(branding_cache.time, "monotonic", lambda: now + 5.1)
+    assert "New Name Academy" in client.get(f"/orders/{order.reference}").text
+
+
+def test_an_override_published_by_another_host_shows_within_the_cache_time(app, monkeypatch):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    client.get(f"/orders/{order.reference}")
+    with db.transaction() as session:
+        session.add(
+            TemplateOverride(
+                template_name="review.html",
+                version=1,
+                source='{% extends "default:review.html" %}{% block title %}Elsewhere'
+                "{% endblock %}",
+                author="x",
+                published=True,
+            )
+        )
+    assert "<title>Elsewhere ·" not in client.get(f"/orders/{order.reference}").text
+    now = time.monotonic()
+    monkeypatch.setattr(branding_cache.time, "monotonic", lambda: now + 5.1)
+    assert "<title>Elsewhere ·" in client.get(f"/orders/{order.reference}").text
+
+
+def test_a_failed_lookup_is_not_kept():
+    cache = branding_cache.TimedCache(60)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("database down")
+        return "brand"
+
+    with pytest.raises(RuntimeError):
+        cache.get("key", flaky)
+    assert cache.get("key", flaky) == "brand"
+    assert cache.get("key", flaky) == "brand"
+    assert len(calls) == 2
+
+
+def test_the_rendered_pages_keep_only_the_newest():
+    pages = branding_cache.RenderedPages(size=2)
+    pages.put(b"a", "A")
+    pages.put(b"b", "B")
+    assert pages.get(b"a") == "A"  # now the newest
+    pages.put(b"c", "C")
+    assert pages.get(b"b") is None
+    assert (pages.get(b"a"), pages.get(b"c"), len(pages)) == ("A", "C", 2)
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+def test_reads_leave_no_transaction_open_on_postgresql(app, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("autocommit reads are a PostgreSQL matter")
+    with db.reader() as session:
+        session.execute(text("SELECT 1"))
+        status = session.connection().connection.dbapi_connection.info.transaction_status.name
+    assert status == "IDLE"  # not INTRANS: no BEGIN was sent, so no ROLLBACK is needed
+
+
+def test_a_single_write_commits_as_it_runs(app, database_url):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    from portal import timeline
+
+    timeline.record(order.id, "note", "kept without a transaction of its own")
+    with db.reader() as session:
+        messages = session.scalars(text("SELECT message FROM order_events")).all()
+    assert "kept without a transaction of its own" in messages
+
+
+@pytest.mark.parametrize(("idle_for", "survives"), [(11.0, True), (2.0, False)])
+def test_a_pooled_connection_is_pinged_after_being_idle(
+    postgres_url, monkeypatch, idle_for, survives
+):
+    """After IDLE_PING_SECONDS in the pool a dead connection is found and replaced before use; a
+    connection in steady use is not pinged (a dead one then fails its statement, and the pool
+    throws it away, as SQLAlchemy does for any disconnect)."""
+    if postgres_url is None:
+        pytest.skip("PORTAL_TEST_DATABASE_URL is not set")
+    from sqlalchemy.exc import DBAPIError
+
+    import portal.db
+
+    engine = make_engine(postgres_url, pool_size=1)
+    admin = make_engine(postgres_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        with admin.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.2)
+        now = time.monotonic()
+        monkeypatch.setattr(portal.db.time, "monotonic", lambda: now + idle_for)
+        if survives:
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+        else:
+            with pytest.raises(DBAPIError), engine.connect() as connection:
+                connection.execute(text("SELECT pg_backend_pid()"))
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+# --- upstream HTTP sessions -----------------------------------------------------------------
+
+
+def test_without_a_proxy_the_environment_is_read_once(monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    session = http.new_session(2)
+    assert session.trust_env is False
+    assert session.verify == "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_with_a_proxy_requests_works_it_out_per_call(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    session = http.new_session(2)
+    assert session.trust_env is True
