@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
@@ -73,16 +73,23 @@ class Next:
     order: Order | None = None
 
 
+# Built once: every page of an order and every entry runs one of these.
+_BY_PLATFORM_REF = select(Order).where(
+    Order.platform == bindparam("platform"), Order.platform_ref == bindparam("platform_ref")
+)
+_BY_REFERENCE = select(Order).where(Order.reference == bindparam("reference"))
+
+
 def find_order(platform: str, platform_ref: str) -> Order | None:
     with db.reader() as session:
         return session.scalar(
-            select(Order).where(Order.platform == platform, Order.platform_ref == platform_ref)
+            _BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
         )
 
 
 def load_order(reference: str) -> Order:
     with db.reader() as session:
-        order = session.scalar(select(Order).where(Order.reference == reference))
+        order = session.scalar(_BY_REFERENCE, {"reference": reference})
     if order is None:
         raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
     return order

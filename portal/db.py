@@ -78,6 +78,7 @@ class Database:
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
         self.read_sessions: sessionmaker[Session] | None = None
+        self.read_engine: Engine | None = None
 
     def configure(self, url: str, *, pool_size: int = 10) -> None:
         if self.engine is not None:
@@ -89,6 +90,7 @@ class Database:
         readers = self.engine
         if self.engine.dialect.name == "postgresql":
             readers = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_engine = readers
         self.read_sessions = sessionmaker(readers, expire_on_commit=False)
 
     @property
@@ -119,6 +121,19 @@ class Database:
         else:
             with self.transaction() as session:
                 yield session
+
+    @contextmanager
+    def statements(self):
+        """A Core connection (no ORM) whose every statement stands alone: for the hottest
+        single-statement reads and writes (a webhook's de-duplication), where the ORM's
+        per-statement work is most of the cost. Autocommit on PostgreSQL; on SQLite a
+        transaction committed at the end of the block."""
+        if self.is_postgres:
+            with self.read_engine.connect() as connection:
+                yield connection
+        else:
+            with self.engine.begin() as connection:
+                yield connection
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
