@@ -104,10 +104,15 @@ def handle_event(services, event) -> tuple[str, int | None]:
         if order is None:
             return "ignored: not our charge", None
         refunded = int(obj.get("amount_refunded") or 0)
-        full = refunded >= int(obj.get("amount") or 0)
+        # What was taken: a manual capture can take less than was authorised (`amount`).
+        captured = obj.get("amount_captured")
+        charged = int(captured if captured is not None else obj.get("amount") or 0)
+        full = refunded >= charged
         new_state = OrderState.REFUNDED if full else OrderState.PARTIALLY_REFUNDED
         with db.transaction() as session:
-            checkout.transition(
+            # Only forward: Stripe sends each refund's event with the charge's total so far, and
+            # an older event that arrives late must not lower what is recorded.
+            moved = checkout.transition(
                 session,
                 order.id,
                 [
@@ -117,15 +122,18 @@ def handle_event(services, event) -> tuple[str, int | None]:
                     OrderState.PARTIALLY_REFUNDED,
                 ],
                 new_state,
+                where=Order.amount_refunded_minor < refunded,
                 amount_refunded_minor=refunded,
             )
             timeline.record(
                 order.id,
                 "webhook",
                 event.type,
-                {"event": event.id, "amount_refunded": refunded},
+                {"event": event.id, "amount_refunded": refunded, "applied": moved},
                 session=session,
             )
+        if not moved:
+            return "no change: the recorded refund total is already as high", order.id
         return f"order {new_state}", order.id
     if event.type == "charge.dispute.created":
         order = _order_by_payment_intent(obj.get("payment_intent"))

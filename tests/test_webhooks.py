@@ -401,6 +401,32 @@ def test_a_second_partial_refund_updates_the_amount(client, mocked, checkout_ses
     assert row.amount_refunded_minor == 7840
 
 
+def test_an_older_refund_event_arriving_late_does_not_lower_the_total(
+    client, mocked, checkout_session
+):
+    order = paying_order()
+    mocked.get(SESSION_URL, json=paid(checkout_session, order))
+    deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    deliver(client, build_event("charge.refunded", charge(3000)))
+    late = deliver(client, build_event("charge.refunded", charge(1000)))
+    assert late.status_code == 200
+    assert "no change" in late.get_json()["outcome"]
+    row = order_row(order)
+    assert row.state == OrderState.PARTIALLY_REFUNDED
+    assert row.amount_refunded_minor == 3000
+
+
+def test_refunding_all_that_was_captured_is_a_full_refund(client, mocked, checkout_session):
+    # Authorised 78.40, captured 50.00 on shipment: refunding the 50.00 refunds everything.
+    order = paying_order()
+    mocked.get(SESSION_URL, json=paid(checkout_session, order))
+    deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    deliver(client, build_event("charge.refunded", {**charge(5000), "amount_captured": 5000}))
+    row = order_row(order)
+    assert row.state == OrderState.REFUNDED
+    assert row.amount_refunded_minor == 5000
+
+
 def test_dispute_is_recorded_and_alerts_operators(client, mocked, checkout_session, caplog):
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
