@@ -866,3 +866,27 @@ def test_leeway_is_configurable(make_app):
     assert response.status_code == 401
     with db.reader() as session:
         assert session.scalar(select(func.count()).select_from(Order)) == 0
+
+
+def test_used_token_ids_are_purged_once_their_tokens_cannot_be_accepted(app):
+    from datetime import timedelta
+
+    from portal.models import utcnow
+    from portal.platforms.openlearning import run_purge_tokens
+
+    now = utcnow()
+    with db.transaction() as session:
+        session.add_all(
+            [
+                # Expired two hours ago: past exp + leeway + the hour's margin.
+                UsedToken(jti="old", issuer="openlearning", expires_at=now - timedelta(hours=2)),
+                # Expired a minute ago: inside the margin, kept.
+                UsedToken(
+                    jti="recent", issuer="openlearning", expires_at=now - timedelta(minutes=1)
+                ),
+                UsedToken(jti="live", issuer="openlearning", expires_at=now + timedelta(minutes=5)),
+            ]
+        )
+    with app.app_context():
+        run_purge_tokens(app.extensions["portal"], None)
+    assert sorted(token.jti for token in used_tokens()) == ["live", "recent"]

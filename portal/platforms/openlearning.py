@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
@@ -41,15 +41,16 @@ from joserfc.errors import (
 from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jwk import KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal import timeline
+from portal import jobs, timeline
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
-from portal.models import OrderState, UsedToken
+from portal.models import OrderState, UsedToken, utcnow
 from portal.money import MoneyError, normalise_currency, to_minor
 from portal.platforms import Outcome, Platform
 
@@ -620,6 +621,20 @@ def _remember_token(token: EnrolmentToken, order) -> None:
                 },
                 session=session,
             )
+
+
+def run_purge_tokens(services, job) -> None:
+    """A used token id is needed only while its token could still be accepted: after its `exp`
+    plus the leeway every check refuses the token anyway, so its row can go (an hour's margin)."""
+    leeway = timedelta(seconds=services.settings["OPENLEARNING_LEEWAY_SECONDS"])
+    cutoff = utcnow() - leeway - timedelta(hours=1)
+    with db.transaction() as session:
+        removed = session.execute(delete(UsedToken).where(UsedToken.expires_at < cutoff)).rowcount
+    if removed:
+        log.info("removed %d used enrolment token ids past their expiry", removed)
+
+
+jobs.register("purge_used_tokens", run_purge_tokens, every_seconds=3600)
 
 
 def _token_used(jti: str) -> bool:
