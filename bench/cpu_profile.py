@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fault_run import DEFAULT_PG, wait_for  # noqa: E402
+from fault_run import DEFAULT_PG, ScratchSchema, wait_for  # noqa: E402
 from run import (  # noqa: E402
     CSRF,
     PAY_ACTION,
@@ -42,10 +42,8 @@ from run import (  # noqa: E402
     Servers,
     init_db,
     make_purchases,
+    stand_ins_environment,
 )
-from sqlalchemy import create_engine, text  # noqa: E402
-
-from portal.db import normalise_url  # noqa: E402
 
 WEBHOOK_SECRET = "whsec_cpu_" + uuid.uuid4().hex
 
@@ -78,35 +76,17 @@ def main() -> int:
     only = set(args.only or ["review", "handoff", "webhook"])
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    admin = schema = None
+    scratch = None
     if args.sqlite:
         database_url = f"sqlite:///{workdir / 'portal.db'}"
     else:
-        schema = f"cpu_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(normalise_url(args.database_url))
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.database_url else "?"
-        database_url = f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+        scratch = ScratchSchema(args.database_url, "cpu")
+        database_url = scratch.url
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
-    base_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PORTAL_", "GUNICORN_", "PROMETHEUS_"))
-    }
     servers = Servers(workdir)
     try:
         standins_env = {
-            **base_env,
-            "PORTAL_SANDBOX": "1",
-            "PORTAL_SECRET_KEY": "cpu-standins",
-            "PORTAL_DATABASE_URL": f"sqlite:///{workdir / 'standins-portal.db'}",
-            "PORTAL_SANDBOX_DATABASE_URL": sandbox_url,
-            "PORTAL_STRIPE_SECRET_KEY": STRIPE_KEY,
-            "PORTAL_SKILLJAR_API_KEY": SKILLJAR_KEY,
-            "PORTAL_RATELIMIT_ENABLED": "0",
-            "PORTAL_SANDBOX_WEBHOOK_DELAY_SECONDS": "-1",
-            "PORTAL_LOG_FORMAT": "text",
+            **stand_ins_environment(workdir, sandbox_url),
             "GUNICORN_ACCESSLOG": "/dev/null",
         }
         init_db(standins_env)
@@ -195,10 +175,8 @@ def main() -> int:
             measure("Stripe webhook (verified, stored)", args.requests, webhook, args.profile)
     finally:
         servers.stop()
-        if admin is not None:
-            with admin.begin() as connection:
-                connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            admin.dispose()
+        if scratch is not None:
+            scratch.drop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

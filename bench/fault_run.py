@@ -49,6 +49,25 @@ OFFERS = ["intro-python", "data-team", "ml-tokyo"]
 CARD = {"email": "ada@example.com", "card_number": "4242 4242 4242 4242", "expiry": "12/39"}
 
 
+class ScratchSchema:
+    """A fresh PostgreSQL schema for one run (the portal's tables are created in it), dropped at
+    the end unless kept. `url` is `database_url` with the schema as its search path."""
+
+    def __init__(self, database_url: str, prefix: str):
+        self.name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.admin = create_engine(normalise_url(database_url))
+        with self.admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {self.name}"))
+        sep = "&" if "?" in database_url else "?"
+        self.url = f"{database_url}{sep}options=-csearch_path%3D{self.name}"
+
+    def drop(self, keep: bool = False) -> None:
+        if not keep:
+            with self.admin.begin() as connection:
+                connection.execute(text(f"DROP SCHEMA IF EXISTS {self.name} CASCADE"))
+        self.admin.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -223,17 +242,12 @@ def main() -> int:
     count = max(1, min(args.purchases, 5000))
 
     workdir = Path(tempfile.mkdtemp(prefix="fault-run-"))
-    schema = None
-    admin = None
+    scratch = None
     if args.sqlite:
         database_url = f"sqlite:///{workdir / 'portal.db'}"
     else:
-        schema = f"fault_run_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(normalise_url(args.database_url))
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.database_url else "?"
-        database_url = f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+        scratch = ScratchSchema(args.database_url, "fault_run")
+        database_url = scratch.url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
@@ -323,10 +337,8 @@ def main() -> int:
                 process.wait()
         for log in logs:
             log.close()
-        if admin is not None and not args.keep:
-            with admin.begin() as connection:
-                connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            admin.dispose()
+        if scratch is not None:
+            scratch.drop(keep=args.keep)
 
     outcomes = Counter(p["outcome"] for p in purchases)
     times = sorted(figures["times"])
@@ -365,7 +377,7 @@ def main() -> int:
     if not failed and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        print(f"logs kept in {workdir}" + (f"; schema {schema}" if schema else ""))
+        print(f"logs kept in {workdir}" + (f"; schema {scratch.name}" if scratch else ""))
     return 1 if failed else 0
 
 

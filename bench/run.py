@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import requests  # noqa: E402
-from fault_run import DEFAULT_PG, free_port, wait_for  # noqa: E402
+from fault_run import DEFAULT_PG, ScratchSchema, free_port, wait_for  # noqa: E402
 from loadgen import connection_for, run_clients  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import create_engine, func, select  # noqa: E402
 
 from portal.db import normalise_url  # noqa: E402
 from portal.models import StripeEvent  # noqa: E402
@@ -95,6 +95,31 @@ class Servers:
                 process.wait()
         for log in self.logs:
             log.close()
+
+
+def clean_environment() -> dict:
+    """This process's environment without any portal, gunicorn or Prometheus setting."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PORTAL_", "GUNICORN_", "PROMETHEUS_"))
+    }
+
+
+def stand_ins_environment(workdir: Path, sandbox_url: str) -> dict:
+    """The stand-ins' settings: sandbox mode, their own store, no rate limits, no webhooks."""
+    return {
+        **clean_environment(),
+        "PORTAL_SANDBOX": "1",
+        "PORTAL_SECRET_KEY": "bench-standins",
+        "PORTAL_DATABASE_URL": f"sqlite:///{workdir / 'standins-portal.db'}",
+        "PORTAL_SANDBOX_DATABASE_URL": sandbox_url,
+        "PORTAL_STRIPE_SECRET_KEY": STRIPE_KEY,
+        "PORTAL_SKILLJAR_API_KEY": SKILLJAR_KEY,
+        "PORTAL_RATELIMIT_ENABLED": "0",
+        "PORTAL_SANDBOX_WEBHOOK_DELAY_SECONDS": "-1",
+        "PORTAL_LOG_FORMAT": "text",
+    }
 
 
 def init_db(env: dict) -> None:
@@ -326,37 +351,18 @@ def main() -> int:
         serving += ["--worker-class", args.worker_class]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    admin = schema = None
+    scratch = None
     if args.sqlite:
         database_url = f"sqlite:///{workdir / 'portal.db'}"
     else:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(normalise_url(args.database_url))
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        sep = "&" if "?" in args.database_url else "?"
-        database_url = f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+        scratch = ScratchSchema(args.database_url, "bench")
+        database_url = scratch.url
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
-    base_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PORTAL_", "GUNICORN_", "PROMETHEUS_"))
-    }
+    base_env = clean_environment()
     servers = Servers(workdir)
     results: dict = {}
     try:
-        standins_env = {
-            **base_env,
-            "PORTAL_SANDBOX": "1",
-            "PORTAL_SECRET_KEY": "bench-standins",
-            "PORTAL_DATABASE_URL": f"sqlite:///{workdir / 'standins-portal.db'}",
-            "PORTAL_SANDBOX_DATABASE_URL": sandbox_url,
-            "PORTAL_STRIPE_SECRET_KEY": STRIPE_KEY,
-            "PORTAL_SKILLJAR_API_KEY": SKILLJAR_KEY,
-            "PORTAL_RATELIMIT_ENABLED": "0",
-            "PORTAL_SANDBOX_WEBHOOK_DELAY_SECONDS": "-1",
-            "PORTAL_LOG_FORMAT": "text",
-        }
+        standins_env = stand_ins_environment(workdir, sandbox_url)
         standins_port = free_port()
         standins_env["PORTAL_PUBLIC_URL"] = f"http://127.0.0.1:{standins_port}"
         init_db(standins_env)
@@ -506,10 +512,8 @@ def main() -> int:
         print(f"  hello:  {results['memory_mb']['hello_workers']}")
     finally:
         servers.stop()
-        if admin is not None:
-            with admin.begin() as connection:
-                connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            admin.dispose()
+        if scratch is not None:
+            scratch.drop()
     results["machine"] = machine()
     results["serving"] = serving or ["gunicorn.conf.py defaults"]
     if args.json:

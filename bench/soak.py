@@ -40,8 +40,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import requests  # noqa: E402
-from fault_run import BIN, DEFAULT_PG, free_port, learner, summarise, wait_for  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from fault_run import (  # noqa: E402
+    BIN,
+    DEFAULT_PG,
+    ScratchSchema,
+    free_port,
+    learner,
+    summarise,
+    wait_for,
+)
+from sqlalchemy import create_engine  # noqa: E402
 
 from portal.db import normalise_url  # noqa: E402
 from portal.sandbox.store import Store  # noqa: E402
@@ -124,12 +132,8 @@ def main() -> int:
     count = max(10, min(args.purchases, 5000))
 
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    schema = f"soak_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(normalise_url(args.database_url))
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in args.database_url else "?"
-    database_url = f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+    scratch = ScratchSchema(args.database_url, "soak")
+    database_url = scratch.url
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
     ports = [free_port(), free_port()]
     hosts = [f"http://127.0.0.1:{port}" for port in ports]
@@ -235,10 +239,7 @@ def main() -> int:
         engine.dispose()
     finally:
         processes.stop_all()
-        if not args.keep:
-            with admin.begin() as connection:
-                connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        admin.dispose()
+        scratch.drop(keep=args.keep)
 
     times = sorted(figures["times"])
     rows = [
@@ -274,7 +275,7 @@ def main() -> int:
         or figures["fulfilled_skilljar"] + figures["fulfil_failed"] < figures["paid_stripe"]
     )
     if failed or args.keep:
-        print(f"logs kept in {workdir}" + (f"; schema {schema}" if args.keep else ""))
+        print(f"logs kept in {workdir}" + (f"; schema {scratch.name}" if args.keep else ""))
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
