@@ -377,7 +377,7 @@ def test_status_page_moves_on_by_itself_when_the_platform_recovers(portal, new_p
     expect(page.get_by_role("heading", level=1)).to_have_text(
         "Payment received: finishing your enrolment"
     )
-    expect(page.get_by_role("status")).to_contain_text("You do not need to pay again")
+    expect(page.get_by_role("status")).to_contain_text("you do not need to pay again")
     assert_fits_horizontally(page)
     screenshot(page, "status-phone")
 
