@@ -273,7 +273,9 @@ def sandbox_server(database_url, tmp_path):
         server.stop()
 
 
-def wait_for(url: str, seconds: float = 15.0) -> None:
+def wait_for(url: str, seconds: float = 45.0) -> None:
+    """Until `url` answers 200: a gunicorn start takes a second or two, much longer on a loaded
+    machine (CI runs the suite beside browser tests)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
