@@ -62,6 +62,9 @@ class OrderDraft:
     locale: str | None = None
     redirect_url: str | None = None
     platform_data: dict = field(default_factory=dict)
+    # For platforms whose reference is new on every attempt: the learner and what they buy
+    # (Order.learner_key). An order still payable or already paid for it is used again.
+    learner_key: str | None = None
 
 
 @dataclass
@@ -78,6 +81,35 @@ _BY_PLATFORM_REF = select(Order).where(
     Order.platform == bindparam("platform"), Order.platform_ref == bindparam("platform_ref")
 )
 _BY_REFERENCE = select(Order).where(Order.reference == bindparam("reference"))
+
+
+# The states in which an order answers for its learner and purchase: a new attempt shows it
+# (to pay it, or to see that it is paid) instead of opening another. Cancelled, failed and
+# refunded orders are over: a new attempt is a new purchase.
+LEARNER_ORDER_STATES = (
+    OrderState.OPEN,
+    OrderState.PAYING,
+    OrderState.EXPIRED,
+    OrderState.PROCESSING,
+    OrderState.PAID,
+    OrderState.FULFILLED,
+    OrderState.FULFIL_FAILED,
+)
+_BY_LEARNER_KEY = (
+    select(Order)
+    .where(
+        Order.platform == bindparam("platform"),
+        Order.learner_key == bindparam("learner_key"),
+        Order.state.in_(LEARNER_ORDER_STATES),
+    )
+    .order_by(Order.id.desc())
+    .limit(1)
+)
+
+
+def find_learner_order(platform: str, learner_key: str) -> Order | None:
+    with db.reader() as session:
+        return session.scalar(_BY_LEARNER_KEY, {"platform": platform, "learner_key": learner_key})
 
 
 def find_order(platform: str, platform_ref: str) -> Order | None:
@@ -151,17 +183,29 @@ def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
         values["redirect_url"] = draft.redirect_url
     if existing is _UNKNOWN:
         existing = find_order(draft.platform, draft.platform_ref)
+    if existing is None and draft.learner_key:
+        existing = find_learner_order(draft.platform, draft.learner_key)
     if existing is None:
         try:
             with db.transaction() as session:
-                order = Order(platform=draft.platform, platform_ref=draft.platform_ref, **values)
+                order = Order(
+                    platform=draft.platform,
+                    platform_ref=draft.platform_ref,
+                    learner_key=draft.learner_key,
+                    **values,
+                )
                 session.add(order)
                 session.flush()
                 timeline.record(order.id, "state", "order opened", {"to": "open"}, session=session)
             return order
         except IntegrityError:
-            # Two first visits raced; the other one created it.
+            # Two first visits raced (the same reference, or the same learner and purchase);
+            # the other one created it.
             existing = find_order(draft.platform, draft.platform_ref)
+            if existing is None and draft.learner_key:
+                existing = find_learner_order(draft.platform, draft.learner_key)
+            if existing is None:
+                raise
     changed = {k: v for k, v in values.items() if getattr(existing, k) != v}
     if changed and existing.state == OrderState.OPEN:
         money_changed = bool({"amount_minor", "currency"} & changed.keys())

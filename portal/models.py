@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -77,6 +78,9 @@ PAID_STATES = frozenset(
 )
 
 
+LEARNER_OPEN_STATES = "state IN ('open', 'paying', 'expired')"
+
+
 def new_reference() -> str:
     return "ord_" + secrets.token_urlsafe(18)
 
@@ -86,12 +90,25 @@ class Order(Base):
     __table_args__ = (
         UniqueConstraint("platform", "platform_ref", name="uq_orders_platform_ref"),
         Index("ix_orders_state_updated", "state", "updated_at"),
+        Index("ix_orders_learner_key", "learner_key"),
+        # One order at a time that a learner can still pay for the same thing: two "Join now"
+        # posts at once cannot both open one.
+        Index(
+            "uq_orders_learner_open",
+            "learner_key",
+            unique=True,
+            postgresql_where=text(LEARNER_OPEN_STATES),
+            sqlite_where=text(LEARNER_OPEN_STATES),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     reference: Mapped[str] = mapped_column(String(40), unique=True, default=new_reference)
     platform: Mapped[str] = mapped_column(String(32))
     platform_ref: Mapped[str] = mapped_column(String(190))
+    # The learner and what they buy, for a platform that sends a new reference with every
+    # attempt (OpenLearning: a new token per "Join now"): a digest, no personal data.
+    learner_key: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(24), default=OrderState.OPEN)
 
     description: Mapped[str] = mapped_column(String(500))

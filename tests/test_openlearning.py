@@ -746,7 +746,9 @@ def test_key_set_url_verifies_tokens_and_is_fetched_once(jwks_client, mocked):
     assert join(client, sign(claims(), kid="k1")).status_code == 200
     assert join(client, sign(claims(), kid="k1")).status_code == 200
     assert jwks_fetches(mocked) == 1
-    assert len(orders()) == 2
+    # Two tokens, the same learner and class: the second shows the order the first opened.
+    assert len(orders()) == 1
+    assert len(used_tokens()) == 2
 
 
 def test_unknown_kid_refreshes_the_key_set_for_a_rotated_key(jwks_client, mocked):
@@ -890,3 +892,53 @@ def test_used_token_ids_are_purged_once_their_tokens_cannot_be_accepted(app):
     with app.app_context():
         run_purge_tokens(app.extensions["portal"], None)
     assert sorted(token.jti for token in used_tokens()) == ["live", "recent"]
+
+
+def learner_draft(jti: str, key: str = "k" * 64):
+    from portal.checkout import OrderDraft
+
+    return OrderDraft(
+        platform="openlearning",
+        platform_ref=jti,
+        learner_key=key,
+        description="Python foundations",
+        currency="AUD",
+        amount_minor=4900,
+    )
+
+
+def test_two_join_now_at_once_make_one_order(app, monkeypatch):
+    """The second post looked before the first one's order was committed: the database's unique
+    index on the learner's payable order refuses the second insert, and it shows the first."""
+    from portal import checkout
+
+    first = checkout.open_order(learner_draft("jti-1"))
+    real = checkout.find_learner_order
+    looks = []
+
+    def raced(platform, key):
+        looks.append(key)
+        return None if len(looks) == 1 else real(platform, key)
+
+    monkeypatch.setattr(checkout, "find_learner_order", raced)
+    second = checkout.open_order(learner_draft("jti-2"))
+    assert second.id == first.id
+    assert len(looks) == 2
+    assert len(orders()) == 1
+
+
+def test_a_new_join_now_after_a_cancelled_order_is_a_new_purchase(app):
+    from sqlalchemy import update
+
+    from portal import checkout
+
+    first = checkout.open_order(learner_draft("jti-1"))
+    with db.transaction() as session:
+        session.execute(
+            update(Order).where(Order.id == first.id).values(state=OrderState.CANCELLED)
+        )
+    second = checkout.open_order(learner_draft("jti-2"))
+    assert second.id != first.id
+    assert second.state == OrderState.OPEN
+    other = checkout.open_order(learner_draft("jti-3", key="z" * 64))
+    assert other.id not in {first.id, second.id}

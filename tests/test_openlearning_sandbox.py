@@ -159,16 +159,41 @@ def test_replayed_join_after_enrolment_says_already_enrolled(server):
 
 
 def test_learner_enrolled_elsewhere_is_already_enrolled_not_a_failure(server):
-    """A second purchase by an enrolled learner: OpenLearning answers "already enrolled"."""
+    """A learner OpenLearning already enrolled (by an administrator, outside the portal) pays:
+    OpenLearning answers "already enrolled", and the order is fulfilled, not failed."""
+    key = server.app.config["PORTAL"]["OPENLEARNING_API_KEY"]
+    direct = requests.post(
+        f"{server.url}/sandbox/openlearning/v2.2/enrolments/",
+        params={"api_key": key},
+        data={"class": CLASS, "user": "ada"},
+        timeout=5,
+    )
+    assert direct.status_code in {200, 201}, direct.text
     browser = requests.Session()
-    first, _ = join(server, browser, "python-foundations", "ada")
-    pay(server, browser, first)
-    second, token = join(server, browser, "python-foundations", "ada")
-    back = pay(server, browser, second)
+    review, token = join(server, browser, "python-foundations", "ada")
+    back = pay(server, browser, review)
     assert back.headers["Location"].endswith("/learn?learner=ada")
-    assert [c["status"] for c in enrolment_calls(server)] == [200, 400]
+    assert [c["status"] for c in enrolment_calls(server)][-1] == 400
     order = reload(order_for(token))
     assert order.state == OrderState.FULFILLED
+
+
+def test_join_now_again_shows_the_same_order_and_after_paying_the_enrolment(server):
+    """Every "Join now" posts a new token; the same learner and class get one order, so a
+    second click (or a second tab) can never lead to paying twice."""
+    browser = requests.Session()
+    first, first_token = join(server, browser, "python-foundations", "ada")
+    second, second_token = join(server, browser, "python-foundations", "ada")
+    assert first_token != second_token
+    reference = re.search(r"/orders/(ord_[\w-]+)/pay", first.text).group(1)
+    assert re.search(r"/orders/(ord_[\w-]+)/pay", second.text).group(1) == reference
+    pay(server, browser, second)
+    again, _token = join(server, browser, "python-foundations", "ada")
+    assert again.status_code == 200
+    assert "/pay" not in again.text  # the already-enrolled page: nothing to pay
+    assert [c["status"] for c in enrolment_calls(server)] == [200]
+    other, _token = join(server, browser, "python-foundations", "grace")
+    assert re.search(r"/orders/(ord_[\w-]+)/pay", other.text).group(1) != reference
 
 
 def test_sandbox_enrolment_api_refuses_a_wrong_api_key(server):

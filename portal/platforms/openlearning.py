@@ -16,6 +16,7 @@ A learner who is already enrolled counts as enrolled.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -50,7 +51,7 @@ from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
-from portal.models import OrderState, UsedToken, utcnow
+from portal.models import Order, OrderState, UsedToken, utcnow
 from portal.money import MoneyError, normalise_currency, to_minor
 from portal.platforms import Outcome, Platform
 
@@ -317,10 +318,19 @@ class EnrolmentToken:
     def kind(self) -> str:
         return "program" if self.program else "class"
 
+    @property
+    def learner_key(self) -> str:
+        """The learner and what they join: every "Join now" carries a new token (a new jti), and
+        this is what says two tokens are the same purchase. A digest: no personal data."""
+        parts = (self.institution, self.user, self.kind, self.course, self.class_id, self.program)
+        text = "\x1f".join(part or "" for part in parts)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def draft(self, locale: str | None) -> OrderDraft:
         return OrderDraft(
             platform=PLATFORM,
             platform_ref=self.jti,
+            learner_key=self.learner_key,
             description=self.title,
             currency=self.currency,
             amount_minor=self.amount_minor,
@@ -637,6 +647,16 @@ def run_purge_tokens(services, job) -> None:
 jobs.register("purge_used_tokens", run_purge_tokens, every_seconds=3600)
 
 
+def _order_of_token(jti: str):
+    """The order a used token was spent on, when it was spent on an order opened by an earlier
+    token of the same learner and purchase."""
+    with db.reader() as session:
+        used = session.get(UsedToken, jti)
+        if used is None or used.order_id is None:
+            return None
+        return session.get(Order, used.order_id)
+
+
 def _token_used(jti: str) -> bool:
     with db.reader() as session:
         return session.get(UsedToken, jti) is not None
@@ -701,12 +721,20 @@ def enrol():
             ),
         ) from exc
 
-    order = find_order(PLATFORM, token.jti)
+    order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
     if order is None:
         if _token_used(token.jti):
             raise CheckoutError(*REFUSALS["used"])
         order = open_order(token.draft(learner_locale()))
         _remember_token(token, order)
+        if order.platform_ref != token.jti:
+            timeline.record(
+                order.id,
+                "note",
+                "OpenLearning: another Join now for the same learner and class or program; "
+                "this order is shown instead of opening a second one",
+                {"jti": token.jti},
+            )
     else:
         timeline.record(order.id, "note", "OpenLearning enrolment token posted again")
     if order.state == OrderState.FULFILLED:
