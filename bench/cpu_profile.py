@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fault_run import DEFAULT_PG, ScratchSchema, wait_for  # noqa: E402
+from fault_run import DEFAULT_PG, portal_database, wait_for  # noqa: E402
 from run import (  # noqa: E402
     CSRF,
     PAY_ACTION,
@@ -76,12 +76,7 @@ def main() -> int:
     only = set(args.only or ["review", "handoff", "webhook"])
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    scratch = None
-    if args.sqlite:
-        database_url = f"sqlite:///{workdir / 'portal.db'}"
-    else:
-        scratch = ScratchSchema(args.database_url, "cpu")
-        database_url = scratch.url
+    database_url, scratch = portal_database(args, workdir, "cpu")
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
     servers = Servers(workdir)
     try:

@@ -68,6 +68,14 @@ class ScratchSchema:
         self.admin.dispose()
 
 
+def portal_database(args, workdir: Path, prefix: str) -> tuple[str, ScratchSchema | None]:
+    """The run's database: SQLite in `workdir` with --sqlite, else a fresh PostgreSQL schema."""
+    if args.sqlite:
+        return f"sqlite:///{workdir / 'portal.db'}", None
+    scratch = ScratchSchema(args.database_url, prefix)
+    return scratch.url, scratch
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -242,12 +250,7 @@ def main() -> int:
     count = max(1, min(args.purchases, 5000))
 
     workdir = Path(tempfile.mkdtemp(prefix="fault-run-"))
-    scratch = None
-    if args.sqlite:
-        database_url = f"sqlite:///{workdir / 'portal.db'}"
-    else:
-        scratch = ScratchSchema(args.database_url, "fault_run")
-        database_url = scratch.url
+    database_url, scratch = portal_database(args, workdir, "fault_run")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import requests  # noqa: E402
-from fault_run import DEFAULT_PG, ScratchSchema, free_port, wait_for  # noqa: E402
+from fault_run import DEFAULT_PG, free_port, portal_database, wait_for  # noqa: E402
 from loadgen import connection_for, run_clients  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
@@ -351,12 +351,7 @@ def main() -> int:
         serving += ["--worker-class", args.worker_class]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    scratch = None
-    if args.sqlite:
-        database_url = f"sqlite:///{workdir / 'portal.db'}"
-    else:
-        scratch = ScratchSchema(args.database_url, "bench")
-        database_url = scratch.url
+    database_url, scratch = portal_database(args, workdir, "bench")
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
     base_env = clean_environment()
     servers = Servers(workdir)
