@@ -5,6 +5,7 @@ whose "Proceed to Checkout" sends the browser to the portal's Remote Checkout UR
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
 import secrets
@@ -102,6 +103,12 @@ def new_purchase(offer_id: str, quantity: int = 1, promo: str | None = None) -> 
     return purchase
 
 
+@functools.lru_cache(maxsize=8)
+def _basic_auth(api_key: str) -> str:
+    """The Authorization header that carries the API key (HTTP Basic, empty password)."""
+    return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()
+
+
 def _public(purchase: dict) -> dict:
     return {k: v for k, v in purchase.items() if k != "created"}
 
@@ -125,8 +132,7 @@ def api_guard():
     if latency:
         time.sleep(latency / 1000)
     header = request.headers.get("Authorization", "")
-    expected = "Basic " + base64.b64encode(f"{settings['SKILLJAR_API_KEY']}:".encode()).decode()
-    if header != expected:
+    if header != _basic_auth(settings["SKILLJAR_API_KEY"]):
         return _answer({"detail": "Invalid API key."}, 401)
     fault_rate = control["skilljar_fault_rate"]
     timeout_rate = control["skilljar_timeout_rate"]

@@ -96,57 +96,93 @@ def _type_hints(typed_dict) -> dict:
     return typing.get_type_hints(typed_dict, localns=_LOCALNS, include_extras=True)
 
 
-def check_params(value, annotation, path: str) -> None:
+_RESERVED = frozenset({"api_key", "stripe_account", "idempotency_key"})
+_TYPEDDICT, _UNION, _LITERAL, _LIST, _DICT, _INT, _BOOL, _STR, _ANY = range(9)
+# By identity, not equality: Literal["a", "b"] == Literal["b", "a"], and the order of a Union
+# or a Literal shows in the error. Each entry keeps its annotation, so no id is ever reused.
+_plans: dict[int, tuple] = {}
+
+
+def _plan(annotation) -> tuple:
+    """What `check_params` checks against an annotation, worked out once per annotation
+    (typing.get_origin, get_args and is_typeddict cost more than the checks themselves)."""
+    entry = _plans.get(id(annotation))
+    if entry is None:
+        entry = _plans[id(annotation)] = (annotation, _make_plan(annotation))
+    return entry[1]
+
+
+def _make_plan(annotation) -> tuple:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.NotRequired, typing.Required):
-        return check_params(value, args[0], path)
+        return _plan(args[0])
     if typing_extensions.is_typeddict(annotation):
+        return (_TYPEDDICT, annotation)
+    if origin is typing.Union:
+        return (_UNION, args)
+    if origin is typing.Literal:
+        return (_LITERAL, frozenset(str(a) for a in args), ", ".join(map(str, args)))
+    if origin in (list, typing.List):  # noqa: UP006 - comparing with the SDK's own annotation
+        return (_LIST, args[0])
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        return (_DICT,)
+    if annotation is int:
+        return (_INT,)
+    if annotation is bool:
+        return (_BOOL,)
+    if annotation is str:
+        return (_STR,)
+    return (_ANY,)
+
+
+def check_params(value, annotation, path: str) -> None:
+    plan = _plan(annotation)
+    kind = plan[0]
+    if kind == _TYPEDDICT:
         if not isinstance(value, dict):
             raise StripeInputError(f"Invalid object for {path}", path)
-        hints = _type_hints(annotation)
+        hints = _type_hints(plan[1])
         for key, item in value.items():
             name = f"{path}[{key}]" if path else key
-            if key not in hints or key in {"api_key", "stripe_account", "idempotency_key"}:
+            if key not in hints or key in _RESERVED:
                 raise StripeInputError(f"Received unknown parameter: {name}", name)
             check_params(item, hints[key], name)
         return None
-    if origin is typing.Union:
+    if kind == _UNION:
         problems = []
-        for option in args:
+        for option in plan[1]:
             try:
                 check_params(value, option, path)
                 return None
             except StripeInputError as exc:
                 problems.append(exc)
         raise problems[0]
-    if origin is typing.Literal:
-        if str(value) not in {str(a) for a in args}:
-            raise StripeInputError(
-                f"Invalid {path}: must be one of {', '.join(map(str, args))}", path
-            )
+    if kind == _LITERAL:
+        if str(value) not in plan[1]:
+            raise StripeInputError(f"Invalid {path}: must be one of {plan[2]}", path)
         return None
-    if origin in (list, typing.List):  # noqa: UP006 - comparing with the SDK's own annotation
+    if kind == _LIST:
         if value == "":
             return None
         if not isinstance(value, list):
             raise StripeInputError(f"Invalid array for {path}", path)
         for index, item in enumerate(value):
-            check_params(item, args[0], f"{path}[{index}]")
+            check_params(item, plan[1], f"{path}[{index}]")
         return None
-    if origin in (dict, typing.Dict):  # noqa: UP006
+    if kind == _DICT:
         if not isinstance(value, dict):
             raise StripeInputError(f"Invalid hash for {path}", path)
         return None
-    if annotation is int:
+    if kind == _INT:
         if not isinstance(value, str) or not value.lstrip("-").isdigit():
             raise StripeInputError(f"Invalid integer: {value}", path)
         return None
-    if annotation is bool:
+    if kind == _BOOL:
         if value not in {"true", "false"}:
             raise StripeInputError(f"Invalid boolean: {value}", path)
         return None
-    if annotation is str and not isinstance(value, str):
+    if kind == _STR and not isinstance(value, str):
         raise StripeInputError(f"Invalid string for {path}", path)
     return None
 
@@ -224,10 +260,10 @@ def create_session():
     session = build_session(params)
     store = _store()
     try:
-        with store.engine.begin() as connection:
-            if key:
-                store.remember(connection, key, digest, session, 200)
-            store.put("checkout.session", session["id"], session, connection)
+        store.write(
+            [("checkout.session", session["id"], session)],
+            remember=(key, digest, session, 200) if key else None,
+        )
     except IntegrityError:
         previous = store.remembered(key)  # a concurrent retry with the same key won
         return current_app.response_class(
@@ -484,11 +520,10 @@ def _refund(params: dict, key: str | None, digest: str):
     charge["amount_refunded"] += amount
     charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
     try:
-        with store.engine.begin() as connection:
-            if key:
-                store.remember(connection, key, digest, refund, 200)
-            store.put("refund", refund["id"], refund, connection)
-            store.put("charge", charge_id, charge, connection)
+        store.write(
+            [("refund", refund["id"], refund), ("charge", charge_id, charge)],
+            remember=(key, digest, refund, 200) if key else None,
+        )
     except IntegrityError:
         return _replay(key, digest)
     return refund
@@ -875,11 +910,7 @@ def _create_once(params_type, build):
     body, status, objects = build(params)
     store = _store()
     try:
-        with store.engine.begin() as connection:
-            if key:
-                store.remember(connection, key, digest, body, status)
-            for kind, object_id, data in objects:
-                store.put(kind, object_id, data, connection)
+        store.write(objects, remember=(key, digest, body, status) if key else None)
     except IntegrityError:
         return _replay(key, digest)
     return jsonify(body), status
@@ -1086,10 +1117,10 @@ def _intent_call(params_type, intent_id: str, act):
         body = _strip(intent)
         store = _store()
         try:
-            with store.engine.begin() as connection:
-                if key:
-                    store.remember(connection, key, digest, body, 200)
-                store.put("payment_intent", intent_id, intent, connection)
+            store.write(
+                [("payment_intent", intent_id, intent)],
+                remember=(key, digest, body, 200) if key else None,
+            )
         except IntegrityError:
             return _replay(key, digest)
     return jsonify(body)
