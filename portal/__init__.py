@@ -160,11 +160,12 @@ def create_app(config: dict | None = None) -> Flask:
     set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
     db.configure(settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or threads)
 
-    from portal import cli, errors, fulfilment, views, webhooks  # noqa: F401 - registers jobs
+    from portal import checkout, cli, errors, fulfilment, views, webhooks  # noqa: F401 - jobs
     from portal.platforms import cleeng, openlearning, skilljar
     from portal.services import build_services
 
     app.extensions["portal"] = build_services(settings)
+    checkout.init_app(app)  # the orders learner pages showed last, by row version
     csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)

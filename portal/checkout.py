@@ -12,11 +12,15 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, update
+from flask import current_app, has_app_context
+from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
@@ -124,6 +128,88 @@ def load_order(reference: str) -> Order:
         order = session.scalar(_BY_REFERENCE, {"reference": reference})
     if order is None:
         raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+    return order
+
+
+# --- the pages of an order, read while the row has not changed -----------------------------------
+#
+# Learners reload the review page, come back to it from Stripe, keep it open in a tab. On
+# PostgreSQL each process keeps the orders it showed last with their row version (`xmin`, the
+# transaction that wrote the row as it is now: any UPDATE, from any process, host or psql prompt,
+# gives the row a new one), and a page asks the database only for that version: a one-column
+# index look-up instead of loading ~45 columns through the ORM. A different version loads the
+# row afresh (with its version, from the same read). On SQLite, which has no row version, every
+# page loads the row.
+
+KEPT_ORDERS_EXTENSION = "portal.kept_orders"
+_VERSION_BY_REFERENCE = select(literal_column("xmin::text")).where(
+    Order.reference == bindparam("reference")
+)
+_WITH_VERSION_BY_REFERENCE = select(Order, literal_column("orders.xmin::text")).where(
+    Order.reference == bindparam("reference")
+)
+
+
+class KeptOrders:
+    """The last `size` orders shown by this process, by reference, each with its row version.
+    An entry is only ever used for the version it was read with, so nothing needs expiring;
+    `max_age` bounds it anyway (a transaction id comes round again after ~4 billion)."""
+
+    def __init__(self, size: int = 1024, max_age: float = 600.0):
+        self.size = size
+        self.max_age = max_age
+        self._orders: OrderedDict[str, tuple[str, float, Order]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, reference: str, version: str) -> Order | None:
+        with self._lock:
+            entry = self._orders.get(reference)
+            if entry is None:
+                return None
+            if entry[0] != version or time.monotonic() - entry[1] > self.max_age:
+                del self._orders[reference]
+                return None
+            self._orders.move_to_end(reference)
+            return entry[2]
+
+    def put(self, reference: str, version: str, order: Order) -> None:
+        with self._lock:
+            self._orders[reference] = (version, time.monotonic(), order)
+            self._orders.move_to_end(reference)
+            while len(self._orders) > self.size:
+                self._orders.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._orders)
+
+
+def init_app(app) -> None:
+    app.extensions[KEPT_ORDERS_EXTENSION] = KeptOrders()
+
+
+def view_order(reference: str) -> Order:
+    """The order for a learner page that only shows it (the review page). The object may be
+    shared with other requests of this process: read it, never change it. Its `row_version`
+    (None on SQLite) names the row as it was read, for the page cache."""
+    kept = current_app.extensions.get(KEPT_ORDERS_EXTENSION) if has_app_context() else None
+    if kept is None or not db.is_postgres:
+        order = load_order(reference)
+        order.row_version = None
+        return order
+    with db.statements() as connection:
+        version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
+    if version is None:
+        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+    order = kept.get(reference, version)
+    if order is not None:
+        return order
+    with db.reader() as session:
+        row = session.execute(_WITH_VERSION_BY_REFERENCE, {"reference": reference}).first()
+    if row is None:
+        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+    order, version = row
+    order.row_version = version
+    kept.put(reference, version, order)
     return order
 
 

@@ -200,6 +200,102 @@ def test_the_rendered_pages_keep_only_the_newest():
     assert (pages.get(b"a"), pages.get(b"c"), len(pages)) == ("A", "C", 2)
 
 
+# --- orders kept by row version (PostgreSQL) -------------------------------------------------
+
+
+def kept_orders(app):
+    from portal.checkout import KEPT_ORDERS_EXTENSION
+
+    return app.extensions[KEPT_ORDERS_EXTENSION]
+
+
+def postgres_only(database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the row version (xmin) is PostgreSQL's; SQLite loads the row every time")
+
+
+def test_an_unchanged_order_is_not_loaded_again(app, database_url, monkeypatch):
+    postgres_only(database_url)
+    from portal import checkout
+
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    first = client.get(f"/orders/{order.reference}")
+    assert first.status_code == 200
+    assert len(kept_orders(app)) == 1
+    loads = []
+    original = db.reader
+    monkeypatch.setattr(db, "reader", lambda: loads.append(1) or original())
+    again = client.get(f"/orders/{order.reference}")
+    assert again.status_code == 200
+    assert loads == []  # only the row's version was asked for
+    token = CSRF.search(again.text).group(1)
+    assert first.text.replace(CSRF.search(first.text).group(1), "T") == again.text.replace(
+        token, "T"
+    )
+    assert_token_is_valid(app, client, token)
+    assert isinstance(kept_orders(app), checkout.KeptOrders)
+
+
+def test_a_change_made_elsewhere_shows_on_the_next_page(app, database_url):
+    """Another host, or an operator at a psql prompt, changes the row with plain SQL (no
+    updated_at, no ORM): its new row version means the page reads it again at once."""
+    postgres_only(database_url)
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = app.test_client()
+    assert "Introduction to Python" in client.get(f"/orders/{order.reference}").text
+    other_host = make_engine(database_url)
+    try:
+        with other_host.begin() as connection:
+            connection.execute(
+                text("UPDATE orders SET description = 'Advanced Python' WHERE id = :id"),
+                {"id": order.id},
+            )
+        page = client.get(f"/orders/{order.reference}").text
+        assert "Advanced Python" in page
+        assert "Introduction to Python" not in page
+        with other_host.begin() as connection:
+            connection.execute(
+                text("UPDATE orders SET state = 'paid' WHERE id = :id"), {"id": order.id}
+            )
+        paid = client.get(f"/orders/{order.reference}")
+        assert paid.status_code == 303
+        assert paid.headers["Location"].endswith(f"/orders/{order.reference}/status")
+    finally:
+        other_host.dispose()
+
+
+def test_an_unknown_reference_is_still_a_404(app, database_url):
+    postgres_only(database_url)
+    answer = app.test_client().get("/orders/ord_doesnotexist0000")
+    assert answer.status_code == 404
+    assert len(kept_orders(app)) == 0
+
+
+def test_a_kept_order_is_used_only_for_its_own_version():
+    from portal.checkout import KeptOrders
+
+    kept = KeptOrders(size=2)
+    first, second, third = Order(description="1"), Order(description="2"), Order(description="3")
+    kept.put("ord_a", "100", first)
+    assert kept.get("ord_a", "100") is first
+    assert kept.get("ord_a", "101") is None  # the row has changed since
+    assert kept.get("ord_a", "100") is None  # and the old copy is gone
+    kept.put("ord_a", "1", first)
+    kept.put("ord_b", "1", second)
+    kept.get("ord_a", "1")
+    kept.put("ord_c", "1", third)  # the least recently shown goes
+    assert (kept.get("ord_b", "1"), kept.get("ord_a", "1"), kept.get("ord_c", "1")) == (
+        None,
+        first,
+        third,
+    )
+    old = KeptOrders(max_age=0.0)
+    old.put("ord_a", "1", first)
+    time.sleep(0.01)
+    assert old.get("ord_a", "1") is None
+
+
 # --- the database ---------------------------------------------------------------------------
 
 
