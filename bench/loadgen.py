@@ -186,3 +186,52 @@ async def run_clients(make_client, *, clients: int, seconds: float, limit: int |
     await asyncio.gather(*(loop() for _ in range(clients)))
     elapsed = time.monotonic() - began
     return Figures(len(latencies), sum(failures.values()), elapsed, latencies, failures)
+
+
+async def run_arrivals(
+    make_client, *, rate: float, clients: int, seconds: float, limit: int | None = None, seed=7
+):
+    """An open loop: learners arrive at random (a Poisson process of `rate` a second) whatever
+    the server's speed, each with a client of its own (`make_client()`: a new connection), at
+    most `clients` at once; an arrival that finds `clients` busy waits for one, and that wait
+    counts in its time. A learner's time runs from its scheduled arrival to its last answer, so
+    a slow server cannot hide its queue by slowing the arrivals (no coordinated omission)."""
+    import random
+
+    arrivals = random.Random(seed)
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    slots = asyncio.Semaphore(clients)
+    running: set[asyncio.Task] = set()
+    began = time.monotonic()
+    deadline = began + seconds
+
+    async def learner(index: int, arrived: float):
+        one, close = make_client()
+        try:
+            try:
+                problem = await one(index)
+            except (OSError, HttpError, asyncio.IncompleteReadError, ValueError) as exc:
+                problem = type(exc).__name__
+            if problem is None:
+                latencies.append(time.monotonic() - arrived)
+            else:
+                failures[problem] = failures.get(problem, 0) + 1
+        finally:
+            await close()
+            slots.release()
+
+    index, arrival = 0, began
+    while limit is None or index < limit:
+        arrival += arrivals.expovariate(rate)
+        if arrival >= deadline:
+            break
+        await asyncio.sleep(max(0.0, arrival - time.monotonic()))
+        await slots.acquire()
+        task = asyncio.create_task(learner(index, arrival))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        index += 1
+    await asyncio.gather(*running)
+    elapsed = time.monotonic() - began
+    return Figures(len(latencies), sum(failures.values()), elapsed, latencies, failures)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import requests  # noqa: E402
 from fault_run import DEFAULT_PG, free_port, portal_database, wait_for  # noqa: E402
-from loadgen import connection_for, run_clients  # noqa: E402
+from loadgen import connection_for, run_arrivals, run_clients  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
 from portal.db import normalise_url  # noqa: E402
@@ -228,9 +228,14 @@ def get_rate(url: str, seconds: int, connections: int, headers: dict | None = No
     return wrk(url, seconds, connections, headers) or python_get(url, seconds, connections, headers)
 
 
-def handoffs(portal: str, stripe_prefix: str, purchases: list[str], args) -> dict:
-    """Concurrent learners, each: the Skilljar entry (the portal fetches the purchase), then Pay
-    (the portal creates the Checkout Session) up to the redirect to Stripe's page."""
+def handoffs(
+    portal: str, stripe_prefix: str, purchases: list[str], args, rate: float | None = None
+) -> dict:
+    """Learners, each: the Skilljar entry (the portal fetches the purchase), then Pay (the
+    portal creates the Checkout Session) up to the redirect to Stripe's page. Without `rate`, a
+    closed loop: `args.learners` learners, each starting the next handoff as soon as one ends.
+    With `rate`, an open loop: learners arrive at `rate` a second, at most `args.learners` at
+    once (bench/loadgen.py run_arrivals)."""
     queue = iter(purchases)
 
     async def main():
@@ -261,6 +266,10 @@ def handoffs(portal: str, stripe_prefix: str, purchases: list[str], args) -> dic
 
             return one, connection.close
 
+        if rate is not None:
+            return await run_arrivals(
+                make, rate=rate, clients=args.learners, seconds=args.seconds, limit=len(purchases)
+            )
         return await run_clients(
             make, clients=args.learners, seconds=args.seconds, limit=len(purchases)
         )
@@ -326,6 +335,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15, help="per measurement (max 120)")
     parser.add_argument("--learners", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=100.0,
+        help="handoffs: learners arriving a second in the open-loop run (0: closed loop only)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="for the review page")
     parser.add_argument("--webhooks", type=int, default=6000)
     parser.add_argument("--webhook-clients", type=int, default=32)
@@ -488,20 +503,32 @@ def main() -> int:
             )
 
         if "handoff" in only:
-            count = min(40000, args.learners + int(args.seconds * 400))
+            count = min(40000, args.learners + int(args.seconds * (400 + args.arrival_rate)))
             purchases = make_purchases(sandbox_url, count)
             set_controls(skilljar_latency_ms=args.latency_ms, stripe_latency_ms=args.latency_ms)
             warm_args = argparse.Namespace(**{**vars(args), "seconds": 3})
             handoffs(portal, standins, purchases[: args.learners], warm_args)
-            results["handoff"] = handoffs(portal, standins, purchases[args.learners :], args)
+            closed = purchases[args.learners : -int(args.seconds * args.arrival_rate) - 1]
+            results["handoff"] = handoffs(portal, standins, closed, args)
             results["handoff"]["upstream_latency_ms"] = args.latency_ms
             results["handoff"]["learners"] = args.learners
-            set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
             print_figures(
-                f"checkout handoffs ({args.learners} learners, {args.latency_ms} ms on every "
-                "upstream call)",
+                f"checkout handoffs, closed loop ({args.learners} learners, each starting again "
+                f"at once; {args.latency_ms} ms on every upstream call)",
                 results["handoff"],
             )
+            if args.arrival_rate:
+                unused = purchases[args.learners + results["handoff"]["done"] + 400 :]
+                results["handoff_arrivals"] = handoffs(
+                    portal, standins, unused, args, rate=args.arrival_rate
+                )
+                results["handoff_arrivals"]["offered_per_second"] = args.arrival_rate
+                print_figures(
+                    f"checkout handoffs, open loop ({args.arrival_rate:g} learners arriving a "
+                    f"second, at most {args.learners} at once; {args.latency_ms} ms upstream)",
+                    results["handoff_arrivals"],
+                )
+            set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
             print("  targets: >= 100/s, p99 < 1500 ms")
 
         if "webhooks" in only:
