@@ -378,7 +378,8 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     if prepared:
         return order
     lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
-    with db.transaction() as session:
+    # One compare-and-set statement, atomic on its own: committed as it runs (no BEGIN/COMMIT).
+    with db.single_writes() as session:
         prepared_order = session.scalar(
             update(Order)
             .where(

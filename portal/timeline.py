@@ -6,9 +6,10 @@ import logging
 
 from portal.db import db
 from portal.http import CallRecord
-from portal.models import OrderEvent
+from portal.models import OrderEvent, utcnow
 
 log = logging.getLogger("portal.timeline")
+_INSERT = OrderEvent.__table__.insert()
 
 
 def record(
@@ -19,18 +20,23 @@ def record(
     duration_ms: int | None = None,
     session=None,
 ) -> None:
-    """Append an event; inside `session` when given (same transaction), else on its own: one
-    INSERT, committed as it runs (db.single_writes)."""
-    event = OrderEvent(
-        order_id=order_id, kind=kind, message=message, detail=detail or {}, duration_ms=duration_ms
-    )
+    """Append an event: inside `session` when given (sent at once, committed with the rest of
+    its transaction), else on its own, one INSERT committed as it runs (db.statements). A
+    Core INSERT: nothing reads the event back, so the ORM's unit of work would be pure cost."""
+    values = {
+        "order_id": order_id,
+        "kind": kind,
+        "message": message,
+        "detail": detail or {},
+        "duration_ms": duration_ms,
+        "created_at": utcnow(),
+    }
     if session is not None:
-        session.add(event)
+        session.execute(_INSERT, values)
         return
     try:
-        with db.single_writes() as own:
-            own.add(event)
-            own.flush()
+        with db.statements() as connection:
+            connection.execute(_INSERT, values)
     except Exception:  # the timeline must never break a payment path
         log.exception("could not write timeline event", extra={"order_id": order_id})
 

@@ -318,6 +318,36 @@ def test_a_single_write_commits_as_it_runs(app, database_url):
     assert "kept without a transaction of its own" in messages
 
 
+def test_an_event_recorded_in_a_transaction_goes_with_it(app):
+    """timeline.record sends its INSERT at once (no unit of work), but inside a transaction it
+    still commits or rolls back with the state change it describes."""
+    from portal import timeline
+
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+
+    def fails_after_recording():
+        with db.transaction() as session:
+            session.execute(update(Order).where(Order.id == order.id).values(state="paying"))
+            timeline.record(order.id, "state", "-> paying (rolled back)", session=session)
+            raise RuntimeError("the transaction fails after the event was sent")
+
+    with pytest.raises(RuntimeError):
+        fails_after_recording()
+    with db.transaction() as session:
+        session.execute(update(Order).where(Order.id == order.id).values(state="paying"))
+        timeline.record(order.id, "state", "-> paying", {"to": "paying"}, session=session)
+    with db.reader() as session:
+        events = session.execute(
+            text("SELECT message, detail FROM order_events WHERE order_id = :id ORDER BY id"),
+            {"id": order.id},
+        ).all()
+        state = session.scalar(select(Order.state).where(Order.id == order.id))
+    messages = [message for message, _detail in events]
+    assert "-> paying (rolled back)" not in messages
+    assert "-> paying" in messages
+    assert state == "paying"
+
+
 @pytest.mark.parametrize(("idle_for", "survives"), [(11.0, True), (2.0, False)])
 def test_a_pooled_connection_is_pinged_after_being_idle(
     postgres_url, monkeypatch, idle_for, survives
