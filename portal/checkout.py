@@ -224,11 +224,8 @@ def transition(session, order_id: int, expected, new: OrderState, *, where=None,
     conditions = [Order.id == order_id, Order.state.in_(expected)]
     if where is not None:
         conditions.append(where)
-    result = session.execute(
-        update(Order)
-        .where(*conditions)
-        .values(state=new, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+    result = session.execute(  # the table, not the ORM entity: no session objects to update
+        update(Order.__table__).where(*conditions).values(state=new, updated_at=utcnow(), **values)
     )
     if result.rowcount == 1:
         timeline.record(
@@ -363,6 +360,28 @@ def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
 # --- paying -------------------------------------------------------------------------------------
 
 
+# Built once: the next attempt fixed in the row, and the row as it then is.
+_ORDERS = Order.__table__
+_PREPARE_ATTEMPT = (
+    update(_ORDERS)
+    .where(
+        _ORDERS.c.id == bindparam("order_id"),
+        _ORDERS.c.state == OrderState.OPEN,
+        _ORDERS.c.session_attempt == bindparam("attempt"),
+    )
+    .values(
+        session_attempt=bindparam("next_attempt"),
+        stripe_session_expires_at=bindparam("expires_at"),
+        tax_mode=bindparam("mode"),
+        tax_country=bindparam("country"),
+        tax_rate=bindparam("rate"),
+        tax_minor=bindparam("tax"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_ORDERS.c)
+)
+
+
 def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     """Fix the parameters of the next Checkout Session in the row, so any retry of the create call
     (a double click, a crash) sends Stripe the same parameters under the same idempotency key."""
@@ -378,30 +397,24 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     if prepared:
         return order
     lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
-    # One compare-and-set statement, atomic on its own: committed as it runs (no BEGIN/COMMIT).
-    with db.single_writes() as session:
-        prepared_order = session.scalar(
-            update(Order)
-            .where(
-                Order.id == order.id,
-                Order.state == OrderState.OPEN,
-                Order.session_attempt == order.session_attempt,
-            )
-            .values(
-                session_attempt=order.session_attempt + 1,
-                stripe_session_expires_at=(now + timedelta(minutes=lifetime)).replace(
-                    microsecond=0
-                ),
-                tax_mode=quote.mode,
-                tax_country=quote.country,
-                tax_rate=None if quote.rate is None else f"{quote.rate.normalize():f}",
-                tax_minor=quote.amount_minor,
-                updated_at=now,
-            )
-            .returning(Order)
-            .execution_options(synchronize_session=False)
-        )
+    # One compare-and-set statement, atomic on its own: committed as it runs, built once.
+    with db.statements() as connection:
+        row = connection.execute(
+            _PREPARE_ATTEMPT,
+            {
+                "order_id": order.id,
+                "attempt": order.session_attempt,
+                "next_attempt": order.session_attempt + 1,
+                "expires_at": (now + timedelta(minutes=lifetime)).replace(microsecond=0),
+                "mode": quote.mode,
+                "country": quote.country,
+                "rate": None if quote.rate is None else f"{quote.rate.normalize():f}",
+                "tax": quote.amount_minor,
+                "now": now,
+            },
+        ).first()
     # The row as this update left it; if another click changed it first, as it is now.
+    prepared_order = Order(**row._mapping) if row is not None else None
     return prepared_order if prepared_order is not None else reload(order)
 
 
