@@ -2,7 +2,8 @@
 Flask "hello" app under the same gunicorn settings, all on loopback.
 
     .venv/bin/python bench/run.py [--seconds 15] [--learners 200] [--latency-ms 200]
-                                  [--workers N] [--threads N] [--worker-class gthread|gevent]
+                                  [--arrival-rate 100] [--workers N] [--threads N]
+                                  [--worker-class gthread|gevent]
 
 Three gunicorn instances, each started with this repository's gunicorn.conf.py:
 
@@ -13,10 +14,12 @@ Three gunicorn instances, each started with this repository's gunicorn.conf.py:
   postgresql://postgres@127.0.0.1:5432/test) or SQLite with --sqlite;
 - bench/hello_app.py, with the portal's --workers/--threads/--worker-class.
 
-Prints: the review page of an existing order (requests/s, p50/p99, ratio to hello), checkout
-handoffs (entry -> Skilljar fetch -> Stripe session -> redirect to Stripe) with --latency-ms on
-every upstream call and --learners concurrent learners, Stripe webhook ingestion (verified,
-stored, de-duplicated) and each portal worker's resident memory. wrk (Debian's `wrk`) drives the
+Prints: the review page of an existing order (requests/s, p50/p99, ratio to hello) for a new
+visitor and for the learner back with their session cookie, checkout handoffs (entry -> Skilljar
+fetch -> Stripe session -> redirect to Stripe) with --latency-ms on every upstream call, as a
+closed loop of --learners learners and as an open loop of --arrival-rate learners arriving a
+second (at most --learners at once), Stripe webhook ingestion (verified, stored,
+de-duplicated) and each portal worker's resident memory. wrk (Debian's `wrk`) drives the
 plain GETs when installed, bench/loadgen.py (asyncio) otherwise and for the flows that need
 cookies, forms and signatures. Bounded in time; only 127.0.0.1 is contacted.
 
