@@ -153,6 +153,19 @@ class Figures:
         }
 
 
+async def timed(one, index: int, since: float, latencies: list, failures: dict) -> None:
+    """Runs `await one(index)`: its time from `since` goes to `latencies` on success, else its
+    failure is counted by description (a network error by its exception's name)."""
+    try:
+        problem = await one(index)
+    except (OSError, HttpError, asyncio.IncompleteReadError, ValueError) as exc:
+        problem = type(exc).__name__
+    if problem is None:
+        latencies.append(time.monotonic() - since)
+    else:
+        failures[problem] = failures.get(problem, 0) + 1
+
+
 async def run_clients(make_client, *, clients: int, seconds: float, limit: int | None = None):
     """Runs `clients` concurrent loops; each calls `await one(index)` (from `make_client()`)
     until `seconds` pass or `limit` iterations are done in all. `one` returns None on success
@@ -170,15 +183,7 @@ async def run_clients(make_client, *, clients: int, seconds: float, limit: int |
                     return
                 index = counter["started"]
                 counter["started"] += 1
-                started = time.monotonic()
-                try:
-                    problem = await one(index)
-                except (OSError, HttpError, asyncio.IncompleteReadError, ValueError) as exc:
-                    problem = type(exc).__name__
-                if problem is None:
-                    latencies.append(time.monotonic() - started)
-                else:
-                    failures[problem] = failures.get(problem, 0) + 1
+                await timed(one, index, time.monotonic(), latencies, failures)
         finally:
             await close()
 
@@ -209,14 +214,7 @@ async def run_arrivals(
     async def learner(index: int, arrived: float):
         one, close = make_client()
         try:
-            try:
-                problem = await one(index)
-            except (OSError, HttpError, asyncio.IncompleteReadError, ValueError) as exc:
-                problem = type(exc).__name__
-            if problem is None:
-                latencies.append(time.monotonic() - arrived)
-            else:
-                failures[problem] = failures.get(problem, 0) + 1
+            await timed(one, index, arrived, latencies, failures)
         finally:
             await close()
             slots.release()

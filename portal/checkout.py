@@ -155,7 +155,7 @@ class KeptOrders:
     An entry is only ever used for the version it was read with, so nothing needs expiring;
     `max_age` bounds it anyway (a transaction id comes round again after ~4 billion)."""
 
-    def __init__(self, size: int = 1024, max_age: float = 600.0):
+    def __init__(self, size: int = 256, max_age: float = 600.0):
         self.size = size
         self.max_age = max_age
         self._orders: OrderedDict[str, tuple[str, float, Order]] = OrderedDict()
