@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.db import db
@@ -73,6 +73,34 @@ def enqueue(session, kind: str, dedupe_key: str, *, order_id=None, payload=None,
     session.execute(
         dialect.insert(Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
     )
+
+
+def requeue(session, dedupe_key: str, *, keep_queued_attempts: bool = False) -> bool:
+    """Make a job due now, in the caller's transaction, with a fresh set of attempts (with
+    `keep_queued_attempts`, a job still queued keeps its count and only one that had ended
+    starts again from 0). A job a worker holds right now is left alone: its outcome is about to
+    land. Returns whether the job was requeued."""
+    now = utcnow()
+    attempts = (
+        case((Job.state == JobState.QUEUED, Job.attempts), else_=0) if keep_queued_attempts else 0
+    )
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.dedupe_key == dedupe_key,
+            or_(Job.locked_until.is_(None), Job.locked_until < now),
+        )
+        .values(
+            state=JobState.QUEUED,
+            run_at=now,
+            attempts=attempts,
+            last_error=None,
+            locked_by=None,
+            locked_until=None,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
 
 
 def _claimable(now):

@@ -316,6 +316,47 @@ def test_lease_held_by_another_worker_is_not_stolen_until_it_expires(make_app, m
     assert state_of(order) == OrderState.FULFILLED
 
 
+def test_requeue_leaves_a_held_job_alone_and_resets_or_keeps_attempts(make_app, mocked):
+    """jobs.requeue, behind the console's Resend and retry fulfilment: never under a worker that
+    holds the job; a fresh set of attempts, or, when asked, a queued job keeps its count."""
+    app = make_app()
+    services = app.extensions["portal"]
+    order = paid_order(app)
+    key = f"fulfil:{order.id}"
+    (held,) = claim_due(services.settings, "worker-a")
+
+    def job():
+        with db.reader() as session:
+            return session.scalar(select(Job).where(Job.dedupe_key == key))
+
+    with db.transaction() as session:
+        assert jobs.requeue(session, key) is False  # worker-a holds it
+    assert (job().locked_by, job().attempts) == ("worker-a", 1)
+    with db.transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == held.id)
+            .values(locked_until=utcnow() - timedelta(seconds=1), attempts=3)
+        )
+        assert jobs.requeue(session, key, keep_queued_attempts=True) is True
+    after = job()
+    assert (after.state, after.attempts, after.locked_by, after.locked_until) == (
+        JobState.QUEUED,
+        3,
+        None,
+        None,
+    )
+    with db.transaction() as session:
+        session.execute(update(Job).where(Job.id == held.id).values(state=JobState.DEAD))
+        assert jobs.requeue(session, key, keep_queued_attempts=True) is True
+    assert (job().state, job().attempts) == (JobState.QUEUED, 0)  # it had ended: starts again
+    with db.transaction() as session:
+        session.execute(update(Job).where(Job.id == held.id).values(attempts=4, last_error="x"))
+        assert jobs.requeue(session, key) is True
+    assert (job().attempts, job().last_error) == (0, None)
+    assert job().run_at <= utcnow()
+
+
 def test_a_slow_job_keeps_its_lease_while_it_runs(make_app, mocked):
     """A platform call slower than the lease: the running worker renews its lease, so no other
     worker can take the job (and call the platform a second time) meanwhile."""

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal import checkout, jobs, timeline
@@ -26,7 +26,7 @@ from portal.checkout import CheckoutError, transition
 from portal.db import db
 from portal.fulfilment import give_up_quietly
 from portal.http import UpstreamError, redact_url
-from portal.models import Job, JobState, Order, OrderState, Role, User, WebhookEndpoint, utcnow
+from portal.models import JobState, Order, OrderState, Role, User, WebhookEndpoint, utcnow
 from portal.money import format_money
 from portal.platforms import Platform
 
@@ -121,7 +121,6 @@ def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
             f"Only a paid, unfulfilled order can be retried: this one is {order.state}.",
         )
     key = f"fulfil:{order.id}"
-    now = utcnow()
     with db.transaction() as session:
         if order.state == OrderState.FULFIL_FAILED and not transition(
             session, order.id, OrderState.FULFIL_FAILED, OrderState.PAID, failure_reason=None
@@ -129,22 +128,7 @@ def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
             raise ActionRefused("The order changed meanwhile: reload the page and look again.")
         jobs.enqueue(session, "fulfil", key, order_id=order.id)
         # A job a worker holds right now is left alone: we wait for its outcome below.
-        session.execute(
-            update(Job)
-            .where(
-                Job.dedupe_key == key,
-                or_(Job.locked_until.is_(None), Job.locked_until < now),
-            )
-            .values(
-                state=JobState.QUEUED,
-                run_at=now,
-                attempts=case((Job.state == JobState.QUEUED, Job.attempts), else_=0),
-                last_error=None,
-                locked_by=None,
-                locked_until=None,
-                updated_at=now,
-            )
-        )
+        jobs.requeue(session, key, keep_queued_attempts=True)
         _note(session, order, actor, "retry", "fulfilment retry requested", from_state=order.state)
         audit.record(
             actor,

@@ -15,13 +15,13 @@ import json
 import logging
 import time
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, timeline
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
-from portal.models import ApiKey, Job, JobState, Order, WebhookDelivery, WebhookEndpoint, utcnow
+from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
 
 log = logging.getLogger("portal.api.webhooks")
 
@@ -260,7 +260,6 @@ def requeue_delivery(session, delivery_id: int) -> WebhookDelivery:
         )
     # Out of the session, so the updates below leave the "before" values on it as they were.
     session.expunge(delivery)
-    now = utcnow()
     key = job_key(delivery.event_id, delivery.endpoint_id)
     jobs.enqueue(
         session,
@@ -269,23 +268,8 @@ def requeue_delivery(session, delivery_id: int) -> WebhookDelivery:
         order_id=delivery.order_id,
         payload={"event_id": delivery.event_id, "endpoint_id": delivery.endpoint_id},
     )
-    requeued = session.execute(
-        update(Job)
-        .where(
-            Job.dedupe_key == key,
-            or_(Job.locked_until.is_(None), Job.locked_until < now),
-        )
-        .values(
-            state=JobState.QUEUED,
-            run_at=now,
-            attempts=0,  # a fresh delivery: a fresh set of attempts before it gives up
-            last_error=None,
-            locked_by=None,
-            locked_until=None,
-            updated_at=now,
-        )
-    )
-    if requeued.rowcount != 1:
+    # A fresh delivery: a fresh set of attempts before it gives up.
+    if not jobs.requeue(session, key):
         raise RedeliveryRefused(
             "A worker is sending this delivery right now: reload the page in a moment."
         )
