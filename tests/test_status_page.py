@@ -55,3 +55,16 @@ def test_an_expired_order_still_says_expired(client):
     response = client.get(f"/orders/{order.reference}/status")
     assert "Your checkout has expired" in response.text
     assert "Refresh" not in response.headers
+
+
+def test_a_paid_merchant_order_shows_no_tax_line_of_zero(client):
+    """A merchant's prices are what it charges and its own system does the tax: its paid order's
+    page shows the total paid without a "Tax $0.00" line; a platform order keeps its tax line."""
+    merchant = make_order(
+        platform="merchant", platform_ref="inv-1", redirect_url=None, platform_data={}
+    )
+    page = client.get(f"/orders/{merchant.reference}/status").text
+    assert "<dt>Tax</dt>" not in page
+    assert '<dt class="total">Total paid</dt><dd class="total">$78.40</dd>' in page
+    skilljar = make_order(platform_ref="p2abc", redirect_url=None)
+    assert "<dt>Tax</dt><dd>$0.00</dd>" in client.get(f"/orders/{skilljar.reference}/status").text
