@@ -77,6 +77,16 @@ def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
     )
 
 
+def render_order_review(order: Order, *, cancelled: bool = False):
+    """The review page for the order's platform: Cleeng's own (its offer, renewal period and
+    tax-included breakdown) for a Cleeng order, the common one for the rest."""
+    if order.platform == "cleeng":
+        from portal.platforms.cleeng import render_cleeng_review
+
+        return render_cleeng_review(order, cancelled=cancelled)
+    return render_review(order, cancelled=cancelled)
+
+
 def show_order(order: Order):
     return _follow(checkout.next_for_status(services(), order))
 
@@ -86,7 +96,7 @@ def _follow(next_step: checkout.Next):
         return redirect(next_step.redirect_url, code=303)
     order = next_step.order
     if next_step.page == "review":
-        return render_review(order)
+        return render_order_review(order)
     return redirect(url_for("orders.status", reference=order.reference), code=303)
 
 
@@ -95,7 +105,7 @@ def review(reference):
     order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
-    return render_review(order)
+    return render_order_review(order)
 
 
 @bp.get("/orders/<reference>/cancelled")
@@ -104,7 +114,7 @@ def cancelled(reference):
     order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
-    return render_review(order, cancelled=True)
+    return render_order_review(order, cancelled=True)
 
 
 @bp.post("/orders/<reference>/pay")

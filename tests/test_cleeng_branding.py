@@ -72,6 +72,19 @@ def test_the_review_page_wears_the_brand_assigned_to_cleeng(app, client, mocked)
         assert expected in page
 
 
+def test_a_cleeng_order_opened_at_its_order_url_gets_the_cleeng_page(app, client, mocked):
+    """The status page's "Return to your order" link and the pay-link email go to
+    /orders/<ref>: a Cleeng order there is shown with Cleeng's own review page too."""
+    page = open_review(client, mocked).text
+    reference = page.split("/orders/", 1)[1].split("/", 1)[0]
+    for url in (f"/orders/{reference}", f"/orders/{reference}/cancelled"):
+        again = client.get(url)
+        assert again.status_code == 200, url
+        assert "Renewed every month · S619117184_NL" in again.text, url
+        assert "Tax (21%), included" in again.text, url
+    assert "Payment not completed" in client.get(f"/orders/{reference}/cancelled").text
+
+
 def test_a_published_override_of_the_cleeng_review_page_applies(app, client, console, mocked):
     marketer = console("marketer")
     source = (
