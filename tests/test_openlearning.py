@@ -26,6 +26,7 @@ from portal import ConfigError
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import Job, Order, OrderEvent, OrderState, UsedToken
+from portal.platforms import openlearning
 from tests.conftest import STRIPE_BASE
 
 OL_BASE = "https://openlearning.test/v2.2"
@@ -508,6 +509,31 @@ def test_simultaneous_posts_of_one_token_open_one_order(app):
     for thread in threads:
         thread.join(30)
     assert results == [200] * 6
+    assert len(orders()) == 1
+    assert len(used_tokens()) == 1
+
+
+def test_a_post_that_finds_its_token_spent_meanwhile_shows_the_order(app, monkeypatch):
+    """The interleaving behind a rare failure of the test above: this post looks for the
+    token's order (none yet), then a simultaneous post of the same token opens the order and
+    spends the token, then this post finds the token used. It must show that order, not refuse
+    the learner with "already used"."""
+    token = sign(claims())
+    looked_up = openlearning._order_of_token
+    raced = []
+
+    def other_post_lands_right_after(jti):
+        found = looked_up(jti)
+        if not raced:
+            raced.append(True)
+            assert join(app.test_client(), token).status_code == 200
+        return found
+
+    monkeypatch.setattr(openlearning, "_order_of_token", other_post_lands_right_after)
+    response = join(app.test_client(), token)
+    assert response.status_code == 200
+    assert raced == [True]
+    assert f"/orders/{orders()[0].reference}/pay" in response.text
     assert len(orders()) == 1
     assert len(used_tokens()) == 1
 

@@ -722,9 +722,13 @@ def enrol():
         ) from exc
 
     order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
-    if order is None:
-        if _token_used(token.jti):
+    if order is None and _token_used(token.jti):
+        # A simultaneous post of this same token may have opened its order and spent the token
+        # since the look-up above (the order commits before the token does): look again.
+        order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
+        if order is None:
             raise CheckoutError(*REFUSALS["used"])
+    if order is None:
         order = open_order(token.draft(learner_locale()))
         _remember_token(token, order)
         if order.platform_ref != token.jti:
