@@ -12,9 +12,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +22,7 @@ from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
+from portal.branding.cache import Recent
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -123,11 +122,15 @@ def find_order(platform: str, platform_ref: str) -> Order | None:
         )
 
 
+def order_not_found() -> CheckoutError:
+    return CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+
+
 def load_order(reference: str) -> Order:
     with db.reader() as session:
         order = session.scalar(_BY_REFERENCE, {"reference": reference})
     if order is None:
-        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+        raise order_not_found()
     return order
 
 
@@ -156,28 +159,21 @@ class KeptOrders:
     `max_age` bounds it anyway (a transaction id comes round again after ~4 billion)."""
 
     def __init__(self, size: int = 256, max_age: float = 600.0):
-        self.size = size
         self.max_age = max_age
-        self._orders: OrderedDict[str, tuple[str, float, Order]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._orders = Recent(size)
 
     def get(self, reference: str, version: str) -> Order | None:
-        with self._lock:
-            entry = self._orders.get(reference)
-            if entry is None:
-                return None
-            if entry[0] != version or time.monotonic() - entry[1] > self.max_age:
-                del self._orders[reference]
-                return None
-            self._orders.move_to_end(reference)
-            return entry[2]
+        entry = self._orders.get(reference)
+        if entry is None:
+            return None
+        kept_version, kept_at, order = entry
+        if kept_version != version or time.monotonic() - kept_at > self.max_age:
+            self._orders.discard(reference)
+            return None
+        return order
 
     def put(self, reference: str, version: str, order: Order) -> None:
-        with self._lock:
-            self._orders[reference] = (version, time.monotonic(), order)
-            self._orders.move_to_end(reference)
-            while len(self._orders) > self.size:
-                self._orders.popitem(last=False)
+        self._orders.put(reference, (version, time.monotonic(), order))
 
     def __len__(self) -> int:
         return len(self._orders)
@@ -199,14 +195,14 @@ def view_order(reference: str) -> Order:
     with db.statements() as connection:
         version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
     if version is None:
-        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+        raise order_not_found()
     order = kept.get(reference, version)
     if order is not None:
         return order
     with db.reader() as session:
         row = session.execute(_WITH_VERSION_BY_REFERENCE, {"reference": reference}).first()
     if row is None:
-        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+        raise order_not_found()
     order, version = row
     order.row_version = version
     kept.put(reference, version, order)
@@ -414,8 +410,7 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
             },
         ).first()
     # The row as this update left it; if another click changed it first, as it is now.
-    prepared_order = Order(**row._mapping) if row is not None else None
-    return prepared_order if prepared_order is not None else reload(order)
+    return Order(**row._mapping) if row is not None else reload(order)
 
 
 def start_payment(services, reference: str, country: str | None = None) -> Next:

@@ -79,7 +79,38 @@ PAGES_EXTENSION = "portal.rendered_pages"
 PAGES_KEPT = 256
 
 
-class RenderedPages:
+class Recent:
+    """The last `size` values used in this process, by key: a lookup makes a value the newest,
+    and the oldest falls off the end. Thread-safe."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._values: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable):
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value) -> None:
+        with self._lock:
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while len(self._values) > self.size:
+                self._values.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class RenderedPages(Recent):
     """The last PAGES_KEPT learner pages rendered in this process, by a digest of everything
     they were rendered from (template, language, the order's columns, the brand, the published
     overrides' versions, the view's data). A page is the same for the same inputs, so there is
@@ -87,26 +118,7 @@ class RenderedPages:
     The CSRF token, the one part that differs per learner, is put in after the cache."""
 
     def __init__(self, size: int = PAGES_KEPT):
-        self.size = size
-        self._pages: OrderedDict[bytes, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> str | None:
-        with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-            return page
-
-    def put(self, key: bytes, page: str) -> None:
-        with self._lock:
-            self._pages[key] = page
-            self._pages.move_to_end(key)
-            while len(self._pages) > self.size:
-                self._pages.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._pages)
+        super().__init__(size)
 
 
 def init_pages(app: Flask) -> None:

@@ -39,7 +39,14 @@ from sqlalchemy.exc import IntegrityError
 
 from portal import jobs
 from portal.branding.render import render_learner
-from portal.checkout import CheckoutError, OrderDraft, find_order, load_order, open_order
+from portal.checkout import (
+    CheckoutError,
+    OrderDraft,
+    find_order,
+    load_order,
+    open_order,
+    order_not_found,
+)
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify, new_session
@@ -1133,10 +1140,10 @@ def cancelled(reference):
     from portal.views import REFERENCE, show_order
 
     if not REFERENCE.fullmatch(reference):
-        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+        raise order_not_found()
     order = load_order(reference)
     if order.platform != PLATFORM:
-        raise CheckoutError(404, N_("Order not found"), N_("We could not find this order."))
+        raise order_not_found()
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     return render_cleeng_review(order, cancelled=True)
