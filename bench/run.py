@@ -37,6 +37,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +228,19 @@ def python_get(url: str, seconds: int, connections: int, headers: dict | None = 
     return {"tool": "bench/loadgen.py", **figures.summary()}
 
 
+def combine(rounds: list[dict]) -> dict:
+    """One figure from several equal-length rounds: the mean rate, the median p50 and the
+    highest p99 (so a bad round's tail is not averaged away)."""
+    combined = dict(rounds[0])
+    combined["per_second"] = statistics.fmean(r["per_second"] for r in rounds)
+    combined["p50_ms"] = statistics.median(r["p50_ms"] for r in rounds)
+    combined["p99_ms"] = max(r["p99_ms"] for r in rounds)
+    for key in ("non_2xx", "failed"):
+        if key in combined and isinstance(combined[key], int):
+            combined[key] = sum(r.get(key, 0) for r in rounds)
+    return combined
+
+
 def get_rate(url: str, seconds: int, connections: int, headers: dict | None = None) -> dict:
     return wrk(url, seconds, connections, headers) or python_get(url, seconds, connections, headers)
 
@@ -345,6 +359,9 @@ def main() -> int:
         help="handoffs: learners arriving a second in the open-loop run (0: closed loop only)",
     )
     parser.add_argument("--connections", type=int, default=64, help="for the review page")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="review page and hello: interleaved rounds"
+    )
     parser.add_argument("--webhooks", type=int, default=6000)
     parser.add_argument("--webhook-clients", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="default: gunicorn.conf.py")
@@ -483,15 +500,35 @@ def main() -> int:
             returning = {"Cookie": cookie}
             get_rate(review_url, 2, args.connections)  # warm every worker
             get_rate(hello + "/", 2, args.connections)
-            results["review"] = get_rate(review_url, args.seconds, args.connections)
-            results["review_returning"] = get_rate(
-                review_url, args.seconds, args.connections, returning
-            )
-            results["hello"] = get_rate(hello + "/", args.seconds, args.connections)
-            for name in ("review", "review_returning"):
-                results[f"{name}_ratio"] = round(
-                    results[name]["per_second"] / results["hello"]["per_second"], 3
-                )
+            # Interleaved rounds: the three figures of a round are taken within seconds of each
+            # other, so a machine that slows down or speeds up over the run (a shared host)
+            # moves all three; each round gives its own ratios, and the median is reported.
+            targets = {
+                "review": (review_url, None),
+                "review_returning": (review_url, returning),
+                "hello": (hello + "/", None),
+            }
+            rounds = max(1, args.rounds)
+            seconds = max(2, round(args.seconds / rounds))
+            taken: dict[str, list[dict]] = {name: [] for name in targets}
+            for number in range(rounds):
+                names = list(targets)
+                names = names[number % 3 :] + names[: number % 3]  # no figure always first
+                for name in names:
+                    url, headers = targets[name]
+                    taken[name].append(get_rate(url, seconds, args.connections, headers))
+            for name in targets:
+                results[name] = combine(taken[name])
+            ratios = {
+                name: [
+                    mine["per_second"] / hello_round["per_second"]
+                    for mine, hello_round in zip(taken[name], taken["hello"], strict=True)
+                ]
+                for name in ("review", "review_returning")
+            }
+            for name, each in ratios.items():
+                results[f"{name}_ratio"] = round(statistics.median(each), 3)
+                results[f"{name}_ratio_rounds"] = [round(r, 3) for r in each]
             print_figures(
                 "review page (GET /orders/<ref>), a new visitor each time", results["review"]
             )
@@ -501,8 +538,11 @@ def main() -> int:
             )
             print_figures("bare Flask hello", results["hello"])
             print(
-                f"  review / hello ratio: new visitor {results['review_ratio']:.2f}, "
-                f"returning learner {results['review_returning_ratio']:.2f} (target >= 0.4)"
+                f"  review / hello ratio, median of {rounds} interleaved rounds of {seconds} s: "
+                f"new visitor {results['review_ratio']:.2f} "
+                f"({', '.join(f'{r:.2f}' for r in ratios['review'])}), "
+                f"returning learner {results['review_returning_ratio']:.2f} "
+                f"({', '.join(f'{r:.2f}' for r in ratios['review_returning'])}) (target >= 0.4)"
             )
 
         if "handoff" in only:

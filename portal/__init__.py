@@ -8,6 +8,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf import CSRFProtect
 
 from portal.config import ConfigError, load_settings, validate
@@ -58,6 +59,23 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     root.setLevel(level)
     # The Stripe SDK logs every request at INFO; portal.stripe already logs each call once.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer made once per key rather
+    than on every request (Flask builds a new one each time; it depends only on the keys)."""
+
+    def __init__(self):
+        self._serializers: dict = {}
+
+    def get_signing_serializer(self, app):
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        serializer = self._serializers.get(keys)
+        if serializer is None:
+            serializer = super().get_signing_serializer(app)
+            if serializer is not None:
+                self._serializers = {keys: serializer}  # a changed key replaces the old one
+        return serializer
 
 
 def serving_threads() -> int:
@@ -147,6 +165,7 @@ def create_app(config: dict | None = None) -> Flask:
         TEMPLATES_AUTO_RELOAD=False,
     )
 
+    app.session_interface = SessionInterface()
     from jinja2 import StrictUndefined
 
     app.jinja_env.undefined = StrictUndefined

@@ -12,6 +12,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -137,12 +138,17 @@ def load_order(reference: str) -> Order:
 # --- the pages of an order, read while the row has not changed -----------------------------------
 #
 # Learners reload the review page, come back to it from Stripe, keep it open in a tab. On
-# PostgreSQL each process keeps the orders it showed last with their row version (`xmin`, the
+# PostgreSQL each process keeps the orders it showed last, each with its row version (`xmin`, the
 # transaction that wrote the row as it is now: any UPDATE, from any process, host or psql prompt,
-# gives the row a new one), and a page asks the database only for that version: a one-column
-# index look-up instead of loading ~45 columns through the ORM. A different version loads the
-# row afresh (with its version, from the same read). On SQLite, which has no row version, every
-# page loads the row.
+# gives the row a new one).
+#
+# - While the process's order change listener is live (portal.order_changes: a trigger NOTIFYs
+#   every change to an order as it commits), a kept order is shown again without asking the
+#   database at all; the notification of a change drops it.
+# - Otherwise (the listener is connecting, reconnecting, or cannot hear), a page asks only for the
+#   row's version, a one-column index look-up, and loads the row again when it differs.
+#
+# On SQLite, which has neither, every page loads the row.
 
 KEPT_ORDERS_EXTENSION = "portal.kept_orders"
 _VERSION_BY_REFERENCE = select(literal_column("xmin::text")).where(
@@ -155,25 +161,84 @@ _WITH_VERSION_BY_REFERENCE = select(Order, literal_column("orders.xmin::text")).
 
 class KeptOrders:
     """The last `size` orders shown by this process, by reference, each with its row version.
-    An entry is only ever used for the version it was read with, so nothing needs expiring;
-    `max_age` bounds it anyway (a transaction id comes round again after ~4 billion)."""
 
-    def __init__(self, size: int = 256, max_age: float = 600.0):
+    Without a live listener an entry is only used for the version it was read with (`get`), so
+    nothing needs expiring; `max_age` bounds it anyway (a transaction id comes round again after
+    ~4 billion). With one, an entry read after the listener went live and with no change heard
+    for its order since the read began is `trusted`: used without asking, for at most
+    `trusted_for` seconds, until the listener hears of a change, or until it stops being live.
+    """
+
+    CHANGES_REMEMBERED = 4096
+
+    def __init__(self, size: int = 256, max_age: float = 600.0, trusted_for: float = 60.0):
         self.max_age = max_age
+        self.trusted_for = trusted_for
+        self.live = False
+        self.listener = None  # the ChangeListener this is subscribed to, once it is
         self._orders = Recent(size)
+        self._lock = threading.Lock()
+        self._sequence = 0  # counts what the listener heard: changes, and resets
+        self._changed_at: dict[str, int] = {}  # reference -> sequence of its last change
+        self._floor = 0  # a read that began before this may have missed a change
+
+    # --- what the listener tells (portal.order_changes) ----------------------------------------
+
+    def changed(self, reference: str) -> None:
+        with self._lock:
+            self._sequence += 1
+            if len(self._changed_at) >= self.CHANGES_REMEMBERED:
+                self._changed_at.clear()
+                self._floor = self._sequence
+            self._changed_at[reference] = self._sequence
+        self._orders.discard(reference)
+
+    def reset(self, live: bool) -> None:
+        with self._lock:
+            self._sequence += 1
+            self._floor = self._sequence
+            self._changed_at.clear()
+            self.live = live
+            self._orders.clear()
+
+    # --- what pages ask ---------------------------------------------------------------------------
+
+    def mark(self) -> int | None:
+        """Taken before reading an order: what `put` needs to know whether a change may have
+        been missed during the read. None while the listener is not live."""
+        return self._sequence if self.live else None
+
+    def trusted(self, reference: str) -> Order | None:
+        """The kept order, if the listener is live and has heard of no change since it was read."""
+        if not self.live:
+            return None
+        entry = self._orders.get(reference)
+        if entry is None:
+            return None
+        _version, kept_at, order, trusted = entry
+        if not trusted or time.monotonic() - kept_at > self.trusted_for:
+            return None
+        return order
 
     def get(self, reference: str, version: str) -> Order | None:
         entry = self._orders.get(reference)
         if entry is None:
             return None
-        kept_version, kept_at, order = entry
+        kept_version, kept_at, order, _trusted = entry
         if kept_version != version or time.monotonic() - kept_at > self.max_age:
             self._orders.discard(reference)
             return None
         return order
 
-    def put(self, reference: str, version: str, order: Order) -> None:
-        self._orders.put(reference, (version, time.monotonic(), order))
+    def put(self, reference: str, version: str, order: Order, mark: int | None = None) -> None:
+        with self._lock:
+            trusted = (
+                mark is not None
+                and self.live
+                and mark >= self._floor
+                and self._changed_at.get(reference, 0) <= mark
+            )
+        self._orders.put(reference, (version, time.monotonic(), order, trusted))
 
     def __len__(self) -> int:
         return len(self._orders)
@@ -192,20 +257,28 @@ def view_order(reference: str) -> Order:
         order = load_order(reference)
         order.row_version = None
         return order
-    with db.statements() as connection:
-        version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
-    if version is None:
-        raise order_not_found()
-    order = kept.get(reference, version)
+    if kept.listener is None and current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]:
+        kept.listener = db.order_changes()
+        kept.listener.subscribe(kept)
+    order = kept.trusted(reference)
     if order is not None:
         return order
+    mark = kept.mark()
+    if mark is None:
+        with db.statements() as connection:
+            version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
+        if version is None:
+            raise order_not_found()
+        order = kept.get(reference, version)
+        if order is not None:
+            return order
     with db.reader() as session:
         row = session.execute(_WITH_VERSION_BY_REFERENCE, {"reference": reference}).first()
     if row is None:
         raise order_not_found()
     order, version = row
     order.row_version = version
-    kept.put(reference, version, order)
+    kept.put(reference, version, order, mark)
     return order
 
 

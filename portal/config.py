@@ -230,6 +230,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "BRAND_NAME": ("Secure checkout", str),
     "BRAND_SUPPORT_EMAIL": (None, str),
     "BRANDING_CACHE_SECONDS": (5.0, _float),  # brands and published overrides, per process
+    "ORDER_CHANGE_LISTENER": (True, _bool),  # PostgreSQL: hear order changes (portal.order_changes)
     "SANDBOX_LATENCY_MS": (0, _int),
     "SANDBOX_FAULT_RATE": (0.0, _float),
     "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, float),  # negative: never deliver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,10 +80,11 @@ class Database:
         self.sessions: sessionmaker[Session] | None = None
         self.read_sessions: sessionmaker[Session] | None = None
         self.read_engine: Engine | None = None
+        self._changes = None
+        self._changes_lock = threading.Lock()
 
     def configure(self, url: str, *, pool_size: int = 10) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
+        self.dispose()
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Readers on PostgreSQL run in autocommit: a read is one round trip, not BEGIN, the
@@ -92,6 +94,25 @@ class Database:
             readers = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.read_engine = readers
         self.read_sessions = sessionmaker(readers, expire_on_commit=False)
+
+    def dispose(self) -> None:
+        """Stops the order change listener and closes every pooled connection."""
+        if self._changes is not None:
+            self._changes.stop()
+            self._changes = None
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def order_changes(self):
+        """This process's `portal.order_changes.ChangeListener` (PostgreSQL only, else None),
+        made on first use; its thread starts with its first subscriber."""
+        if self._changes is None and self.is_postgres:
+            from portal.order_changes import ChangeListener
+
+            with self._changes_lock:
+                if self._changes is None:
+                    self._changes = ChangeListener(self.engine)
+        return self._changes
 
     @property
     def is_postgres(self) -> bool:

@@ -129,17 +129,26 @@ def init_app(app) -> None:
         return render_error(500, *MESSAGES[500])
 
     policy = content_security_policy(app.config["PORTAL"])
+    defaults = [
+        ("Content-Security-Policy", policy),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "strict-origin-when-cross-origin"),
+        ("X-Frame-Options", "DENY"),
+        ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+    ]
+    if app.config["PREFERRED_URL_SCHEME"] == "https":
+        defaults.append(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
+    no_store = ("Cache-Control", "no-store")
+    learner_paths = ("/orders/", "/skilljar/", "/openlearning/", "/cleeng/")
 
     @app.after_request
     def security_headers(response):
+        # Each header only where the view did not set its own; one pass over the response's
+        # headers (Werkzeug's setdefault would scan them once per header).
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", policy)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-        if app.config["PREFERRED_URL_SCHEME"] == "https":
-            headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-        if request.path.startswith(("/orders/", "/skilljar/", "/openlearning/", "/cleeng/")):
-            headers.setdefault("Cache-Control", "no-store")
+        present = {name.lower() for name, _value in headers.items()}
+        wanted = defaults
+        if request.path.startswith(learner_paths):
+            wanted = [*defaults, no_store]
+        headers.extend([item for item in wanted if item[0].lower() not in present])
         return response

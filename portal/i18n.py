@@ -39,6 +39,7 @@ def languages() -> tuple[str, ...]:
     return (SOURCE_LANGUAGE, *[lang for lang in found if lang != SOURCE_LANGUAGE])
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(value: str | None) -> str | None:
     """A locale identifier Babel knows (`fr-CA` -> `fr_CA`), or None."""
     if not value:
@@ -56,12 +57,20 @@ def negotiate(platform_locale: str | None, accept_languages, default: str) -> st
     chosen = parse(platform_locale)
     if chosen:
         return chosen
-    preferred = [lang.replace("-", "_") for lang, _q in accept_languages or ()]
+    preferred = tuple(lang.replace("-", "_") for lang, _q in accept_languages or ())
     if preferred:
-        match = Locale.negotiate(preferred, _known_locales(), sep="_")
+        match = _negotiated(preferred)
         if match:
-            return str(match)
+            return match
     return parse(default) or SOURCE_LANGUAGE
+
+
+@functools.lru_cache(maxsize=1024)
+def _negotiated(preferred: tuple[str, ...]) -> str | None:
+    """Babel's choice among every locale it knows (a few hundred: worth asking once for each
+    browser preference list seen, not on every page)."""
+    match = Locale.negotiate(list(preferred), _known_locales(), sep="_")
+    return str(match) if match else None
 
 
 def language_for(locale: str | None) -> str:

@@ -322,11 +322,21 @@ def init_app(app) -> None:
         if isinstance(reference, str) and ORDER_REFERENCE.fullmatch(reference):
             order_reference_var.set(reference)
 
+    counters: dict[tuple, object] = {}  # each label set's child, looked up once
+    durations: dict[str, object] = {}
+
     @app.after_request
     def _count(response):
         endpoint = request.endpoint or "unmatched"
-        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        key = (endpoint, request.method, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = HTTP_REQUESTS.labels(endpoint, key[1], str(key[2]))
+        counter.inc()
         started = request.environ.get("portal.started")
         if started is not None:
-            HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+            duration = durations.get(endpoint)
+            if duration is None:
+                duration = durations[endpoint] = HTTP_DURATION.labels(endpoint)
+            duration.observe(time.perf_counter() - started)
         return response

@@ -120,8 +120,7 @@ def make_app(database_url, tmp_path):
         return app
 
     yield factory
-    if db.engine is not None:
-        db.engine.dispose()
+    db.dispose()
 
 
 @pytest.fixture

@@ -201,6 +201,15 @@ def test_the_rendered_pages_keep_only_the_newest():
 
 
 # --- orders kept by row version (PostgreSQL) -------------------------------------------------
+#
+# These are the pages without the order change listener (PORTAL_ORDER_CHANGE_LISTENER=0, or
+# while it connects or cannot hear): each page asks for the row's version. With the listener,
+# tests/test_order_changes.py.
+
+
+@pytest.fixture
+def versions_app(make_app):
+    return make_app(ORDER_CHANGE_LISTENER=False)
 
 
 def kept_orders(app):
@@ -214,15 +223,15 @@ def postgres_only(database_url):
         pytest.skip("the row version (xmin) is PostgreSQL's; SQLite loads the row every time")
 
 
-def test_an_unchanged_order_is_not_loaded_again(app, database_url, monkeypatch):
+def test_an_unchanged_order_is_not_loaded_again(versions_app, database_url, monkeypatch):
     postgres_only(database_url)
     from portal import checkout
 
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    client = app.test_client()
+    client = versions_app.test_client()
     first = client.get(f"/orders/{order.reference}")
     assert first.status_code == 200
-    assert len(kept_orders(app)) == 1
+    assert len(kept_orders(versions_app)) == 1
     loads = []
     original = db.reader
     monkeypatch.setattr(db, "reader", lambda: loads.append(1) or original())
@@ -233,16 +242,16 @@ def test_an_unchanged_order_is_not_loaded_again(app, database_url, monkeypatch):
     assert first.text.replace(CSRF.search(first.text).group(1), "T") == again.text.replace(
         token, "T"
     )
-    assert_token_is_valid(app, client, token)
-    assert isinstance(kept_orders(app), checkout.KeptOrders)
+    assert_token_is_valid(versions_app, client, token)
+    assert isinstance(kept_orders(versions_app), checkout.KeptOrders)
 
 
-def test_a_change_made_elsewhere_shows_on_the_next_page(app, database_url):
+def test_a_change_made_elsewhere_shows_on_the_next_page(versions_app, database_url):
     """Another host, or an operator at a psql prompt, changes the row with plain SQL (no
     updated_at, no ORM): its new row version means the page reads it again at once."""
     postgres_only(database_url)
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    client = app.test_client()
+    client = versions_app.test_client()
     assert "Introduction to Python" in client.get(f"/orders/{order.reference}").text
     other_host = make_engine(database_url)
     try:
@@ -265,11 +274,11 @@ def test_a_change_made_elsewhere_shows_on_the_next_page(app, database_url):
         other_host.dispose()
 
 
-def test_an_unknown_reference_is_still_a_404(app, database_url):
+def test_an_unknown_reference_is_still_a_404(versions_app, database_url):
     postgres_only(database_url)
-    answer = app.test_client().get("/orders/ord_doesnotexist0000")
+    answer = versions_app.test_client().get("/orders/ord_doesnotexist0000")
     assert answer.status_code == 404
-    assert len(kept_orders(app)) == 0
+    assert len(kept_orders(versions_app)) == 0
 
 
 def test_a_kept_order_is_used_only_for_its_own_version():

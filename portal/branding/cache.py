@@ -106,6 +106,10 @@ class Recent:
         with self._lock:
             self._values.pop(key, None)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
     def __len__(self) -> int:
         return len(self._values)
 

@@ -24,12 +24,13 @@ import html
 import logging
 import re
 import secrets
+import time
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
 from urllib.parse import quote, urlencode
 
-from flask import current_app, request, url_for
+from flask import current_app, g, request, session, url_for
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
@@ -37,6 +38,7 @@ from sqlalchemy import select, update
 from portal import i18n
 from portal.branding import brands
 from portal.branding import cache as branding_cache
+from portal.branding.cache import Recent
 from portal.branding.environment import (
     TEMPLATES_DIR,
     fixed_environment,
@@ -114,10 +116,27 @@ def money_formatter(currency: str, locale: str):
     return fmt
 
 
+# Signed CSRF tokens by the session's raw token, each reused for up to SIGNED_REUSE_SECONDS:
+# Flask-WTF signs afresh (with the time) on every page, though a token signed a minute ago is
+# as good for WTF_CSRF_TIME_LIMIT less a minute. A learner back on a page skips the signing.
+SIGNED_REUSE_SECONDS = 60.0
+_signed_tokens = Recent(4096)
+
+
 def _csrf_token() -> str:
     from flask_wtf.csrf import generate_csrf
 
-    return generate_csrf()
+    raw = session.get("csrf_token")
+    if raw is not None and "csrf_token" not in g:
+        kept = _signed_tokens.get(raw)
+        if kept is not None and time.monotonic() - kept[1] < SIGNED_REUSE_SECONDS:
+            g.csrf_token = kept[0]  # where generate_csrf keeps it for the rest of the request
+            return kept[0]
+    token = generate_csrf()
+    raw = session.get("csrf_token")
+    if raw is not None:
+        _signed_tokens.put(raw, (token, time.monotonic()))
+    return token
 
 
 def request_locale(settings: dict) -> str:
