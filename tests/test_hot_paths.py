@@ -58,6 +58,51 @@ def test_a_kept_page_carries_each_learners_own_csrf_token(app):
     assert branding_cache_mark() not in page_one + page_two
 
 
+def test_a_learner_back_on_a_page_gets_the_token_signed_for_them_a_moment_ago(app, monkeypatch):
+    """The signed CSRF token is reused for the same session's raw token for up to a minute (it
+    stays valid for WTF_CSRF_TIME_LIMIT less that minute), and signed afresh after."""
+    from portal.branding import render
+
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    learner, other = app.test_client(), app.test_client()
+    first = CSRF.search(learner.get(f"/orders/{order.reference}").text).group(1)
+    again = CSRF.search(learner.get(f"/orders/{order.reference}").text).group(1)
+    theirs = CSRF.search(other.get(f"/orders/{order.reference}").text).group(1)
+    assert again == first
+    assert theirs != first
+    assert_token_is_valid(app, learner, again)
+    assert_token_is_valid(app, other, theirs)
+    monkeypatch.setattr(render, "SIGNED_REUSE_SECONDS", 0.0)
+    time.sleep(1.1)  # itsdangerous signs with whole seconds
+    later = CSRF.search(learner.get(f"/orders/{order.reference}").text).group(1)
+    assert later != first
+    assert_token_is_valid(app, learner, later)
+    paid = learner.post(f"/orders/{order.reference}/cancel", data={"csrf_token": first})
+    assert paid.status_code == 303  # the earlier signature is still good
+
+
+def test_sessions_signed_with_a_rotated_key_are_read_and_a_new_key_is_used(make_app):
+    """The session serializer is made once per key set, not once per request; a new
+    SECRET_KEY (with the old one in SECRET_KEY_FALLBACKS) still reads existing cookies."""
+    app = make_app()
+    client = app.test_client()
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    token = CSRF.search(client.get(f"/orders/{order.reference}").text).group(1)
+    interface = app.session_interface
+    assert interface.get_signing_serializer(app) is interface.get_signing_serializer(app)
+    app.config["SECRET_KEY_FALLBACKS"] = [app.secret_key]
+    app.secret_key = "a-new-secret-key-for-the-rotation"
+    assert CSRF.search(client.get(f"/orders/{order.reference}").text).group(1)
+    with client.session_transaction() as stored:
+        assert stored.get("csrf_token")  # the old cookie was read with the fallback key
+    answer = client.post(
+        f"/orders/{order.reference}/cancel",
+        data={"csrf_token": CSRF.search(client.get(f"/orders/{order.reference}").text).group(1)},
+    )
+    assert answer.status_code == 303
+    assert token
+
+
 def branding_cache_mark() -> str:
     from portal.branding.render import CSRF_MARK
 

@@ -127,15 +127,16 @@ def _csrf_token() -> str:
     from flask_wtf.csrf import generate_csrf
 
     raw = session.get("csrf_token")
+    key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
     if raw is not None and "csrf_token" not in g:
-        kept = _signed_tokens.get(raw)
+        kept = _signed_tokens.get((key, raw))
         if kept is not None and time.monotonic() - kept[1] < SIGNED_REUSE_SECONDS:
             g.csrf_token = kept[0]  # where generate_csrf keeps it for the rest of the request
             return kept[0]
     token = generate_csrf()
     raw = session.get("csrf_token")
     if raw is not None:
-        _signed_tokens.put(raw, (token, time.monotonic()))
+        _signed_tokens.put((key, raw), (token, time.monotonic()))
     return token
 
 
