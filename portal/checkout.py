@@ -19,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from flask import current_app, has_app_context
-from sqlalchemy import bindparam, literal_column, select, update
+from sqlalchemy import bindparam, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
@@ -288,7 +288,8 @@ def reload(order: Order) -> Order:
 
 
 def transition(session, order_id: int, expected, new: OrderState, *, where=None, **values) -> bool:
-    """Compare-and-set: move the order to `new` only if it is still in one of `expected`."""
+    """Compare-and-set: move the order to `new` only if it is still in one of `expected`.
+    `session`: an ORM session or a Core connection (db.core_transaction), in a transaction."""
     expected = [expected] if isinstance(expected, str) else list(expected)
     conditions = [Order.id == order_id, Order.state.in_(expected)]
     if where is not None:
@@ -312,6 +313,7 @@ def transition(session, order_id: int, expected, new: OrderState, *, where=None,
 
 
 _UNKNOWN = object()
+_INSERT_ORDER = insert(Order.__table__).returning(*Order.__table__.c)
 
 
 def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
@@ -339,16 +341,22 @@ def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
         existing = find_learner_order(draft.platform, draft.learner_key)
     if existing is None:
         try:
-            with db.transaction() as session:
-                order = Order(
-                    platform=draft.platform,
-                    platform_ref=draft.platform_ref,
-                    learner_key=draft.learner_key,
-                    **values,
+            # Core, not the ORM's unit of work: one INSERT … RETURNING gives the row as stored
+            # (its reference, defaults and id), and its event commits with it.
+            with db.core_transaction() as connection:
+                row = connection.execute(
+                    _INSERT_ORDER,
+                    {
+                        "platform": draft.platform,
+                        "platform_ref": draft.platform_ref,
+                        "learner_key": draft.learner_key,
+                        **values,
+                    },
+                ).one()
+                order = Order(**row._mapping)
+                timeline.record(
+                    order.id, "state", "order opened", {"to": "open"}, session=connection
                 )
-                session.add(order)
-                session.flush()
-                timeline.record(order.id, "state", "order opened", {"to": "open"}, session=session)
             return order
         except IntegrityError:
             # Two first visits raced (the same reference, or the same learner and purchase);
@@ -581,9 +589,9 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
             N_("Payment is temporarily unavailable"),
             N_("We could not reach our payment provider. Please try again in a minute."),
         ) from exc
-    with db.transaction() as session:
+    with db.core_transaction() as connection:
         won = transition(
-            session,
+            connection,
             order.id,
             OrderState.OPEN,
             OrderState.PAYING,
