@@ -1,8 +1,8 @@
 """Serving benchmark: the portal under gunicorn against the sandbox stand-ins, beside a bare
 Flask "hello" app under the same gunicorn settings, all on loopback.
 
-    .venv/bin/python bench/run.py [--seconds 15] [--learners 200] [--latency-ms 200]
-                                  [--arrival-rate 100] [--workers N] [--threads N]
+    .venv/bin/python bench/run.py [--seconds 15] [--rounds 3] [--learners 200]
+                                  [--latency-ms 200] [--arrival-rate 100] [--workers N] [--threads N]
                                   [--worker-class gthread|gevent]
 
 Three gunicorn instances, each started with this repository's gunicorn.conf.py:
@@ -15,7 +15,9 @@ Three gunicorn instances, each started with this repository's gunicorn.conf.py:
 - bench/hello_app.py, with the portal's --workers/--threads/--worker-class.
 
 Prints: the review page of an existing order (requests/s, p50/p99, ratio to hello) for a new
-visitor and for the learner back with their session cookie, checkout handoffs (entry -> Skilljar
+visitor and for the learner back with their session cookie (the three taken in --rounds
+interleaved rounds, so a machine whose speed drifts moves all three alike; the median of the
+rounds' ratios is the figure), checkout handoffs (entry -> Skilljar
 fetch -> Stripe session -> redirect to Stripe) with --latency-ms on every upstream call, as a
 closed loop of --learners learners and as an open loop of --arrival-rate learners arriving a
 second (at most --learners at once), Stripe webhook ingestion (verified, stored,
