@@ -2,8 +2,8 @@
 Flask "hello" app under the same gunicorn settings, all on loopback.
 
     .venv/bin/python bench/run.py [--seconds 15] [--rounds 3] [--learners 200]
-                                  [--latency-ms 200] [--arrival-rate 100] [--workers N] [--threads N]
-                                  [--worker-class gthread|gevent]
+                                  [--latency-ms 200] [--arrival-rate 100] [--workers N]
+                                  [--threads N] [--worker-class gthread|gevent]
 
 Three gunicorn instances, each started with this repository's gunicorn.conf.py:
 

@@ -120,7 +120,7 @@ def money_formatter(currency: str, locale: str):
 # Flask-WTF signs afresh (with the time) on every page, though a token signed a minute ago is
 # as good for WTF_CSRF_TIME_LIMIT less a minute. A learner back on a page skips the signing.
 SIGNED_REUSE_SECONDS = 60.0
-_signed_tokens = Recent(4096)
+_signed_tokens = Recent(1024)  # ~0.5 MB at most: the learners of the last minute or so
 
 
 def _csrf_token() -> str:
