@@ -135,6 +135,22 @@ def load_order(reference: str) -> Order:
     return order
 
 
+_ROW_BY_REFERENCE = select(*Order.__table__.c).where(
+    Order.__table__.c.reference == bindparam("reference")
+)
+
+
+def read_order(reference: str) -> Order:
+    """The order for a path that only reads it and writes by id (Pay): one Core SELECT and an
+    `Order` made from the row, without the ORM's loading (a third of the cost). Never added to
+    a session, and its relationships are not loaded."""
+    with db.statements() as connection:
+        row = connection.execute(_ROW_BY_REFERENCE, {"reference": reference}).first()
+    if row is None:
+        raise order_not_found()
+    return Order(**row._mapping)
+
+
 # --- the pages of an order, read while the row has not changed -----------------------------------
 #
 # Learners reload the review page, come back to it from Stripe, keep it open in a tab. On
@@ -496,7 +512,7 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
 
 def start_payment(services, reference: str, country: str | None = None) -> Next:
     """The Pay button: reuse the open Checkout Session or create one; return where to go."""
-    order = load_order(reference)
+    order = read_order(reference)
     if order.is_paid:
         return Next(page="status", order=order)
     if order.state in {OrderState.CANCELLED, OrderState.PAYMENT_FAILED}:

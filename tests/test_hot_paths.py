@@ -453,3 +453,21 @@ def test_with_a_proxy_requests_works_it_out_per_call(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     session = http.new_session(2)
     assert session.trust_env is True
+
+
+def test_read_order_gives_the_same_order_as_the_orm_load(app):
+    """Pay reads its order with one Core SELECT (checkout.read_order): every column as the
+    ORM would load it, and an unknown reference is the same 404."""
+    from portal import checkout
+    from portal.checkout import CheckoutError
+
+    made = make_order(state=OrderState.PAYING)
+    loaded, read = checkout.load_order(made.reference), checkout.read_order(made.reference)
+    columns = [column.key for column in Order.__table__.columns]
+    assert {name: getattr(read, name) for name in columns} == {
+        name: getattr(loaded, name) for name in columns
+    }
+    assert read.is_paid == loaded.is_paid
+    with pytest.raises(CheckoutError) as missing:
+        checkout.read_order("ord_doesnotexist0000")
+    assert missing.value.status == 404
