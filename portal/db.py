@@ -98,7 +98,7 @@ class Database:
     def dispose(self) -> None:
         """Stops the order change listener and closes every pooled connection."""
         if self._changes is not None:
-            self._changes.stop()
+            self._changes.stop(wait=2.0)
             self._changes = None
         if self.engine is not None:
             self.engine.dispose()

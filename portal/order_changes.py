@@ -66,10 +66,15 @@ class ChangeListener:
         connection = self._connection
         return connection.info.backend_pid if connection is not None else None
 
-    def stop(self) -> None:
-        """Ends the thread, and with it its connection, within a quarter of a second (it is not
-        waited for): the engine is being replaced or closed."""
+    def stop(self, wait: float = 0.0) -> None:
+        """Ends the thread, and with it its connection, within a quarter of a second (the
+        engine is being replaced or closed), waiting up to `wait` seconds for that: a probe in
+        flight returns its pooled connection, and the listening connection is closed, before
+        the engine's pool is disposed (a connection left behind is never closed)."""
         self._stop.set()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
         self._set_live(False)
 
     # --- the thread -----------------------------------------------------------------------------

@@ -218,6 +218,21 @@ def test_a_listener_tells_its_subscribers_each_change_once_live(app, postgres, o
     assert subscriber.resets[-1] is False
 
 
+def test_disposing_the_database_closes_the_listeners_connection_first(app, postgres):
+    """The engine's pool is replaced on dispose; a connection the listener still held (or a
+    probe's, checked out of the old pool) would never be closed, and would be found open by
+    the garbage collector later."""
+    client = app.test_client()
+    open_and_go_live(app, client)
+    listener = db.order_changes()
+    connection = listener._connection
+    assert connection is not None
+    assert not connection.closed
+    db.dispose()
+    assert connection.closed
+    assert not listener._thread.is_alive()
+
+
 # --- what is trusted --------------------------------------------------------------------------
 
 
