@@ -19,7 +19,12 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", 5))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", 0))
 limit_request_line = 8190
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
+# Each worker proves it is alive by touching a file on every turn of its loop: on tmpfs that is a
+# memory write, on a disk-backed /tmp a metadata update (gunicorn's FAQ advises /dev/shm).
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or (
+    "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - mkstemp, unlinked at once
+)
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # One JSON object per request line: easy to ship to any log store.

@@ -62,7 +62,9 @@ def measure(label: str, requests: int, one, profile: int) -> None:
         for _ in range(min(requests, 200)):
             one()
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
+        pstats.Stats(profiler).sort_stats(
+            os.environ.get("CPU_PROFILE_SORT", "cumulative")
+        ).print_stats(profile)
 
 
 def main() -> int:
@@ -80,10 +82,7 @@ def main() -> int:
     sandbox_url = f"sqlite:///{workdir / 'sandbox.db'}"
     servers = Servers(workdir)
     try:
-        standins_env = {
-            **stand_ins_environment(workdir, sandbox_url),
-            "GUNICORN_ACCESSLOG": "/dev/null",
-        }
+        standins_env = stand_ins_environment(workdir, sandbox_url)
         init_db(standins_env)
         standins, _ = servers.gunicorn(
             "standins", "wsgi:app", standins_env, ["--workers", "2", "--threads", "16"]

@@ -21,7 +21,10 @@ rounds' ratios is the figure), checkout handoffs (entry -> Skilljar
 fetch -> Stripe session -> redirect to Stripe) with --latency-ms on every upstream call, as a
 closed loop of --learners learners and as an open loop of --arrival-rate learners arriving a
 second (at most --learners at once), Stripe webhook ingestion (verified, stored,
-de-duplicated) and each portal worker's resident memory. wrk (Debian's `wrk`) drives the
+de-duplicated) and each portal worker's resident memory. For handoffs and webhooks it also
+prints where the box's CPU went, per handoff or event completed: the portal, the stand-ins,
+PostgreSQL and the load generator, and the most that many milliseconds allow on this machine's
+cores (the throughput the CPU caps, whatever the worker model). wrk (Debian's `wrk`) drives the
 plain GETs when installed, bench/loadgen.py (asyncio) otherwise and for the flows that need
 cookies, forms and signatures. Bounded in time; only 127.0.0.1 is contacted.
 
@@ -38,6 +41,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -125,6 +129,7 @@ def stand_ins_environment(workdir: Path, sandbox_url: str) -> dict:
         "PORTAL_RATELIMIT_ENABLED": "0",
         "PORTAL_SANDBOX_WEBHOOK_DELAY_SECONDS": "-1",
         "PORTAL_LOG_FORMAT": "text",
+        "GUNICORN_ACCESSLOG": "",  # their requests are not the ones measured
     }
 
 
@@ -144,6 +149,64 @@ def worker_pids(master: int) -> list[int]:
     except OSError:
         return []
     return [int(pid) for pid in children]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process, all its threads; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class CpuMeter:
+    """Where the box's CPU goes during one measurement: each gunicorn instance given (its master
+    and workers), PostgreSQL (every `postgres` process on the machine, so the server should
+    serve nothing else meanwhile) and this process (the asyncio load generator). Processes that
+    end during the measurement take their CPU with them."""
+
+    def __init__(self, masters: dict[str, int]):
+        self.masters = masters
+
+    def read(self) -> dict[str, float]:
+        taken = {
+            name: sum(process_cpu(pid) for pid in [master, *worker_pids(master)])
+            for name, master in self.masters.items()
+        }
+        taken["PostgreSQL"] = sum(process_cpu(pid) for pid in postgres_pids())
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        taken["load generator"] = own.ru_utime + own.ru_stime
+        return taken
+
+    def per_item(self, before: dict[str, float], count: int) -> dict[str, float]:
+        """CPU milliseconds per item (handoff, event) of each part since `before`."""
+        after = self.read()
+        return {name: 1000 * (after[name] - before[name]) / max(1, count) for name in after}
+
+
+def print_cpu(what: str, per_item: dict[str, float]) -> None:
+    total = sum(per_item.values())
+    parts = ", ".join(f"{name} {ms:.1f}" for name, ms in per_item.items())
+    ceiling = 1000 * (os.cpu_count() or 1) / total if total else 0
+    print(
+        f"  CPU per {what} (ms): {parts}; {total:.1f} in all, so {os.cpu_count()} cores "
+        f"allow at most ~{ceiling:.0f}/s"
+    )
 
 
 def rss_mb(pid: int) -> float | None:
@@ -412,8 +475,6 @@ def main() -> int:
                 "2",
                 "--threads",
                 "64",
-                "--access-logfile",
-                "/dev/null",
                 "wsgi:app",
             ],
             cwd=ROOT,
@@ -554,7 +615,10 @@ def main() -> int:
             warm_args = argparse.Namespace(**{**vars(args), "seconds": 3})
             handoffs(portal, standins, purchases[: args.learners], warm_args)
             closed = purchases[args.learners : -int(args.seconds * args.arrival_rate) - 1]
+            meter = CpuMeter({"portal": portal_process.pid, "stand-ins": standins_process.pid})
+            before = meter.read()
             results["handoff"] = handoffs(portal, standins, closed, args)
+            results["handoff"]["cpu_ms"] = meter.per_item(before, results["handoff"]["done"])
             results["handoff"]["upstream_latency_ms"] = args.latency_ms
             results["handoff"]["learners"] = args.learners
             print_figures(
@@ -562,10 +626,15 @@ def main() -> int:
                 f"at once; {args.latency_ms} ms on every upstream call)",
                 results["handoff"],
             )
+            print_cpu("handoff", results["handoff"]["cpu_ms"])
             if args.arrival_rate:
                 unused = purchases[args.learners + results["handoff"]["done"] + 400 :]
+                before = meter.read()
                 results["handoff_arrivals"] = handoffs(
                     portal, standins, unused, args, rate=args.arrival_rate
+                )
+                results["handoff_arrivals"]["cpu_ms"] = meter.per_item(
+                    before, results["handoff_arrivals"]["done"]
                 )
                 results["handoff_arrivals"]["offered_per_second"] = args.arrival_rate
                 print_figures(
@@ -573,12 +642,16 @@ def main() -> int:
                     f"second, at most {args.learners} at once; {args.latency_ms} ms upstream)",
                     results["handoff_arrivals"],
                 )
+                print_cpu("handoff", results["handoff_arrivals"]["cpu_ms"])
             set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
             print("  targets: >= 100/s, p99 < 1500 ms")
 
         if "webhooks" in only:
             events = signed_events(args.webhooks, duplicates=0.1)
+            meter = CpuMeter({"portal": portal_process.pid})
+            before = meter.read()
             results["webhooks"] = webhooks(portal, events, args)
+            results["webhooks"]["cpu_ms"] = meter.per_item(before, results["webhooks"]["done"])
             engine = create_engine(normalise_url(database_url))
             with engine.connect() as connection:
                 stored = connection.scalar(select(func.count()).select_from(StripeEvent))
@@ -586,6 +659,7 @@ def main() -> int:
             results["webhooks"]["stored_distinct"] = stored
             print_figures("Stripe webhooks (verified, stored, de-duplicated)", results["webhooks"])
             print(f"  distinct events stored: {stored}; target >= 500/s")
+            print_cpu("event", results["webhooks"]["cpu_ms"])
 
         memory = [rss_mb(pid) for pid in worker_pids(portal_process.pid)]
         hello_memory = [rss_mb(pid) for pid in worker_pids(hello_pid)]

@@ -596,30 +596,49 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         capture_method=options.capture_method,
         incremental_authorization=options.incremental_authorization,
     )
+    # The create call's timeline event is written with the state change that follows it: one
+    # commit, not two. If the call fails, or that transaction does, the event is written alone.
+    calls: list = []
     try:
-        stripe_session = services.stripe.create_session(request, order_id=order.id)
+        stripe_session = services.stripe.create_session(
+            request, order_id=order.id, record=calls.append
+        )
     except UpstreamError as exc:
+        _record_calls(order.id, calls)
         log.warning("could not create a Checkout Session: %s", exc, extra={"order_id": order.id})
         raise CheckoutError(
             503,
             N_("Payment is temporarily unavailable"),
             N_("We could not reach our payment provider. Please try again in a minute."),
         ) from exc
-    with db.core_transaction() as connection:
-        won = transition(
-            connection,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
-            stripe_session_id=stripe_session["id"],
-            stripe_session_url=stripe_session["url"],
-        )
+    except Exception:
+        _record_calls(order.id, calls)
+        raise
+    try:
+        with db.core_transaction() as connection:
+            _record_calls(order.id, calls, connection)
+            won = transition(
+                connection,
+                order.id,
+                OrderState.OPEN,
+                OrderState.PAYING,
+                stripe_session_id=stripe_session["id"],
+                stripe_session_url=stripe_session["url"],
+            )
+    except Exception:
+        _record_calls(order.id, calls)  # rolled back with the transaction
+        raise
     if not won:
         order = reload(order)
         if order.state == OrderState.PAYING and order.stripe_session_id == stripe_session["id"]:
             return Next(redirect_url=stripe_session["url"], order=order)  # the other click won
         return Next(page="status", order=order)
     return Next(redirect_url=stripe_session["url"], order=order)
+
+
+def _record_calls(order_id: int, calls: list, connection=None) -> None:
+    for call in calls:
+        timeline.record_call(order_id, call, session=connection)
 
 
 # --- payment results ----------------------------------------------------------------------------

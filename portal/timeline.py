@@ -41,7 +41,8 @@ def record(
         log.exception("could not write timeline event", extra={"order_id": order_id})
 
 
-def record_call(order_id: int, call: CallRecord) -> None:
+def record_call(order_id: int, call: CallRecord, session=None) -> None:
+    """An external call's event; `session` as for `record`."""
     outcome = call.status if call.status is not None else call.error
     record(
         order_id,
@@ -49,4 +50,5 @@ def record_call(order_id: int, call: CallRecord) -> None:
         f"{call.method} {call.url} -> {outcome}",
         {"method": call.method, "url": call.url, "status": call.status, "error": call.error},
         call.duration_ms,
+        session=session,
     )

@@ -13,9 +13,11 @@ import pytest
 import requests
 import responses
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+from portal import checkout
 from portal.db import db
-from portal.models import Job, Order, OrderState
+from portal.models import Job, Order, OrderEvent, OrderState
 from tests.conftest import SKILLJAR_BASE, STRIPE_BASE
 
 PURCHASE_URL = f"{SKILLJAR_BASE}/v1/purchases/p1abc"
@@ -162,6 +164,49 @@ def test_malformed_purchase_amount_is_refused(client, mocked, purchase):
 
 
 # --- paying ---------------------------------------------------------------------------------------
+
+
+def order_events() -> list[tuple[str, str]]:
+    with db.reader() as session:
+        rows = session.execute(select(OrderEvent.kind, OrderEvent.message).order_by(OrderEvent.id))
+        return [tuple(row) for row in rows]
+
+
+def test_the_create_call_is_in_the_timeline_with_the_state_change(
+    client, mocked, purchase, checkout_session
+):
+    review = open_review(client, mocked, purchase)
+    assert pay(client, mocked, review.text, checkout_session).status_code == 303
+    assert order_events()[-2:] == [
+        ("http", "STRIPE checkout.sessions.create -> 200"),
+        ("state", "-> paying"),
+    ]
+
+
+def test_a_failed_create_call_is_in_the_timeline(client, mocked, purchase):
+    review = open_review(client, mocked, purchase)
+    mocked.post(SESSIONS_URL, json={"error": {"type": "invalid_request_error"}}, status=400)
+    reference = order_row().reference
+    response = client.post(f"/orders/{reference}/pay", data={"csrf_token": csrf(review.text)})
+    assert response.status_code == 503
+    assert order_events()[-1] == ("http", "STRIPE checkout.sessions.create -> 400")
+    assert order_row().state == OrderState.OPEN
+
+
+def test_the_create_call_stays_in_the_timeline_when_its_transaction_fails(
+    client, mocked, purchase, checkout_session, monkeypatch
+):
+    review = open_review(client, mocked, purchase)
+
+    def lost_database(*args, **kwargs):
+        raise OperationalError("UPDATE orders", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(checkout, "transition", lost_database)
+    response = pay(client, mocked, review.text, checkout_session)
+    assert response.status_code == 503
+    assert "Traceback" not in response.text
+    assert order_events()[-1] == ("http", "STRIPE checkout.sessions.create -> 200")
+    assert order_row().state == OrderState.OPEN
 
 
 def test_pay_creates_one_checkout_session_from_the_platform_amounts(
