@@ -99,7 +99,19 @@ def init_app(app) -> None:
 
     @app.errorhandler(MoneyError)
     def money_error(error: MoneyError):
-        return render_error(400, N_("This amount cannot be paid"), str(error))
+        # The detail ("'78.401' has more decimals than USD allows") is for developers and the
+        # log; the learner reads what it means for them, in their language.
+        current_app.logger.warning("amount refused: %s", error)
+        if wants_json():
+            return render_error(400, "This amount cannot be paid", str(error))
+        return render_error(
+            400,
+            N_("This amount cannot be paid"),
+            N_(
+                "The amount we were given for this purchase is not one we can charge. You have "
+                "not been charged. Please go back and try again, or contact support."
+            ),
+        )
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):

@@ -98,3 +98,40 @@ def test_every_learner_error_text_raised_in_python_is_marked_for_the_catalogue()
     config = (ROOT / "babel.cfg").read_text()
     for module in ("portal/checkout.py", "portal/errors.py", "portal/platforms/*.py"):
         assert f"[python: {module}]" in config
+
+
+def raise_money_error():
+    from portal.money import to_minor
+
+    return str(to_minor("78.401", "usd"))  # three decimals: USD has two
+
+
+def test_a_refused_amount_is_explained_to_the_learner_in_their_language(make_app):
+    app = make_app()
+    app.add_url_rule("/test-money-error", view_func=raise_money_error)
+    client = app.test_client()
+    page = client.get("/test-money-error", headers=FRENCH)
+    assert page.status_code == 400
+    assert "<h1>Ce montant ne peut pas être payé</h1>" in page.text
+    assert "Aucun montant ne vous a été débité." in page.text
+    assert "78.401" not in page.text  # the developer's detail stays in the log
+    english = client.get("/test-money-error")
+    assert "You have not been charged." in english.text
+    answer = client.get("/test-money-error", headers={"Accept": "application/json"})
+    assert answer.status_code == 400
+    assert "78.401" in answer.json["error"]["message"]
+
+
+def test_the_sandbox_bar_speaks_the_learners_language(make_app, tmp_path):
+    app = make_app(
+        SANDBOX="1",
+        SANDBOX_DATABASE_URL=f"sqlite:///{tmp_path / 'sandbox.db'}",
+        PUBLIC_URL="http://127.0.0.1:8000",  # the sandbox's own return URLs are plain http here
+    )
+    client = app.test_client()
+    french = client.get("/orders/ord_doesnotexist123/status", headers=FRENCH)
+    assert 'aria-label="Bac à sable"' in french.text
+    assert "Mode bac à sable : aucun argent réel ne circule." in french.text
+    assert "Sandbox mode" not in french.text
+    english = client.get("/orders/ord_doesnotexist123/status")
+    assert "Sandbox mode: no real money moves." in english.text
