@@ -81,8 +81,9 @@ class Next:
 
 
 # Built once: every page of an order and every entry runs one of these.
-_BY_PLATFORM_REF = select(Order).where(
-    Order.platform == bindparam("platform"), Order.platform_ref == bindparam("platform_ref")
+_ROW_BY_PLATFORM_REF = select(*Order.__table__.c).where(
+    Order.__table__.c.platform == bindparam("platform"),
+    Order.__table__.c.platform_ref == bindparam("platform_ref"),
 )
 _BY_REFERENCE = select(Order).where(Order.reference == bindparam("reference"))
 
@@ -117,10 +118,14 @@ def find_learner_order(platform: str, learner_key: str) -> Order | None:
 
 
 def find_order(platform: str, platform_ref: str) -> Order | None:
-    with db.reader() as session:
-        return session.scalar(
-            _BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
-        )
+    """The order of a platform's purchase, or None. Every entry page asks, and for a new
+    purchase the answer is None: one Core SELECT, and an `Order` made from the row as
+    `read_order` makes one (never added to a session; its relationships are not loaded)."""
+    with db.statements() as connection:
+        row = connection.execute(
+            _ROW_BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
+        ).first()
+    return Order(**row._mapping) if row is not None else None
 
 
 def order_not_found() -> CheckoutError:
