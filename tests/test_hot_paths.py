@@ -471,3 +471,19 @@ def test_read_order_gives_the_same_order_as_the_orm_load(app):
     with pytest.raises(CheckoutError) as missing:
         checkout.read_order("ord_doesnotexist0000")
     assert missing.value.status == 404
+
+
+def test_find_order_gives_the_same_order_as_the_orm_load(app):
+    """Entry pages look up the purchase's order with one Core SELECT (checkout.find_order):
+    every column as the ORM would load it, and None for a purchase without one."""
+    from portal import checkout
+
+    made = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    loaded = checkout.load_order(made.reference)
+    found = checkout.find_order(made.platform, made.platform_ref)
+    columns = [column.key for column in Order.__table__.columns]
+    assert {name: getattr(found, name) for name in columns} == {
+        name: getattr(loaded, name) for name in columns
+    }
+    assert checkout.find_order(made.platform, "no-such-purchase") is None
+    assert checkout.find_order("openlearning", made.platform_ref) is None  # another platform's
