@@ -19,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from flask import current_app, has_app_context
-from sqlalchemy import bindparam, insert, literal_column, select, update
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
@@ -32,6 +32,7 @@ from portal.money import normalise_currency, percent_of
 from portal.stripe_gateway import CheckoutRequest
 
 log = logging.getLogger("portal.checkout")
+_ORDERS = Order.__table__
 
 # A prepared attempt must leave Stripe this long (its minimum is 30 minutes) before it expires.
 MIN_SESSION_LIFETIME = timedelta(minutes=31)
@@ -308,26 +309,82 @@ def reload(order: Order) -> Order:
         return session.get(Order, order.id)
 
 
-def transition(session, order_id: int, expected, new: OrderState, *, where=None, **values) -> bool:
+def transition(
+    session, order_id: int, expected, new: OrderState, *, where=None, before=(), **values
+) -> bool:
     """Compare-and-set: move the order to `new` only if it is still in one of `expected`.
-    `session`: an ORM session or a Core connection (db.core_transaction), in a transaction."""
-    expected = [expected] if isinstance(expected, str) else list(expected)
-    conditions = [Order.id == order_id, Order.state.in_(expected)]
+    `session`: an ORM session or a Core connection; a transaction unless, on PostgreSQL, this is
+    all it writes (db.statements: the one statement is atomic on its own).
+    `before`: timeline events (`timeline.event`, `timeline.call_event`) that led here, such as
+    the call whose answer is being stored, written whatever the outcome, ahead of the state
+    event. On PostgreSQL all of it is one statement (see `_transition_statement`)."""
+    expected = tuple([expected] if isinstance(expected, str) else expected)
+    moved = timeline.event(
+        order_id, "state", f"-> {new}", {"from": sorted(str(s) for s in expected), "to": str(new)}
+    )
+    if _dialect_name(session) == "postgresql":
+        statement = _transition_statement(expected, new, tuple(values), len(before), where)
+        params = {
+            "order_id": order_id,
+            "now": moved["created_at"],
+            **{f"set_{name}": value for name, value in values.items()},
+            **timeline.bind_events("b", list(before)),
+            **timeline.bind_events("a", [moved]),
+        }
+        return session.execute(statement, params).scalar_one() == 1
+    for event in before:
+        timeline.write(event, session)
+    conditions = [_ORDERS.c.id == order_id, _ORDERS.c.state.in_(expected)]
     if where is not None:
         conditions.append(where)
     result = session.execute(  # the table, not the ORM entity: no session objects to update
-        update(Order.__table__).where(*conditions).values(state=new, updated_at=utcnow(), **values)
+        update(_ORDERS).where(*conditions).values(state=new, updated_at=utcnow(), **values)
     )
     if result.rowcount == 1:
-        timeline.record(
-            order_id,
-            "state",
-            f"-> {new}",
-            {"from": sorted(str(s) for s in expected), "to": str(new)},
-            session=session,
-        )
+        timeline.write(moved, session)
         return True
     return False
+
+
+_TRANSITIONS: dict = {}
+
+
+def _transition_statement(expected: tuple, new: str, names: tuple, before: int, where):
+    """PostgreSQL: the compare-and-set UPDATE and its timeline events in one statement, a
+    data-modifying CTE (one round trip, not one per event). It answers how many rows changed.
+    Built once for each shape (an extra `where` is an expression: that one is built each time,
+    and SQLAlchemy's compiled cache still serves its SQL)."""
+    key = (expected, new, names, before)
+    statement = _TRANSITIONS.get(key) if where is None else None
+    if statement is None:
+        conditions = [_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.state.in_(expected)]
+        if where is not None:
+            conditions.append(where)
+        changed = (
+            update(_ORDERS)
+            .where(*conditions)
+            .values(
+                state=new,
+                updated_at=bindparam("now"),
+                **{name: bindparam(f"set_{name}") for name in names},
+            )
+            .returning(_ORDERS.c.id)
+            .cte("changed")
+        )
+        statement = (
+            select(func.count())
+            .select_from(changed)
+            .add_cte(timeline.logged_with(changed, before, 1))
+        )
+        if where is None:
+            _TRANSITIONS[key] = statement
+    return statement
+
+
+def _dialect_name(session) -> str:
+    """The database behind an ORM session or a Core connection."""
+    dialect = getattr(session, "dialect", None)  # a Core connection has one
+    return (dialect or session.get_bind().dialect).name
 
 
 # --- opening an order -------------------------------------------------------------------------
@@ -335,6 +392,33 @@ def transition(session, order_id: int, expected, new: OrderState, *, where=None,
 
 _UNKNOWN = object()
 _INSERT_ORDER = insert(Order.__table__).returning(*Order.__table__.c)
+_OPENING: dict = {}
+
+
+def _insert_order(values: dict) -> Order:
+    """The new order, as stored (its reference, defaults and id), with its first timeline event,
+    committed together. Core, not the ORM's unit of work. On PostgreSQL one statement: the
+    INSERT … RETURNING is a data-modifying CTE and the event is INSERTed from its row."""
+    opened = timeline.event(None, "state", "order opened", {"to": "open"})
+    with db.statements() as connection:
+        if not db.is_postgres:  # a transaction (db.statements): both or neither
+            row = connection.execute(_INSERT_ORDER, values).one()
+            timeline.write({**opened, "order_id": row.id}, connection)
+            return Order(**row._mapping)
+        names = tuple(values)
+        statement = _OPENING.get(names)
+        if statement is None:
+            inserted = (
+                insert(_ORDERS)
+                .values({name: bindparam(f"o_{name}") for name in names})
+                .returning(*_ORDERS.c)
+                .cte("opened")
+            )
+            statement = select(inserted).add_cte(timeline.logged_with(inserted, 0, 1))
+            _OPENING[names] = statement
+        params = {f"o_{name}": value for name, value in values.items()}
+        row = connection.execute(statement, {**params, **timeline.bind_events("a", [opened])})
+        return Order(**row.one()._mapping)
 
 
 def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
@@ -362,23 +446,14 @@ def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
         existing = find_learner_order(draft.platform, draft.learner_key)
     if existing is None:
         try:
-            # Core, not the ORM's unit of work: one INSERT … RETURNING gives the row as stored
-            # (its reference, defaults and id), and its event commits with it.
-            with db.core_transaction() as connection:
-                row = connection.execute(
-                    _INSERT_ORDER,
-                    {
-                        "platform": draft.platform,
-                        "platform_ref": draft.platform_ref,
-                        "learner_key": draft.learner_key,
-                        **values,
-                    },
-                ).one()
-                order = Order(**row._mapping)
-                timeline.record(
-                    order.id, "state", "order opened", {"to": "open"}, session=connection
-                )
-            return order
+            return _insert_order(
+                {
+                    "platform": draft.platform,
+                    "platform_ref": draft.platform_ref,
+                    "learner_key": draft.learner_key,
+                    **values,
+                }
+            )
         except IntegrityError:
             # Two first visits raced (the same reference, or the same learner and purchase);
             # the other one created it.
@@ -459,7 +534,6 @@ def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
 
 
 # Built once: the next attempt fixed in the row, and the row as it then is.
-_ORDERS = Order.__table__
 _PREPARE_ATTEMPT = (
     update(_ORDERS)
     .where(
@@ -601,8 +675,8 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         capture_method=options.capture_method,
         incremental_authorization=options.incremental_authorization,
     )
-    # The create call's timeline event is written with the state change that follows it: one
-    # commit, not two. If the call fails, or that transaction does, the event is written alone.
+    # The create call's timeline event is written with the state change that follows it (on
+    # PostgreSQL in the same statement). If the call fails, or that write does, it is written alone.
     calls: list = []
     try:
         stripe_session = services.stripe.create_session(
@@ -620,13 +694,13 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         _record_calls(order.id, calls)
         raise
     try:
-        with db.core_transaction() as connection:
-            _record_calls(order.id, calls, connection)
+        with db.statements() as connection:  # on PostgreSQL, one statement: atomic on its own
             won = transition(
                 connection,
                 order.id,
                 OrderState.OPEN,
                 OrderState.PAYING,
+                before=[timeline.call_event(order.id, call) for call in calls],
                 stripe_session_id=stripe_session["id"],
                 stripe_session_url=stripe_session["url"],
             )
@@ -641,9 +715,9 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
     return Next(redirect_url=stripe_session["url"], order=order)
 
 
-def _record_calls(order_id: int, calls: list, connection=None) -> None:
+def _record_calls(order_id: int, calls: list) -> None:
     for call in calls:
-        timeline.record_call(order_id, call, session=connection)
+        timeline.record_call(order_id, call)
 
 
 # --- payment results ----------------------------------------------------------------------------

@@ -125,13 +125,6 @@ class Database:
             yield session
 
     @contextmanager
-    def core_transaction(self):
-        """A Core connection (no ORM) whose statements commit together at the end of the block,
-        or roll back on error: for hot paths that write a few prebuilt statements at once."""
-        with self.engine.begin() as connection:
-            yield connection
-
-    @contextmanager
     def reader(self):
         """A session for reads only (never for writes: on PostgreSQL it runs in autocommit)."""
         with self.read_sessions() as session:
