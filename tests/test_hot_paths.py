@@ -487,3 +487,52 @@ def test_find_order_gives_the_same_order_as_the_orm_load(app):
     }
     assert checkout.find_order(made.platform, "no-such-purchase") is None
     assert checkout.find_order("openlearning", made.platform_ref) is None  # another platform's
+
+
+def test_an_order_from_a_row_is_the_order_the_constructor_makes(app):
+    """checkout.order_from_row skips the constructor's attribute events, not what it makes: the
+    same columns, a transient instance outside any session, and attributes that can be set."""
+    from sqlalchemy import inspect
+
+    from portal import checkout
+
+    made = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    with db.statements() as connection:
+        row = connection.execute(select(*Order.__table__.c).where(Order.id == made.id)).one()
+    built, constructed = checkout.order_from_row(row), Order(**row._mapping)
+    columns = [column.key for column in Order.__table__.columns]
+    assert {name: getattr(built, name) for name in columns} == {
+        name: getattr(constructed, name) for name in columns
+    }
+    assert isinstance(built, Order)
+    assert (built.total_minor, built.is_paid) == (constructed.total_minor, False)
+    state = inspect(built)
+    assert state.transient
+    assert state.session is None
+    built.row_version = "123"
+    built.state = OrderState.PAYING
+    assert (built.row_version, built.state) == ("123", OrderState.PAYING)
+    with db.reader() as session:  # the row itself is untouched
+        assert session.get(Order, made.id).state == OrderState.OPEN
+
+
+def test_an_order_from_a_row_works_before_the_orm_has_loaded_anything():
+    """In a new process the mappers are configured by the first ORM use; an order built from a
+    row may come first (an entry page before any other query) and must read as usual."""
+    import subprocess
+    import sys
+
+    script = (
+        "from types import SimpleNamespace\n"
+        "from portal.checkout import order_from_row\n"
+        "from portal.models import Order\n"
+        "row = SimpleNamespace(_mapping={c.key: None for c in Order.__table__.columns})\n"
+        "row._mapping.update(id=7, state='paid', amount_minor=100, tax_minor=5)\n"
+        "order = order_from_row(row)\n"
+        "print(order.id, order.is_paid, order.total_minor)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "True", "105"]
