@@ -67,20 +67,28 @@ def draft(ref: str = "p-one-statement") -> OrderDraft:
     )
 
 
-def test_a_won_transition_writes_the_call_then_the_state_change(app):
-    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    earlier = events_of(order.id)
+def to_paying(order: Order, **values) -> bool:
+    """Pay's compare-and-set, open -> paying, with the create call that led to it, on a
+    connection of its own (db.statements: on PostgreSQL the one statement commits as it runs)."""
     with db.statements() as connection:
-        won = transition(
+        return transition(
             connection,
             order.id,
             OrderState.OPEN,
             OrderState.PAYING,
             before=[timeline.call_event(order.id, CALL)],
-            stripe_session_id="cs_test_one",
-            stripe_session_url="https://checkout.stripe.test/c/pay/cs_test_one",
+            **values,
         )
-    assert won is True
+
+
+def test_a_won_transition_writes_the_call_then_the_state_change(app):
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    earlier = events_of(order.id)
+    assert to_paying(
+        order,
+        stripe_session_id="cs_test_one",
+        stripe_session_url="https://checkout.stripe.test/c/pay/cs_test_one",
+    )
     assert only_new(order.id, earlier) == [
         (
             "http",
@@ -100,16 +108,7 @@ def test_a_won_transition_writes_the_call_then_the_state_change(app):
 def test_a_lost_transition_keeps_the_call_but_changes_nothing(app):
     order = make_order(state=OrderState.CANCELLED, stripe_session_id=None)
     earlier = events_of(order.id)
-    with db.statements() as connection:
-        won = transition(
-            connection,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
-            before=[timeline.call_event(order.id, CALL)],
-            stripe_session_id="cs_test_lost",
-        )
-    assert won is False
+    assert to_paying(order, stripe_session_id="cs_test_lost") is False
     assert [kind for kind, *_ in only_new(order.id, earlier)] == ["http"]
     assert state_of(order.id) == OrderState.CANCELLED
 
@@ -147,15 +146,8 @@ def test_an_extra_condition_decides_the_transition(app):
 def test_a_transition_that_fails_writes_none_of_its_events(app):
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
     earlier = events_of(order.id)
-    with pytest.raises(IntegrityError), db.statements() as connection:
-        transition(
-            connection,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
-            before=[timeline.call_event(order.id, CALL)],
-            reference=None,  # NOT NULL: the whole write fails
-        )
+    with pytest.raises(IntegrityError):
+        to_paying(order, reference=None)  # NOT NULL: the whole write fails
     assert only_new(order.id, earlier) == []
     assert state_of(order.id) == OrderState.OPEN
 
@@ -164,14 +156,8 @@ def test_on_postgresql_a_transition_and_its_events_are_one_statement(app, databa
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no data-modifying CTE: a transaction of three statements")
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    with counted_statements() as sent, db.statements() as connection:
-        assert transition(
-            connection,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
-            before=[timeline.call_event(order.id, CALL)],
-        )
+    with counted_statements() as sent:
+        assert to_paying(order)
     assert len(sent) == 1
 
 
