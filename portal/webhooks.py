@@ -7,7 +7,9 @@ its answer quickly. Database trouble answers 503 so that Stripe delivers again l
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 
 import stripe
 from flask import Blueprint, current_app, jsonify, request
@@ -35,15 +37,40 @@ SESSION_EVENTS = {
 HANDLED = SESSION_EVENTS | {"charge.refunded", "charge.dispute.created"}
 
 
-def verify(payload: bytes, signature: str | None, secrets: tuple[str, ...]):
-    """The event if any configured secret (rotation: old and new) signed it, else None."""
+@dataclass(frozen=True)
+class Event:
+    """What the handler reads of a verified Stripe event: its id, its type and its
+    `data.object`, as the JSON Stripe signed."""
+
+    id: str
+    type: str
+    object: dict
+
+
+def verify(payload: bytes, signature: str | None, secrets: tuple[str, ...]) -> Event | None:
+    """The event if any configured secret (rotation: old and new) signed it, else None; a
+    ValueError if the signed body is not an event. The SDK checks the signature and its
+    timestamp; the body is read as plain JSON, not turned into the SDK's tree of
+    `StripeObject`s, which the handler would only turn back into dicts (~300 µs an event, ten
+    times the check and the parse together)."""
     if not signature:
         return None
+    text = payload.decode("utf-8")  # UnicodeDecodeError is a ValueError
     for secret in secrets:
         try:
-            return stripe.Webhook.construct_event(payload, signature, secret, TOLERANCE_SECONDS)
+            stripe.WebhookSignature.verify_header(text, signature, secret, TOLERANCE_SECONDS)
         except stripe.SignatureVerificationError:
             continue
+        body = json.loads(text)
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(name), str) for name in ("id", "type")
+        ):
+            raise ValueError("a signed body that is not a Stripe event")
+        data = body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict):
+            raise ValueError("a signed event without data.object")
+        return Event(body["id"], body["type"], obj)
     return None
 
 
@@ -80,7 +107,7 @@ def handle_event(services, event) -> tuple[str, int | None]:
     """Apply one verified event; returns (what happened, order id)."""
     if event.type not in HANDLED:
         return "ignored: event type not handled", None
-    obj = event.data.object.to_dict()
+    obj = event.object
     if event.type in SESSION_EVENTS:
         # Ours? (The order row exists before its Checkout Session is created, so this holds even
         # while the order's own commit of the session id is still on its way.) Sessions of other

@@ -3,6 +3,8 @@ the webhook racing the learner's own return. Stripe's re-fetch is stood in by `r
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -155,6 +157,52 @@ def test_bad_or_stale_signature_is_400_logged_and_changes_nothing(
     assert count(StripeEvent) == 0
     assert count(Job) == 0
     assert len(mocked.calls) == 0  # not even Stripe was asked
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[1, 2]",
+        '{"type": "checkout.session.completed", "data": {"object": {}}}',
+        '{"id": "evt_1", "type": "checkout.session.completed"}',
+        '{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": "cs_1"}}',
+        b'{"id": "evt_\xff"}',
+    ],
+)
+def test_a_signed_body_that_is_not_an_event_is_400_and_changes_nothing(client, mocked, body):
+    """Signed with our secret (so not an outsider's), yet not a Stripe event: refused as bad,
+    nothing stored and nobody called, never a 500."""
+    payload = body if isinstance(body, bytes) else body.encode()
+    timestamp = int(time.time())  # signed over the raw bytes, as Stripe signs
+    digest = hmac.new(b"whsec_unit_1", f"{timestamp}.".encode() + payload, hashlib.sha256)
+    signature = f"t={timestamp},v1={digest.hexdigest()}"
+    response = client.post(
+        "/webhooks/stripe",
+        data=payload,
+        content_type="application/json",
+        headers={"Stripe-Signature": signature},
+    )
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "bad_signature"
+    assert count(StripeEvent) == 0
+    assert len(mocked.calls) == 0
+
+
+def test_a_verified_event_is_read_as_the_json_stripe_signed():
+    """verify gives the id, the type and data.object as plain JSON (nested objects as dicts)."""
+    from portal.webhooks import Event, verify
+
+    obj = {"id": "cs_1", "object": "checkout.session", "metadata": {"order_reference": "ord_1"}}
+    payload = json.dumps(
+        {"id": "evt_9", "type": "checkout.session.completed", "data": {"object": obj}}
+    )
+    header = sign(payload, "whsec_unit_2")
+    assert verify(payload.encode(), header, ("whsec_unit_1", "whsec_unit_2")) == Event(
+        "evt_9", "checkout.session.completed", obj
+    )
+    assert verify(payload.encode(), header, ("whsec_unit_1",)) is None
+    assert verify(payload.encode(), None, ("whsec_unit_2",)) is None
 
 
 def test_signature_within_the_300_second_tolerance_is_accepted(client, mocked, checkout_session):
