@@ -60,9 +60,10 @@ def record(
     write(event(order_id, kind, message, detail, duration_ms), session)
 
 
-def record_call(order_id: int, call: CallRecord, session=None) -> None:
-    """An external call's event; `session` as for `record`."""
-    write(call_event(order_id, call), session)
+def record_call(order_id: int, call: CallRecord) -> None:
+    """An external call's event, on its own (a call that rides with a state change goes in
+    `checkout.transition`'s `before`)."""
+    write(call_event(order_id, call))
 
 
 def write(values: dict, session=None) -> None:
