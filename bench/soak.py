@@ -148,9 +148,8 @@ def main() -> int:
         "PORTAL_RETRY_MAX_SECONDS": "15",
         "PORTAL_HTTP_READ_TIMEOUT": "2",
         "PORTAL_JOB_LEASE_SECONDS": "20",
-        # 2 hosts x 2 gunicorn workers x (7 + 7 overflow + 1 order change listener) + 2 job
-        # workers x (7 + 7) = 88 stay under PostgreSQL's default max_connections of 100.
-        "PORTAL_DB_POOL_SIZE": "7",
+        # The default pools (8 connections a process, no overflow): 2 hosts x 2 gunicorn workers
+        # x (8 + 1 order change listener) + 2 job workers x 8 = 52 of PostgreSQL's default 100.
         "PORTAL_RATELIMIT_ENABLED": "0",  # every learner comes from 127.0.0.1
         "GUNICORN_ACCESSLOG": "/dev/null",
     }

@@ -81,9 +81,9 @@ class SessionInterface(SecureCookieSessionInterface):
 def serving_threads() -> int:
     """Threads per process: gunicorn.conf.py exports its final `threads` as GUNICORN_THREADS."""
     try:
-        return max(1, int(os.environ.get("GUNICORN_THREADS", "16")))
+        return max(1, int(os.environ.get("GUNICORN_THREADS", "32")))
     except ValueError:
-        return 16
+        return 32
 
 
 def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
@@ -172,12 +172,14 @@ def create_app(config: dict | None = None) -> Flask:
     if not testing:
         configure_logging(settings=settings)
 
-    from portal.db import db
+    from portal.db import db, default_pool_size
     from portal.http import set_default_pool_size
 
     threads = serving_threads()
     set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
-    db.configure(settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or threads)
+    db.configure(
+        settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads)
+    )
 
     from portal import checkout, cli, errors, fulfilment, views, webhooks  # noqa: F401 - jobs
     from portal.platforms import cleeng, openlearning, skilljar

@@ -215,7 +215,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "HTTP_READ_TIMEOUT": (15.0, _float),
     # Serving (portal/ratelimit.py, portal/observability.py): pools, limits, logs.
     "HTTP_POOL_SIZE": (None, _positive_int),  # per upstream host; default: gunicorn's threads
-    "DB_POOL_SIZE": (None, _positive_int),  # per process; default: gunicorn's threads
+    "DB_POOL_SIZE": (None, _positive_int),  # per process; default: gunicorn's threads, at most 8
     "RATELIMIT_ENABLED": (True, _bool),
     "RATELIMIT_STORAGE_URL": ("memory://", _storage_url),  # redis://host:6379/0 for many hosts
     "RATELIMIT_ENTRY": ("120/minute", _rate_limit),  # each entry point and pay, per client IP

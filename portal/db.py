@@ -27,7 +27,21 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+# A process's default pool: a request thread holds a connection only for its statements, never
+# while it waits on a platform or on Stripe (tests/test_pool_use.py), so far fewer connections
+# than threads keep every thread served; more would only hold PostgreSQL backends open.
+DEFAULT_POOL_SIZE = 8
+
+
+def default_pool_size(threads: int) -> int:
+    """Connections per process when PORTAL_DB_POOL_SIZE is not set: one per thread, at most 8."""
+    return max(1, min(threads, DEFAULT_POOL_SIZE))
+
+
+def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """An engine whose PostgreSQL pool holds at most `pool_size` connections (no overflow: a
+    thread that finds them all in use waits for one, up to SQLAlchemy's 30 s pool timeout), so
+    hosts x workers x pool size bounds what PostgreSQL must accept."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -42,7 +56,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
     ping_when_idle(engine)
     return engine
 
@@ -83,7 +97,7 @@ class Database:
         self._changes = None
         self._changes_lock = threading.Lock()
 
-    def configure(self, url: str, *, pool_size: int = 10) -> None:
+    def configure(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.dispose()
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

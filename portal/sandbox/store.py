@@ -83,7 +83,7 @@ _lock = threading.Lock()
 def engine_for(url: str):
     with _lock:
         if url not in _engines:
-            _engines[url] = make_engine(url, pool_size=5)
+            _engines[url] = make_engine(url, pool_size=10)
         return _engines[url]
 
 
