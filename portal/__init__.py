@@ -81,9 +81,9 @@ class SessionInterface(SecureCookieSessionInterface):
 def serving_threads() -> int:
     """Threads per process: gunicorn.conf.py exports its final `threads` as GUNICORN_THREADS."""
     try:
-        return max(1, int(os.environ.get("GUNICORN_THREADS", "32")))
+        return max(1, int(os.environ.get("GUNICORN_THREADS", "16")))
     except ValueError:
-        return 32
+        return 16
 
 
 def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:

@@ -1,6 +1,6 @@
 """How threads use the database pool. A request thread holds a connection only for its own
 statements: never while it waits on a platform or on Stripe, and never two at once. That is what
-lets a process of 32 threads share a pool of 8 connections with no overflow
+lets a process of 16 or 32 threads share a pool of 8 connections with no overflow
 (`portal.db.default_pool_size`): threads spend almost all their time on upstream calls, and a
 thread that needed two connections at once could wait forever on a pool its own kind had
 emptied."""
