@@ -92,6 +92,21 @@ def watch(app, monkeypatch):
     watch.remove()
 
 
+def buy_and_return(client, mocked, purchase, checkout_session) -> str:
+    """The Skilljar entry, Pay, and the learner's return from Stripe, paid: the return fulfils
+    inline (on a job thread, within its budget) and sends the learner on to the academy."""
+    review = open_review(client, mocked, purchase)
+    assert pay(client, mocked, review.text, checkout_session).status_code == 303
+    reference = order_row().reference
+    mocked.get(SESSION_URL, json=paid_session(checkout_session, reference))
+    mocked.post(FULFIL_URL, json=FULFILLED)
+    back = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
+    assert back.status_code == 303
+    assert back.headers["Location"] == "https://academy.test/thanks"
+    assert order_row().state == OrderState.FULFILLED
+    return reference
+
+
 def test_the_default_pool_is_the_threads_up_to_eight():
     assert default_pool_size(1) == 1
     assert default_pool_size(4) == 4
@@ -113,14 +128,7 @@ def test_a_process_pool_has_no_overflow(make_app, monkeypatch):
 def test_a_whole_purchase_holds_no_connection_while_it_calls_out(
     client, mocked, purchase, checkout_session, watch
 ):
-    review = open_review(client, mocked, purchase)
-    assert pay(client, mocked, review.text, checkout_session).status_code == 303
-    reference = order_row().reference
-    mocked.get(SESSION_URL, json=paid_session(checkout_session, reference))
-    mocked.post(FULFIL_URL, json=FULFILLED)
-    back = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
-    assert back.status_code == 303  # fulfilled inline, on a job thread, within the budget
-    assert order_row().state == OrderState.FULFILLED
+    reference = buy_and_return(client, mocked, purchase, checkout_session)
     # Stripe's webhook for the same payment arrives afterwards and is re-fetched.
     hint = paid_session(checkout_session, reference)
     assert deliver(client, build_event("checkout.session.completed", hint)).status_code == 200
@@ -165,13 +173,4 @@ def test_a_whole_purchase_needs_only_one_connection(make_app, mocked, purchase, 
     if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's pool is not sized by PORTAL_DB_POOL_SIZE")
     db.engine.pool._timeout = 5  # fail in seconds, not SQLAlchemy's 30
-    client = app.test_client()
-    review = open_review(client, mocked, purchase)
-    assert pay(client, mocked, review.text, checkout_session).status_code == 303
-    reference = order_row().reference
-    mocked.get(SESSION_URL, json=paid_session(checkout_session, reference))
-    mocked.post(FULFIL_URL, json=FULFILLED)
-    back = client.get(f"/orders/{reference}/return?session_id=cs_test_1")
-    assert back.status_code == 303
-    assert back.headers["Location"] == "https://academy.test/thanks"
-    assert order_row().state == OrderState.FULFILLED
+    buy_and_return(app.test_client(), mocked, purchase, checkout_session)
