@@ -545,6 +545,12 @@ def main() -> int:
 
         set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
         print(f"machine: {machine()}", flush=True)
+        results["speed_before_s"] = machine_speed()
+        print(
+            f"machine speed: a 10-million-step Python loop took {results['speed_before_s']} s "
+            "of CPU (this figure again at the end: a shared machine's speed drifts)",
+            flush=True,
+        )
         print(f"portal gunicorn: {serving_description(portal_process.pid, serving)}", flush=True)
 
         if "review" in only:
@@ -670,6 +676,11 @@ def main() -> int:
         print("resident memory per worker (VmRSS, MB):")
         print(f"  portal: {results['memory_mb']['portal_workers']} (target < 120)")
         print(f"  hello:  {results['memory_mb']['hello_workers']}")
+        results["speed_after_s"] = machine_speed()
+        print(
+            f"machine speed at the end: the same loop took {results['speed_after_s']} s "
+            f"({results['speed_before_s']} s at the start)"
+        )
     finally:
         servers.stop()
         if scratch is not None:
@@ -700,6 +711,16 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; load average {load}"
     )
+
+
+def machine_speed(steps: int = 10_000_000) -> float:
+    """CPU seconds for a plain Python counting loop, with the servers idle: the same code's
+    figures are comparable only between runs whose loops took about as long."""
+    started = time.process_time()
+    count = 0
+    while count < steps:
+        count += 1
+    return round(time.process_time() - started, 2)
 
 
 def serving_description(master: int, serving: list[str]) -> str:
