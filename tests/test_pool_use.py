@@ -25,10 +25,8 @@ from tests.test_skilljar_checkout import (
     paid_session,
     pay,
 )
-from tests.test_webhooks import deliver, run_worker
+from tests.test_webhooks import FULFIL_URL, SESSION_URL, deliver, run_worker
 
-SESSION_URL = f"{SESSIONS_URL}/cs_test_1"
-FULFIL_URL = f"{PURCHASE_URL}/fulfill"
 FULFILLED = {"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}}
 
 
