@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -12,6 +13,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf import CSRFProtect
 
 from portal.config import ConfigError, load_settings, validate
+from portal.signing import TokenSerializer
 
 csrf = CSRFProtect()
 
@@ -63,7 +65,10 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
 
 class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, with the signing serializer made once per key rather
-    than on every request (Flask builds a new one each time; it depends only on the keys)."""
+    than on every request (Flask builds a new one each time; it depends only on the keys), and
+    that serializer portal.signing's: the same cookie, its keys derived once per process."""
+
+    digest_method = staticmethod(hashlib.sha1)  # Flask's default SHA-1, computed in OpenSSL
 
     def __init__(self):
         self._serializers: dict = {}
@@ -71,10 +76,18 @@ class SessionInterface(SecureCookieSessionInterface):
     def get_signing_serializer(self, app):
         keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
         serializer = self._serializers.get(keys)
-        if serializer is None:
-            serializer = super().get_signing_serializer(app)
-            if serializer is not None:
-                self._serializers = {keys: serializer}  # a changed key replaces the old one
+        if serializer is None and app.secret_key:
+            # Flask's own recipe (SecureCookieSessionInterface), on portal.signing's class.
+            serializer = TokenSerializer(
+                [*keys[1], keys[0]],  # itsdangerous signs with the last, the current key
+                salt=self.salt,
+                serializer=self.serializer,
+                signer_kwargs={
+                    "key_derivation": self.key_derivation,
+                    "digest_method": self.digest_method,
+                },
+            )
+            self._serializers = {keys: serializer}  # a changed key replaces the old one
         return serializer
 
 

@@ -35,7 +35,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
 
-from portal import i18n
+from portal import i18n, signing
 from portal.branding import brands
 from portal.branding import cache as branding_cache
 from portal.branding.cache import Recent
@@ -124,19 +124,25 @@ _signed_tokens = Recent(1024)  # ~0.5 MB at most: the learners of the last minut
 
 
 def _csrf_token() -> str:
-    from flask_wtf.csrf import generate_csrf
-
+    """The signed form token, as Flask-WTF's generate_csrf makes it (a raw token kept in the
+    session under `csrf_token`, signed with WTF_CSRF_SECRET_KEY or SECRET_KEY and Flask-WTF's
+    salt, kept in `g.csrf_token` for the rest of the request), which its CSRFProtect checks on
+    the POST. Made here on portal.signing's serializer, built once per key, where
+    generate_csrf builds one and derives its key on every call."""
+    token = g.get("csrf_token")
+    if token is not None:
+        return token
     raw = session.get("csrf_token")
     key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
-    if raw is not None and "csrf_token" not in g:
+    if raw is not None:
         kept = _signed_tokens.get((key, raw))
         if kept is not None and time.monotonic() - kept[1] < SIGNED_REUSE_SECONDS:
-            g.csrf_token = kept[0]  # where generate_csrf keeps it for the rest of the request
+            g.csrf_token = kept[0]
             return kept[0]
-    token = generate_csrf()
-    raw = session.get("csrf_token")
-    if raw is not None:
-        _signed_tokens.put((key, raw), (token, time.monotonic()))
+    else:
+        raw = session["csrf_token"] = signing.new_raw_form_token()
+    token = g.csrf_token = signing.form_token_serializer(key).dumps(raw)
+    _signed_tokens.put((key, raw), (token, time.monotonic()))
     return token
 
 
