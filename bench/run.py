@@ -199,6 +199,9 @@ class CpuMeter:
         return {name: 1000 * (after[name] - before[name]) / max(1, count) for name in after}
 
 
+HOST_PARTS = ("portal", "PostgreSQL")  # what runs on a production host of the portal
+
+
 def print_cpu(what: str, per_item: dict[str, float]) -> None:
     total = sum(per_item.values())
     parts = ", ".join(f"{name} {ms:.1f}" for name, ms in per_item.items())
@@ -207,6 +210,15 @@ def print_cpu(what: str, per_item: dict[str, float]) -> None:
         f"  CPU per {what} (ms): {parts}; {total:.1f} in all, so {os.cpu_count()} cores "
         f"allow at most ~{ceiling:.0f}/s"
     )
+    # In production Stripe, the platform and the learners' browsers are elsewhere: what one host
+    # can serve is bounded by the portal's and the database's share alone (an estimate from the
+    # same measurement, not a run of its own).
+    own = sum(ms for name, ms in per_item.items() if name in HOST_PARTS)
+    if 0 < own < total:
+        print(
+            f"  the portal and PostgreSQL alone: {own:.1f} ms, so {os.cpu_count()} cores with "
+            f"nothing else on them would allow ~{1000 * (os.cpu_count() or 1) / own:.0f}/s"
+        )
 
 
 def rss_mb(pid: int) -> float | None:
