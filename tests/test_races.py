@@ -93,6 +93,18 @@ def fulfil_job(engine, order_id: int):
         ).first()
 
 
+def finished_fulfil_job(engine, order_id: int):
+    """The fulfil job once its worker has let it go. The worker commits the order's move to
+    FULFILLED first and releases the job in a transaction of its own just after (a worker that
+    dies between the two leaves a job that, run again, finds the order fulfilled and calls
+    nobody), so a test that saw the order fulfilled waits for that second commit."""
+    return wait_until(
+        lambda: (job := fulfil_job(engine, order_id)).locked_by is None and job,
+        30,
+        "the worker to release the fulfil job",
+    )
+
+
 @pytest.fixture
 def portal_db(database_url):
     engine = create_engine(normalise_url(database_url))
@@ -186,7 +198,7 @@ def test_four_returns_four_duplicate_webhooks_and_two_workers_fulfil_exactly_onc
         calls = fulfil_calls(store, purchase_id)
         assert len(successes(calls)) == 1
         assert len(calls) == 1  # not even a refused second attempt: nobody else tried
-        job = fulfil_job(portal_db, order.id)
+        job = finished_fulfil_job(portal_db, order.id)
         assert (job.state, job.attempts) == ("done", 1)
         with portal_db.connect() as connection:
             payments = connection.execute(
@@ -252,5 +264,5 @@ def test_worker_killed_mid_job_loses_nothing(gunicorn_sandbox, portal_db):
         assert [c["status"] for c in calls] == [200]  # the retry saw SUCCESS and did not call
     else:
         assert [c["status"] for c in calls] == [*lost_in_flight, 200]  # the second worker did
-    job = fulfil_job(portal_db, order.id)
+    job = finished_fulfil_job(portal_db, order.id)
     assert (job.state, job.attempts, job.locked_by) == ("done", 2, None)
