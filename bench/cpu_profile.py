@@ -9,7 +9,8 @@ of postgresql://postgres@127.0.0.1:5432/test) or SQLite; the Stripe and Skilljar
 under gunicorn in a process of their own, so their CPU is not counted. Prints the portal's CPU
 milliseconds per review page, per checkout handoff (entry + Pay up to the redirect to Stripe)
 and per Stripe webhook; with --profile N, also the N costliest functions of each (cProfile,
-cumulative).
+cumulative; CPU_PROFILE_SORT=tottime sorts by each function's own time, and
+CPU_PROFILE_DUMP=file keeps the profile for pstats, e.g. to ask who called a function).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def measure(label: str, requests: int, one, profile: int) -> None:
         for _ in range(min(requests, 200)):
             one()
         profiler.disable()
+        if os.environ.get("CPU_PROFILE_DUMP"):
+            profiler.dump_stats(os.environ["CPU_PROFILE_DUMP"])
         pstats.Stats(profiler).sort_stats(
             os.environ.get("CPU_PROFILE_SORT", "cumulative")
         ).print_stats(profile)

@@ -402,6 +402,88 @@ def test_an_event_recorded_in_a_transaction_goes_with_it(app):
     assert state == "paying"
 
 
+def test_statements_run_in_autocommit_and_hand_the_connection_back_as_it_was(postgres_url):
+    """db.statements() switches its pooled connection to autocommit for the block and back on
+    its return, so the next `transaction()` on the same connection is one transaction again."""
+    if postgres_url is None:
+        pytest.skip("PORTAL_TEST_DATABASE_URL is not set")
+    from portal.db import Database
+
+    database = Database()
+    database.configure(postgres_url, pool_size=1)  # one connection: every block gets the same
+    try:
+        database.engine.dispose()
+        with database.statements() as connection:
+            connection.execute(text("CREATE TEMP TABLE kept (n int)"))
+            raw = connection.connection.dbapi_connection
+            assert raw.autocommit is True
+            connection.execute(text("INSERT INTO kept VALUES (1)"))
+            assert raw.info.transaction_status.name == "IDLE"  # committed as it ran
+        seen = {}
+
+        def fails_after_inserting():
+            with database.transaction() as session:
+                seen["same"] = session.connection().connection.dbapi_connection is raw
+                seen["autocommit"] = raw.autocommit
+                session.execute(text("INSERT INTO kept VALUES (2)"))
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            fails_after_inserting()
+        assert seen == {"same": True, "autocommit": False}
+        with database.statements() as connection:
+            assert connection.execute(text("SELECT array_agg(n) FROM kept")).scalar() == [1]
+    finally:
+        database.dispose()
+
+
+def test_a_lazy_description_describes_what_psycopg_does(postgres_url):
+    """The portal's cursors make psycopg's Columns only when asked, and give the same answers,
+    for the result the description was taken of even once the cursor has run another."""
+    if postgres_url is None:
+        pytest.skip("PORTAL_TEST_DATABASE_URL is not set")
+    import psycopg
+
+    from portal.db import LazyDescription
+
+    engine = make_engine(postgres_url, pool_size=1)
+    query = "SELECT 1 AS n, 'x'::varchar(7) AS v, now() AS at, 2.5::numeric(4,1) AS d"
+    try:
+        with engine.connect() as connection:
+            raw = connection.connection.dbapi_connection
+            cursor, plain = raw.cursor(), psycopg.Cursor(raw)
+            cursor.execute(query)
+            plain.execute(query)
+            lazy = cursor.description
+            assert isinstance(lazy, LazyDescription)
+            assert len(lazy) == 4
+            assert lazy._columns is None  # nothing made yet
+            cursor.execute("SELECT 'other' AS other")  # the cursor moves on
+            expected = plain.description
+            assert [tuple(column) for column in lazy] == [tuple(c) for c in expected]
+            assert [c.type_display for c in lazy] == [c.type_display for c in expected]
+            assert [c.type_display for c in lazy] == [
+                "int4",
+                "varchar(7)",
+                "timestamptz",
+                "numeric(4,1)",
+            ]
+            assert lazy[-1].name == "d"
+            assert [c.name for c in lazy[1:3]] == ["v", "at"]
+            assert [c.name for c in cursor.description] == ["other"]
+            cursor.execute("CREATE TEMP TABLE described (n int)")
+            assert cursor.description is None  # no rows: None, as psycopg says
+            cursor.execute("SELECT")
+            assert cursor.description is not None
+            assert len(cursor.description) == 0
+            # SQLAlchemy reads the names from it for a statement it has not seen before
+            result = connection.execute(text("SELECT 3 AS three, 'f' AS four"))
+            assert result.keys() == ["three", "four"]
+            assert result.one() == (3, "f")
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(("idle_for", "survives"), [(11.0, True), (2.0, False)])
 def test_a_pooled_connection_is_pinged_after_being_idle(
     postgres_url, monkeypatch, idle_for, survives
