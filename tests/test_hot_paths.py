@@ -412,7 +412,6 @@ def test_statements_run_in_autocommit_and_hand_the_connection_back_as_it_was(pos
     database = Database()
     database.configure(postgres_url, pool_size=1)  # one connection: every block gets the same
     try:
-        database.engine.dispose()
         with database.statements() as connection:
             connection.execute(text("CREATE TEMP TABLE kept (n int)"))
             raw = connection.connection.dbapi_connection
