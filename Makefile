@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 HOST ?= 127.0.0.1
 
-.PHONY: demo test lint install browsers clean
+.PHONY: demo test lint install browsers clean constraints
 
-$(BIN)/activate: requirements.txt requirements-dev.txt
+# constraints.txt pins every package these pull in, so each install gets the same tree.
+$(BIN)/activate: requirements.txt requirements-dev.txt constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $(BIN)/activate
 
 install: $(BIN)/activate
@@ -32,6 +33,13 @@ test: install node_modules/.package-lock.json
 lint: install
 	$(BIN)/ruff check portal tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/ruff format --check portal tests bench wsgi.py gunicorn.conf.py
+
+# After changing a pin in requirements*.txt: resolve the whole tree afresh into constraints.txt.
+constraints:
+	rm -rf .constraints-venv && $(PY) -m venv .constraints-venv
+	.constraints-venv/bin/pip install --quiet -r requirements-dev.txt
+	{ sed -n '/^#/p' constraints.txt; .constraints-venv/bin/pip freeze; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .constraints-venv
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache test-artifacts node_modules
