@@ -3,7 +3,8 @@ Flask "hello" app under the same gunicorn settings, all on loopback.
 
     .venv/bin/python bench/run.py [--seconds 15] [--rounds 3] [--learners 200]
                                   [--latency-ms 200] [--arrival-rate 100] [--workers N]
-                                  [--threads N] [--worker-class gthread|gevent]
+                                  [--threads N] [--worker-class gthread|gevent] [--no-nginx]
+                                  [--portal-setting NAME=VALUE ...]
 
 Three gunicorn instances, each started with this repository's gunicorn.conf.py:
 
@@ -20,15 +21,20 @@ interleaved rounds, so a machine whose speed drifts moves all three alike; the m
 rounds' ratios is the figure), checkout handoffs (entry -> Skilljar
 fetch -> Stripe session -> redirect to Stripe) with --latency-ms on every upstream call, as a
 closed loop of --learners learners and as an open loop of --arrival-rate learners arriving a
-second (at most --learners at once), Stripe webhook ingestion (verified, stored,
-de-duplicated) and each portal worker's resident memory. For handoffs and webhooks it also
-prints where the box's CPU went, per handoff or event completed: the portal, the stand-ins,
-PostgreSQL and the load generator, and the most that many milliseconds allow on this machine's
-cores (the throughput the CPU caps, whatever the worker model). wrk (Debian's `wrk`) drives the
-plain GETs when installed, bench/loadgen.py (asyncio) otherwise and for the flows that need
-cookies, forms and signatures. Bounded in time; only 127.0.0.1 is contacted.
+second (at most --learners at once), the open loop twice when nginx is installed (Debian's
+`nginx-light`): straight to gunicorn, each learner on a new connection to it, then through nginx
+set up as deploy/nginx.conf.example does (keep-alive connections to gunicorn, the proxy headers,
+an access log; no TLS), which is how docs/deploy.md serves the portal; Stripe webhook
+ingestion (verified, stored, de-duplicated) and each portal worker's resident memory. For
+handoffs and webhooks it also prints where the box's CPU went, per handoff or event completed:
+the portal, the stand-ins, nginx, PostgreSQL and the load generator, and the most that many
+milliseconds allow on this machine's cores (the throughput the CPU caps, whatever the worker
+model). wrk (Debian's `wrk`) drives the plain GETs when installed, bench/loadgen.py (asyncio)
+otherwise and for the flows that need cookies, forms and signatures. Bounded in time; only
+127.0.0.1 is contacted.
 
 The portal's rate limits are switched off here (every learner comes from 127.0.0.1).
+--portal-setting passes a PORTAL_ setting to the portal alone, to compare two settings run by run.
 """
 
 from __future__ import annotations
@@ -93,6 +99,26 @@ class Servers:
         self.processes.append((name, process))
         return f"http://127.0.0.1:{port}", process.pid
 
+    def nginx(self, upstream_port: int) -> tuple[str, int]:
+        """nginx in front of the portal as deploy/nginx.conf.example sets it up (keep-alive
+        connections to gunicorn, the proxy headers, the body limit, an access log), without TLS."""
+        port = free_port()
+        for folder in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.workdir / f"nginx-{folder}").mkdir(exist_ok=True)
+        config = self.workdir / "nginx.conf"
+        config.write_text(
+            NGINX_CONF.format(workdir=self.workdir, port=port, upstream=upstream_port)
+        )
+        log = open(self.workdir / "nginx.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        process = subprocess.Popen(
+            ["nginx", "-c", str(config), "-p", str(self.workdir), "-g", "daemon off;"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(("nginx", process))
+        return f"http://127.0.0.1:{port}", process.pid
+
     def stop(self) -> None:
         for _, process in self.processes:
             if process.poll() is None:
@@ -105,6 +131,37 @@ class Servers:
                 process.wait()
         for log in self.logs:
             log.close()
+
+
+NGINX_CONF = """\
+worker_processes auto;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {workdir}/nginx-access.log;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    fastcgi_temp_path {workdir}/nginx-fastcgi;
+    uwsgi_temp_path {workdir}/nginx-uwsgi;
+    scgi_temp_path {workdir}/nginx-scgi;
+    upstream portal {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 1m;
+        proxy_read_timeout 60s;
+        location / {{
+            proxy_pass http://portal;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+"""
 
 
 def clean_environment() -> dict:
@@ -199,7 +256,7 @@ class CpuMeter:
         return {name: 1000 * (after[name] - before[name]) / max(1, count) for name in after}
 
 
-HOST_PARTS = ("portal", "PostgreSQL")  # what runs on a production host of the portal
+HOST_PARTS = ("portal", "nginx", "PostgreSQL")  # what runs on a production host of the portal
 
 
 def print_cpu(what: str, per_item: dict[str, float]) -> None:
@@ -215,8 +272,10 @@ def print_cpu(what: str, per_item: dict[str, float]) -> None:
     # same measurement, not a run of its own).
     own = sum(ms for name, ms in per_item.items() if name in HOST_PARTS)
     if 0 < own < total:
+        names = [name for name in HOST_PARTS if name in per_item]
         print(
-            f"  the portal and PostgreSQL alone: {own:.1f} ms, so {os.cpu_count()} cores with "
+            f"  the {', '.join(names[:-1])} and {names[-1]} alone: {own:.1f} ms, so "
+            f"{os.cpu_count()} cores with "
             f"nothing else on them would allow ~{1000 * (os.cpu_count() or 1) / own:.0f}/s"
         )
 
@@ -449,11 +508,29 @@ def main() -> int:
     parser.add_argument("--database-url", default=DEFAULT_PG)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
+    parser.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="skip the open loop behind nginx (run when nginx is installed)",
+    )
+    parser.add_argument(
+        "--portal-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PORTAL_ setting for the portal only, e.g. ORDER_CHANGE_LISTENER=0 (repeatable)",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.portal_setting if "=" in item)
+    if len(settings) != len(args.portal_setting):
+        parser.error("--portal-setting takes NAME=VALUE")
     args.seconds = max(3, min(args.seconds, 120))
     args.learners = max(1, min(args.learners, 1000))
     args.webhooks = max(100, min(args.webhooks, 50000))
     only = set(args.only or ["review", "handoff", "webhooks"])
+    use_nginx = bool(
+        "handoff" in only and args.arrival_rate and not args.no_nginx and shutil.which("nginx")
+    )
 
     serving: list[str] = []
     if args.workers:
@@ -509,6 +586,9 @@ def main() -> int:
             "PORTAL_REDIRECT_HOSTS": "127.0.0.1",
             "PORTAL_RATELIMIT_ENABLED": "0",
             "GUNICORN_ACCESSLOG": "-",
+            # as the deploy guide sets it behind nginx (the direct runs send no forwarded headers)
+            **({"PORTAL_TRUSTED_PROXY_HOPS": "1"} if use_nginx else {}),
+            **{"PORTAL_" + name.removeprefix("PORTAL_"): value for name, value in settings.items()},
         }
         portal_port = free_port()
         portal_env["PORTAL_PUBLIC_URL"] = f"http://127.0.0.1:{portal_port}"
@@ -536,8 +616,11 @@ def main() -> int:
         hello, hello_pid = servers.gunicorn(
             "hello", "bench.hello_app:app", {**base_env, "GUNICORN_ACCESSLOG": "-"}, serving
         )
+        proxy, proxy_pid = servers.nginx(portal_port) if use_nginx else (None, None)
         for url in (f"{standins}/healthz", f"{portal}/healthz", hello + "/"):
             wait_for(url, 60)
+        if proxy:
+            wait_for(f"{proxy}/healthz", 30)
         time.sleep(1)  # every worker booted
 
         control = connection_for(standins)
@@ -564,6 +647,8 @@ def main() -> int:
             flush=True,
         )
         print(f"portal gunicorn: {serving_description(portal_process.pid, serving)}", flush=True)
+        if settings:
+            print(f"portal settings: {' '.join(args.portal_setting)}", flush=True)
 
         if "review" in only:
             (purchase_id,) = make_purchases(sandbox_url, 1)
@@ -627,12 +712,22 @@ def main() -> int:
             )
 
         if "handoff" in only:
-            count = min(40000, args.learners + int(args.seconds * (400 + args.arrival_rate)))
+            open_loops = [("handoff_arrivals", portal, "")]
+            if proxy:
+                open_loops.append(
+                    ("handoff_arrivals_nginx", proxy, ", behind nginx as docs/deploy.md sets it up")
+                )
+            # each open loop gets its own purchases, with room for a Poisson run's surplus
+            reserve = int(args.seconds * args.arrival_rate * 1.2) + 1 if args.arrival_rate else 0
+            count = min(40000, args.learners + args.seconds * 400 + reserve * len(open_loops) + 400)
             purchases = make_purchases(sandbox_url, count)
             set_controls(skilljar_latency_ms=args.latency_ms, stripe_latency_ms=args.latency_ms)
             warm_args = argparse.Namespace(**{**vars(args), "seconds": 3})
             handoffs(portal, standins, purchases[: args.learners], warm_args)
-            closed = purchases[args.learners : -int(args.seconds * args.arrival_rate) - 1]
+            if proxy:  # nginx's keep-alive connections to the portal, opened before measuring
+                handoffs(proxy, standins, purchases[args.learners : 2 * args.learners], warm_args)
+            unused = purchases[2 * args.learners :]
+            closed = unused[: len(unused) - reserve * len(open_loops)]
             meter = CpuMeter({"portal": portal_process.pid, "stand-ins": standins_process.pid})
             before = meter.read()
             results["handoff"] = handoffs(portal, standins, closed, args)
@@ -645,22 +740,25 @@ def main() -> int:
                 results["handoff"],
             )
             print_cpu("handoff", results["handoff"]["cpu_ms"])
-            if args.arrival_rate:
-                unused = purchases[args.learners + results["handoff"]["done"] + 400 :]
+            for number, (name, target, where) in enumerate(open_loops if args.arrival_rate else []):
+                start = len(unused) - reserve * (len(open_loops) - number)
+                parts = {"portal": portal_process.pid, "stand-ins": standins_process.pid}
+                if target == proxy:
+                    parts["nginx"] = proxy_pid
+                meter = CpuMeter(parts)
                 before = meter.read()
-                results["handoff_arrivals"] = handoffs(
-                    portal, standins, unused, args, rate=args.arrival_rate
+                results[name] = handoffs(
+                    target, standins, unused[start : start + reserve], args, rate=args.arrival_rate
                 )
-                results["handoff_arrivals"]["cpu_ms"] = meter.per_item(
-                    before, results["handoff_arrivals"]["done"]
-                )
-                results["handoff_arrivals"]["offered_per_second"] = args.arrival_rate
+                results[name]["cpu_ms"] = meter.per_item(before, results[name]["done"])
+                results[name]["offered_per_second"] = args.arrival_rate
                 print_figures(
                     f"checkout handoffs, open loop ({args.arrival_rate:g} learners arriving a "
-                    f"second, at most {args.learners} at once; {args.latency_ms} ms upstream)",
-                    results["handoff_arrivals"],
+                    f"second, at most {args.learners} at once; {args.latency_ms} ms upstream"
+                    f"{where})",
+                    results[name],
                 )
-                print_cpu("handoff", results["handoff_arrivals"]["cpu_ms"])
+                print_cpu("handoff", results[name]["cpu_ms"])
             set_controls(skilljar_latency_ms=0, stripe_latency_ms=0)
             print("  targets: >= 100/s, p99 < 1500 ms")
 
