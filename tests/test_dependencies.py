@@ -3,6 +3,7 @@ those files choose, and it is what this environment runs (the Makefile and CI in
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def requirement_lines(name: str) -> list[str]:
     return lines
 
 
+@cache
 def pins(name: str) -> dict[str, str]:
     found = {}
     for line in requirement_lines(name):
@@ -35,11 +37,12 @@ def pins(name: str) -> dict[str, str]:
     return found
 
 
-def closure(lines: list[str]) -> set[str]:
-    """Every distribution the requirements reach, by their installed metadata and markers."""
+@cache
+def closure() -> frozenset[str]:
+    """Every distribution requirements-dev.txt reaches, by installed metadata and markers."""
     seen: set[tuple[str, str]] = set()
     names: set[str] = set()
-    todo = [(Requirement(line), "") for line in lines]
+    todo = [(Requirement(line), "") for line in requirement_lines("requirements-dev.txt")]
     while todo:
         requirement, extra = todo.pop()
         if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
@@ -53,7 +56,7 @@ def closure(lines: list[str]) -> set[str]:
             names.add(name)
             for line in metadata.distribution(name).requires or []:
                 todo.append((Requirement(line), wanted))
-    return names
+    return frozenset(names)
 
 
 def test_every_pin_in_the_requirement_files_is_the_locked_one():
@@ -66,13 +69,13 @@ def test_every_pin_in_the_requirement_files_is_the_locked_one():
 
 def test_the_lock_holds_every_package_the_requirements_pull_in():
     locked = pins("constraints.txt")
-    reached = closure(requirement_lines("requirements-dev.txt"))
+    reached = closure()
     assert {"werkzeug", "jinja2", "itsdangerous", "urllib3", "greenlet"} <= reached
     assert sorted(reached - set(locked)) == []
 
 
 def test_this_environment_runs_the_locked_versions():
     locked = pins("constraints.txt")
-    reached = closure(requirement_lines("requirements-dev.txt"))
+    reached = closure()
     installed = {name: metadata.version(name) for name in reached}
     assert {n: (v, locked.get(n)) for n, v in installed.items() if v != locked.get(n)} == {}
