@@ -4,10 +4,15 @@ Threads (the gthread worker) absorb upstream latency: a checkout spends most of 
 on the platform and on Stripe, and a waiting thread costs little. See README "Serving".
 """
 
+import json
 import multiprocessing
 import os
 import shutil
 import tempfile
+import traceback
+from datetime import UTC, datetime, timedelta
+
+from gunicorn.glogging import Logger
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", min(multiprocessing.cpu_count() * 2, 8)))
@@ -27,11 +32,50 @@ worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or (
 )
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
-# One JSON object per request line: easy to ship to any log store.
-access_log_format = (
-    '{"time":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,'
-    '"bytes":%(B)s,"duration_us":%(D)s,"request_id":"%({x-request-id}o)s","agent":"%(a)s"}'
-)
+
+
+class JsonAccessLogger(Logger):
+    """gunicorn's logger, with each access line one JSON object made by json.dumps: time (UTC),
+    client, method, path without the query string, status, bytes, duration in µs, the response's
+    X-Request-Id and the User-Agent. Every value is escaped, so a quote, a backslash or an
+    encoded newline in a path or a User-Agent cannot break the line or forge another, which a
+    JSON-shaped `access_log_format` allows (gunicorn escapes only the double quote). Also
+    cheaper: gunicorn fills its format from a table of every header and environ variable."""
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        request_id = "-"
+        for name, value in resp.headers:
+            if name.lower() == "x-request-id":
+                request_id = value
+                break
+        path = environ.get("PATH_INFO") or ""
+        try:  # WSGI hands the path over as Latin-1; the URL's bytes are UTF-8 as a rule
+            path = path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "remote": environ.get("REMOTE_ADDR", "-"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": path,
+            "status": int(status) if str(status).isdigit() else str(status),
+            "bytes": getattr(resp, "sent", None),
+            "duration_us": request_time // timedelta(microseconds=1),
+            "request_id": request_id,
+            "agent": environ.get("HTTP_USER_AGENT", "-"),
+        }
+        try:
+            self.access_log.info(json.dumps(entry))
+        except Exception:  # noqa: BLE001 - gunicorn's own rule: a log line never fails a request
+            self.error(traceback.format_exc())
+
+
+logger_class = JsonAccessLogger
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Prometheus: each worker writes its counters to files in this folder and /metrics merges them,
 # so a scrape sees the whole instance, not one worker. A folder of our own unless one is given.

@@ -431,6 +431,12 @@ def test_gunicorn_merges_worker_metrics_and_logs_json_access_lines(database_url,
                 )
             assert statuses == [200] * 40
             answered += 40
+            forging = requests.get(  # a path and an agent that would break a line or forge one
+                f"{base}/x%5C%0A%7B%22status%22%3A200%7D",
+                headers={"User-Agent": 'evil\\agent "quoted"'},
+                timeout=10,
+            )
+            assert forging.status_code == 404
             scraped = requests.get(
                 f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
             )
@@ -453,3 +459,6 @@ def test_gunicorn_merges_worker_metrics_and_logs_json_access_lines(database_url,
     assert all(GENERATED.fullmatch(i) or i.startswith("gunicorn-check-") for i in ids)
     assert "query-secret-4711" not in "\n".join(access)
     assert {entry["path"] for entry in entries} >= {"/healthz", "/metrics"}
+    (forged,) = [entry for entry in entries if entry["path"].startswith("/x")]
+    assert forged["path"] == '/x\\\n{"status":200}'
+    assert (forged["agent"], forged["status"]) == ('evil\\agent "quoted"', 404)
