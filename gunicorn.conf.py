@@ -70,7 +70,7 @@ class JsonAccessLogger(Logger):
             "agent": environ.get("HTTP_USER_AGENT", "-"),
         }
         try:
-            self.access_log.info(json.dumps(entry))
+            self.access_log.info(json.dumps(entry, separators=(",", ":")))
         except Exception:  # noqa: BLE001 - gunicorn's own rule: a log line never fails a request
             self.error(traceback.format_exc())
 
