@@ -38,14 +38,14 @@ class _OrderIdDefault(logging.Filter):
 
 def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
-    request id and order, secret setting values masked; or plain text lines."""
-    from portal.observability import JsonFormatter, secret_values
+    request id and order, or plain text lines; secret setting values masked in both."""
+    from portal.observability import JsonFormatter, ScrubbingFormatter, TextFormatter, secret_values
 
     root = logging.getLogger()
     secrets_ = secret_values(settings) if settings else ()
     for existing in root.handlers:
         if getattr(existing, "_portal", False):
-            if isinstance(existing.formatter, JsonFormatter):
+            if isinstance(existing.formatter, ScrubbingFormatter):
                 existing.formatter.add_secrets(secrets_)
             return
     handler = logging.StreamHandler()
@@ -54,9 +54,7 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     if settings is None or settings["LOG_FORMAT"] == "json":
         handler.setFormatter(JsonFormatter(secrets_))
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [order=%(order_id)s] %(message)s")
-        )
+        handler.setFormatter(TextFormatter(secrets_))
     root.addHandler(handler)
     root.setLevel(level)
     # The Stripe SDK logs every request at INFO; portal.stripe already logs each call once.

@@ -150,16 +150,59 @@ def secret_values(settings: dict) -> tuple[str, ...]:
     return tuple(sorted(values, key=len, reverse=True))
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, request id, order id/reference,
-    any `extra` fields, and the exception if there is one."""
+class ScrubbingFormatter(logging.Formatter):
+    """A formatter that masks, in each finished line, the values of the secret settings and
+    anything shaped like a card number: the safety net under both log formats."""
 
-    def __init__(self, secrets: tuple[str, ...] = ()):
-        super().__init__()
-        self.secrets = tuple(secrets)
+    def __init__(self, secrets: tuple[str, ...] = (), fmt: str | None = None):
+        super().__init__(fmt)
+        self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
 
     def add_secrets(self, secrets) -> None:
         self.secrets = tuple(sorted(set(self.secrets) | set(secrets), key=len, reverse=True))
+
+    def scrub(self, line: str) -> str:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
+            quoted = json.dumps(secret)[1:-1]  # as it appears inside a JSON string
+            if quoted != secret and quoted in line:
+                line = line.replace(quoted, "[redacted]")
+        return mask_cards(line)
+
+
+# A line break or other control character in a message (a platform's error text, a name) would
+# start what looks like a new log line in a plain-text log; it is written as its escape.
+CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _escaped(match: re.Match) -> str:
+    return json.dumps(match.group(0))[1:-1]
+
+
+class TextFormatter(ScrubbingFormatter):
+    """Plain lines (PORTAL_LOG_FORMAT=text): time, level, logger, order id and message, one line
+    a record (control characters in the message escaped; a traceback follows on its own lines),
+    with the same masking as the JSON lines."""
+
+    FORMAT = "%(asctime)s %(levelname)s %(name)s [order=%(order_id)s] %(message)s"
+
+    def __init__(self, secrets: tuple[str, ...] = ()):
+        super().__init__(secrets, self.FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = CONTROL.sub(_escaped, record.message)
+        if not hasattr(record, "order_id"):
+            record.order_id = "-"
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrub(super().format(record))
+
+
+class JsonFormatter(ScrubbingFormatter):
+    """One JSON object a line: time, level, logger, message, request id, order id/reference,
+    any `extra` fields, and the exception if there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict = {
@@ -185,15 +228,6 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             entry["exception"] = record.exc_text
         return self.scrub(json.dumps(entry, default=str, ensure_ascii=False))
-
-    def scrub(self, line: str) -> str:
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "[redacted]")
-            quoted = json.dumps(secret)[1:-1]  # as it appears inside a JSON string
-            if quoted != secret and quoted in line:
-                line = line.replace(quoted, "[redacted]")
-        return mask_cards(line)
 
 
 def json_handler(stream=None, secrets=()) -> logging.Handler:

@@ -21,7 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from portal import observability
-from portal.observability import JsonFormatter, secret_values
+from portal.observability import JsonFormatter, TextFormatter, secret_values
 from portal.stripe_gateway import StripeGateway
 from tests.conftest import ROOT, STRIPE_BASE, free_port, wait_for
 from tests.test_openlearning_sandbox import join
@@ -168,6 +168,69 @@ def test_the_formatter_masks_secrets_and_card_numbers():
         "key [redacted] card [card number] and [card number]; quoted [redacted]; "
         "not a card 1234567890123"
     )
+
+
+def test_plain_text_lines_are_masked_the_same_way():
+    """PORTAL_LOG_FORMAT=text has the JSON lines' safety net: secret values and card numbers."""
+    formatter = TextFormatter(("sk_live_0123456789abcdef",))
+    record = logging.LogRecord(
+        "portal.test",
+        logging.WARNING,
+        __file__,
+        1,
+        "key %s card %s; not a card 1234567890123",
+        ("sk_live_0123456789abcdef", "4242 4242 4242 4242"),
+        None,
+    )
+    record.order_id = 42
+    line = formatter.format(record)
+    assert "sk_live_0123456789abcdef" not in line
+    assert "4242 4242 4242 4242" not in line
+    assert line.endswith(
+        "WARNING portal.test [order=42] key [redacted] card [card number]; not a card 1234567890123"
+    )
+
+
+def test_a_plain_text_record_is_one_line_whatever_its_message_holds():
+    """A line break in a message (a platform's error text, a learner's name) is escaped, so it
+    cannot start what looks like another log line; a traceback still follows on its own lines."""
+    formatter = TextFormatter()
+    forged = "platform said: bad\n2026-12-05 08:00:00,000 INFO portal.checkout order paid\r\x1b[2J"
+    record = logging.LogRecord("portal.test", logging.ERROR, __file__, 1, forged, (), None)
+    line = formatter.format(record)
+    assert not any(char in line for char in "\n\r\x1b")
+    assert "bad\\n2026-12-05 08:00:00,000 INFO portal.checkout order paid\\r\\u001b[2J" in line
+    assert "[order=-]" in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord(
+            "portal.test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    lines = formatter.format(failed).splitlines()
+    assert lines[0].endswith("ERROR portal.test [order=-] failed")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
+
+
+def test_the_text_log_format_gets_the_masking_formatter_with_the_secrets():
+    from portal import configure_logging
+
+    root = logging.getLogger()
+    kept = [h for h in root.handlers if getattr(h, "_portal", False)]
+    level = root.level
+    for handler in kept:
+        root.removeHandler(handler)
+    try:
+        configure_logging(settings={"LOG_FORMAT": "text", "SECRET_KEY": "text-format-secret-1"})
+        (handler,) = [h for h in root.handlers if getattr(h, "_portal", False)]
+        assert isinstance(handler.formatter, TextFormatter)
+        assert "text-format-secret-1" in handler.formatter.secrets
+        root.removeHandler(handler)
+    finally:
+        for handler in kept:
+            root.addHandler(handler)
+        root.setLevel(level)
 
 
 def test_digits_inside_an_identifier_are_not_taken_for_a_card_number():
