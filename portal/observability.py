@@ -156,18 +156,25 @@ class ScrubbingFormatter(logging.Formatter):
 
     def __init__(self, secrets: tuple[str, ...] = (), fmt: str | None = None):
         super().__init__(fmt)
-        self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        self.secrets: tuple[str, ...] = ()
+        self.add_secrets(secrets)
 
     def add_secrets(self, secrets) -> None:
         self.secrets = tuple(sorted(set(self.secrets) | set(secrets), key=len, reverse=True))
+        # Each secret, and as it appears inside a JSON string where that differs: made once
+        # here, not for every line.
+        forms = []
+        for secret in self.secrets:
+            forms.append(secret)
+            quoted = json.dumps(secret)[1:-1]
+            if quoted != secret:
+                forms.append(quoted)
+        self._forms = tuple(forms)
 
     def scrub(self, line: str) -> str:
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "[redacted]")
-            quoted = json.dumps(secret)[1:-1]  # as it appears inside a JSON string
-            if quoted != secret and quoted in line:
-                line = line.replace(quoted, "[redacted]")
+        for form in self._forms:
+            if form in line:
+                line = line.replace(form, "[redacted]")
         return mask_cards(line)
 
 
