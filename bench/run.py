@@ -234,8 +234,9 @@ def postgres_pids() -> list[int]:
 class CpuMeter:
     """Where the box's CPU goes during one measurement: each gunicorn instance given (its master
     and workers), PostgreSQL (every `postgres` process on the machine, so the server should
-    serve nothing else meanwhile) and this process (the asyncio load generator). Processes that
-    end during the measurement take their CPU with them."""
+    serve nothing else meanwhile) and the load generator: this process (bench/loadgen.py) and the
+    children it has waited for (wrk, which has ended by the time a measurement is read).
+    Processes that end during the measurement take their CPU with them."""
 
     def __init__(self, masters: dict[str, int]):
         self.masters = masters
@@ -247,7 +248,10 @@ class CpuMeter:
         }
         taken["PostgreSQL"] = sum(process_cpu(pid) for pid in postgres_pids())
         own = resource.getrusage(resource.RUSAGE_SELF)
-        taken["load generator"] = own.ru_utime + own.ru_stime
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        taken["load generator"] = sum(
+            (own.ru_utime, own.ru_stime, children.ru_utime, children.ru_stime)
+        )
         return taken
 
     def per_item(self, before: dict[str, float], count: int) -> dict[str, float]:
@@ -259,22 +263,24 @@ class CpuMeter:
 HOST_PARTS = ("portal", "nginx", "PostgreSQL")  # what runs on a production host of the portal
 
 
-def print_cpu(what: str, per_item: dict[str, float]) -> None:
+def print_cpu(
+    what: str, per_item: dict[str, float], decimals: int = 1, host_parts=HOST_PARTS
+) -> None:
     total = sum(per_item.values())
-    parts = ", ".join(f"{name} {ms:.1f}" for name, ms in per_item.items())
+    parts = ", ".join(f"{name} {ms:.{decimals}f}" for name, ms in per_item.items())
     ceiling = 1000 * (os.cpu_count() or 1) / total if total else 0
     print(
-        f"  CPU per {what} (ms): {parts}; {total:.1f} in all, so {os.cpu_count()} cores "
-        f"allow at most ~{ceiling:.0f}/s"
+        f"  CPU per {what} (ms): {parts}; {total:.{decimals}f} in all, so {os.cpu_count()} "
+        f"cores allow at most ~{ceiling:.0f}/s"
     )
     # In production Stripe, the platform and the learners' browsers are elsewhere: what one host
     # can serve is bounded by the portal's and the database's share alone (an estimate from the
     # same measurement, not a run of its own).
-    own = sum(ms for name, ms in per_item.items() if name in HOST_PARTS)
+    own = sum(ms for name, ms in per_item.items() if name in host_parts)
     if 0 < own < total:
-        names = [name for name in HOST_PARTS if name in per_item]
+        names = [name for name in host_parts if name in per_item]
         print(
-            f"  the {', '.join(names[:-1])} and {names[-1]} alone: {own:.1f} ms, so "
+            f"  the {', '.join(names[:-1])} and {names[-1]} alone: {own:.{decimals}f} ms, so "
             f"{os.cpu_count()} cores with "
             f"nothing else on them would allow ~{1000 * (os.cpu_count() or 1) / own:.0f}/s"
         )
@@ -335,10 +341,12 @@ def wrk(url: str, seconds: int, connections: int, headers: dict | None = None) -
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    done = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     return {
         "tool": "wrk",
         "per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "done": int(done.group(1)),
         "p50_ms": ms("50"),
         "p99_ms": ms("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -371,7 +379,7 @@ def combine(rounds: list[dict]) -> dict:
     combined["per_second"] = statistics.fmean(r["per_second"] for r in rounds)
     combined["p50_ms"] = statistics.median(r["p50_ms"] for r in rounds)
     combined["p99_ms"] = max(r["p99_ms"] for r in rounds)
-    for key in ("non_2xx", "failed"):
+    for key in ("non_2xx", "failed", "done"):
         if key in combined and isinstance(combined[key], int):
             combined[key] = sum(r.get(key, 0) for r in rounds)
     return combined
@@ -674,6 +682,13 @@ def main() -> int:
                 "review_returning": (review_url, returning),
                 "hello": (hello + "/", None),
             }
+            # where the box's CPU goes per request, each app's instance under its own name
+            meters = {
+                "review": CpuMeter({"portal": portal_process.pid}),
+                "review_returning": CpuMeter({"portal": portal_process.pid}),
+                "hello": CpuMeter({"hello": hello_pid}),
+            }
+            cpu_ms: dict[str, dict[str, float]] = {name: {} for name in targets}
             rounds = max(1, args.rounds)
             seconds = max(2, round(args.seconds / rounds))
             taken: dict[str, list[dict]] = {name: [] for name in targets}
@@ -682,9 +697,14 @@ def main() -> int:
                 names = names[number % 3 :] + names[: number % 3]  # no figure always first
                 for name in names:
                     url, headers = targets[name]
+                    before = meters[name].read()
                     taken[name].append(get_rate(url, seconds, args.connections, headers))
+                    for part, used in meters[name].per_item(before, 1).items():
+                        cpu_ms[name][part] = cpu_ms[name].get(part, 0.0) + used
             for name in targets:
                 results[name] = combine(taken[name])
+                done = max(1, results[name]["done"])
+                results[name]["cpu_ms"] = {part: used / done for part, used in cpu_ms[name].items()}
             ratios = {
                 name: [
                     mine["per_second"] / hello_round["per_second"]
@@ -698,11 +718,14 @@ def main() -> int:
             print_figures(
                 "review page (GET /orders/<ref>), a new visitor each time", results["review"]
             )
+            print_cpu("request", results["review"]["cpu_ms"], decimals=3)
             print_figures(
                 "review page, the learner back with their session cookie",
                 results["review_returning"],
             )
+            print_cpu("request", results["review_returning"]["cpu_ms"], decimals=3)
             print_figures("bare Flask hello", results["hello"])
+            print_cpu("request", results["hello"]["cpu_ms"], decimals=3, host_parts=())
             print(
                 f"  review / hello ratio, median of {rounds} interleaved rounds of {seconds} s: "
                 f"new visitor {results['review_ratio']:.2f} "
