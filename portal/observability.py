@@ -21,8 +21,8 @@ import os
 import re
 import time
 import traceback
-import uuid
 from datetime import UTC, datetime
+from secrets import token_hex
 
 import stripe
 from flask import g, request
@@ -49,7 +49,7 @@ def accept_request_id(offered: str | None) -> str:
     """The caller's id if it is 8 to 128 plain characters, else a new random one."""
     if offered and REQUEST_ID.fullmatch(offered):
         return offered
-    return uuid.uuid4().hex
+    return token_hex(16)
 
 
 def outbound_headers(headers: dict | None = None) -> dict:

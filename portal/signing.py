@@ -44,9 +44,21 @@ class KeptKeySigner(TimestampSigner):
 
 
 class TokenSerializer(URLSafeTimedSerializer):
-    """URLSafeTimedSerializer with kept keys, not compressing small payloads."""
+    """URLSafeTimedSerializer with kept keys and a kept signer per salt (a signer holds only its
+    keys and settings), not compressing small payloads."""
 
     default_signer = KeptKeySigner
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._signers: dict = {}
+
+    def make_signer(self, salt: str | bytes | None = None):
+        salt = self.salt if salt is None else salt
+        signer = self._signers.get(salt)
+        if signer is None:
+            signer = self._signers[salt] = super().make_signer(salt)
+        return signer
 
     def dump_payload(self, obj) -> bytes:
         json = want_bytes(self.serializer.dumps(obj, **self.serializer_kwargs))
