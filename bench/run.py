@@ -683,9 +683,10 @@ def main() -> int:
                 "hello": (hello + "/", None),
             }
             # where the box's CPU goes per request, each app's instance under its own name
+            portal_meter = CpuMeter({"portal": portal_process.pid})
             meters = {
-                "review": CpuMeter({"portal": portal_process.pid}),
-                "review_returning": CpuMeter({"portal": portal_process.pid}),
+                "review": portal_meter,
+                "review_returning": portal_meter,
                 "hello": CpuMeter({"hello": hello_pid}),
             }
             cpu_ms: dict[str, dict[str, float]] = {name: {} for name in targets}
