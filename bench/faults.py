@@ -332,8 +332,21 @@ class Stack:
             "GUNICORN_ACCESSLOG": "/dev/null",
             **(env or {}),
         }
+        # The stand-ins' APIs (Stripe's, Skilljar's) answer from a second gunicorn, "outside":
+        # the portal never calls itself, so a fault in the portal (a reload, a full pool, the
+        # database gone) is not also a fault of the platforms. It shares the stand-ins' store
+        # and PUBLIC_URL (the Stripe pay page and the webhooks point at the portal) and has a
+        # SQLite database of its own.
+        self.outside_port = free_port()
+        self.outside_url = f"http://127.0.0.1:{self.outside_port}"
+        self.outside_env = {
+            **self.env,
+            "PORTAL_DATABASE_URL": f"sqlite:///{self.workdir / 'outside.db'}",
+        }
+        self.env["PORTAL_STRIPE_API_BASE"] = f"{self.outside_url}/sandbox/stripe"
+        self.env["PORTAL_SKILLJAR_API_BASE"] = f"{self.outside_url}/sandbox/skilljar"
         if stripe is not None:
-            stripe.target = self.url
+            stripe.target = self.outside_url
             self.env["PORTAL_STRIPE_API_BASE"] = f"{stripe.base}/sandbox/stripe"
         self.gunicorn_workers = gunicorn_workers
         self.threads = threads
@@ -344,11 +357,11 @@ class Stack:
 
     # processes
 
-    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "a")  # noqa: SIM115 - closed in __exit__
         self.logs.append(log)
         process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT
         )
         self.processes[name] = process
         return process
@@ -366,22 +379,38 @@ class Stack:
     def start_worker(self, name: str) -> subprocess.Popen:
         return self.spawn(name, [str(BIN / "flask"), "--app", "wsgi", "portal", "worker"])
 
-    def wait_healthy(self, seconds: float = 60) -> None:
+    def start_outside(self) -> None:
+        self.flask("init-db", env=self.outside_env)
+        self.spawn(
+            "outside",
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{self.outside_port}",
+            ]
+            + ["--workers", "1", "--threads", "16", "wsgi:app"],
+            self.outside_env,
+        )
+        self.wait_healthy(url=self.outside_url)
+
+    def wait_healthy(self, seconds: float = 60, url: str | None = None) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).ok:
+                if requests.get(f"{url or self.url}/healthz", timeout=2).ok:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.name}: the portal did not come up (see {self.workdir})")
 
-    def flask(self, *args: str, stdin: str | None = None) -> str:
+    def flask(self, *args: str, stdin: str | None = None, env: dict | None = None) -> str:
         done = subprocess.run(
             [str(BIN / "flask"), "--app", "wsgi", "portal", *args],
             cwd=ROOT,
-            env=self.env,
+            env=env or self.env,
             input=stdin,
             capture_output=True,
             text=True,
@@ -392,6 +421,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         try:
+            self.start_outside()
             self.flask("init-db")
             self.start_gunicorn()
             for index in range(self.job_workers):
@@ -414,7 +444,7 @@ class Stack:
             return process.wait()
 
     def __exit__(self, *_exc) -> None:
-        for name in list(self.processes):
+        for name in sorted(self.processes, key=lambda n: n == "outside"):  # the outside last
             self.stop(name, wait=30)
         for log in self.logs:
             log.close()
@@ -518,7 +548,7 @@ class Probe(threading.Thread):
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                response = http.get(self.url, timeout=10, allow_redirects=False)
+                response = http.get(self.url, timeout=30, allow_redirects=False)
                 status = str(response.status_code)
                 self.bodies.setdefault(status, response.text)
             except requests.RequestException as exc:
@@ -540,15 +570,19 @@ class Probe(threading.Thread):
         return sorted(took for _t, s, took in self.samples if s == status)
 
 
-def open_review(base: str, index: int) -> str:
-    """A learner's review page URL (a Skilljar purchase made in the sandbox academy)."""
+def open_review(base: str, index: int) -> tuple[str, str]:
+    """A Skilljar purchase made in the sandbox academy: (the entry URL, which asks Skilljar for
+    the purchase on every GET; the order's own review page, which only reads the database). The
+    stand-ins answer from inside the portal's own gunicorn, so probes use the order's page: a
+    probe that waited on the portal calling itself would measure the sandbox, not the fault."""
     response = requests.post(
         f"{base}/sandbox/skilljar/academy/checkout",
         data={"offer": OFFERS[index % len(OFFERS)], "quantity": "1"},
         timeout=30,
     )
     response.raise_for_status()
-    return response.url
+    action = re.search(r'action="([^"]+)/pay"', response.text).group(1)
+    return response.url, urljoin(base, action)
 
 
 def count_outcomes(outcome: Outcome, purchases: list[dict]) -> None:
@@ -596,7 +630,7 @@ def run_postgres_stop(database_url: str = DEFAULT_PG, keep: bool = False) -> Out
     pg = PrivatePostgres()
     try:
         with Stack("postgres-stop", database_url, own_database_url=pg.url, keep=keep) as stack:
-            probe = Probe(open_review(stack.url, 0))
+            probe = Probe(open_review(stack.url, 0)[1])
             probe.start()
             learners = Learners(stack.url, threads=4)
             time.sleep(3)
@@ -654,7 +688,7 @@ def run_redis_loss(database_url: str = DEFAULT_PG, keep: bool = False) -> Outcom
     }
     try:
         with Stack("redis-loss", database_url, gunicorn_workers=1, env=env, keep=keep) as stack:
-            entry = open_review(stack.url, 0)
+            entry, _order_page = open_review(stack.url, 0)
             http = requests.Session()
 
             def burst(label: str, count: int) -> Counter:
@@ -973,7 +1007,7 @@ def run_stripe_bursts(database_url: str = DEFAULT_PG, keep: bool = False) -> Out
 def run_rolling_hup(database_url: str = DEFAULT_PG, keep: bool = False) -> Outcome:
     outcome = Outcome("rolling-hup")
     with Stack("rolling-hup", database_url, keep=keep) as stack:
-        probes = [Probe(open_review(stack.url, i), interval=0.0) for i in range(4)]
+        probes = [Probe(open_review(stack.url, i)[1], interval=0.0) for i in range(4)]
         for probe in probes:
             probe.start()
         learners = Learners(stack.url, threads=3)
@@ -993,6 +1027,8 @@ def run_rolling_hup(database_url: str = DEFAULT_PG, keep: bool = False) -> Outco
         bad = {k: n for k, n in outcome.requests.items() if not k.endswith((" 200", "enrolled"))}
         bad = {k: n for k, n in bad.items() if "after waiting" not in k}
         outcome.figures["requests"] = sum(p.statuses().total() for p in probes) + len(purchases)
+        slowest = max(took for p in probes for _t, _s, took in p.samples)
+        outcome.figures["slowest review page (s)"] = f"{slowest:.2f}"
         outcome.check(not bad, f"failed requests: {bad}")
         outcome.check(figures["paid_stripe"] == len(purchases), "a purchase was not paid")
     return outcome
@@ -1093,7 +1129,7 @@ def run_connection_limit(database_url: str = DEFAULT_PG, keep: bool = False) -> 
             job_workers=0,
             keep=keep,
         ) as stack:
-            reviews = [open_review(stack.url, i) for i in range(8)]
+            reviews = [open_review(stack.url, i)[1] for i in range(8)]
             stack.engine.dispose()
             while True:  # take every connection PostgreSQL has left
                 try:
