@@ -854,6 +854,7 @@ def buy_with_retries(base: str, index: int, tries: int = 4) -> dict:
     """A learner who, shown the 503 page at the pay step, waits a second and presses Pay again."""
     browser = requests.Session()
     result = {"index": index, "purchase_id": None, "outcome": None, "pay_statuses": []}
+    result["first_failure"] = result["handed_off"] = None
     review = browser.post(
         f"{base}/sandbox/skilljar/academy/checkout",
         data={"offer": OFFERS[index % len(OFFERS)], "quantity": "1"},
@@ -879,7 +880,9 @@ def buy_with_retries(base: str, index: int, tries: int = 4) -> dict:
         )
         result["pay_statuses"].append(str(to_stripe.status_code))
         if to_stripe.status_code == 303:
+            result["handed_off"] = time.monotonic()
             break
+        result["first_failure"] = result["first_failure"] or time.monotonic()
         time.sleep(1)
     else:
         result["outcome"] = "gave up at pay"
@@ -931,6 +934,13 @@ def run_stripe_bursts(database_url: str = DEFAULT_PG, keep: bool = False) -> Out
                 outcome.requests[f"handoff learner: {buyer['outcome']}"] += 1
             figures = stack.settle(buyers, 60)
             money_figures(outcome, figures)
+            waits = [
+                b["handed_off"] - b["first_failure"]
+                for b in buyers
+                if b["first_failure"] and b["handed_off"]
+            ]
+            # From a learner's first 503 page to their handoff on a later press of Pay.
+            outcome.recovery_seconds = max(waits) if waits else None
             sessions = Counter(
                 s["client_reference_id"] for s in stack.store.list("checkout.session")
             )

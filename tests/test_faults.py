@@ -5,8 +5,10 @@ nothing paid is lost or done twice and that the portal recovers by itself. Each 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ _spec = importlib.util.spec_from_file_location(
     "bench_faults", Path(__file__).resolve().parent.parent / "bench" / "faults.py"
 )
 faults = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = faults  # dataclasses look their module up
 _spec.loader.exec_module(faults)
 
 needs_postgres_server = pytest.mark.skipif(
@@ -33,7 +36,9 @@ needs_redis_server = pytest.mark.skipif(
 )
 
 
+@functools.cache
 def run(name: str):
+    """Each run once per session (two tests read the Stripe run's figures)."""
     outcome = faults.run(name, database_url=PG_URL)
     print(outcome.report())
     return outcome
