@@ -1018,10 +1018,10 @@ def run_stripe_bursts(database_url: str = DEFAULT_PG, keep: bool = False) -> Out
 def run_rolling_hup(database_url: str = DEFAULT_PG, keep: bool = False) -> Outcome:
     outcome = Outcome("rolling-hup")
     with Stack("rolling-hup", database_url, keep=keep) as stack:
-        probes = [Probe(open_review(stack.url, i)[1], interval=0.0) for i in range(4)]
+        probes = [Probe(open_review(stack.url, i)[1], interval=0.01) for i in range(3)]
         for probe in probes:
             probe.start()
-        learners = Learners(stack.url, threads=3)
+        learners = Learners(stack.url, threads=2)
         master = stack.processes["gunicorn"]
         for moment in (2, 5):
             time.sleep(moment - (2 if moment == 5 else 0))
