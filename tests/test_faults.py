@@ -17,6 +17,7 @@ from tests.conftest import PG_URL
 
 pytestmark = [
     pytest.mark.postgres,
+    pytest.mark.faults,
     pytest.mark.skipif(not PG_URL, reason="PORTAL_TEST_DATABASE_URL is not set"),
 ]
 
