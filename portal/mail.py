@@ -148,6 +148,10 @@ def permanent_reply(code: int) -> bool:
     return 500 <= code <= 599
 
 
+def _text(reply) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
 def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
     """Hand the message to the SMTP server (or the sandbox's catcher). Returns the recipients
     the server refused while it took the message for the others ({} when all took it)."""
@@ -184,13 +188,16 @@ def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
     except smtplib.SMTPRecipientsRefused as exc:
         # Every RCPT refused, so nobody has the message: if any refusal was a 4xx (a greylisting
         # server's first answer), trying the whole message again later is right.
-        replies = {address: code for address, (code, _text) in exc.recipients.items()}
-        transient = not all(permanent_reply(code) for code in replies.values())
+        codes = [code for code, _text in exc.recipients.values()]
+        transient = not all(permanent_reply(code) for code in codes)
+        replies = "; ".join(
+            f"{address}: {code} {_text(reply)}" for address, (code, reply) in exc.recipients.items()
+        )
         raise UpstreamError(f"SMTP refused the recipients: {replies}", transient=transient) from exc
     except smtplib.SMTPResponseException as exc:
         # A reply code at connect, EHLO, AUTH, MAIL or DATA: 5xx never, 4xx later.
         raise UpstreamError(
-            f"SMTP {exc.smtp_code}: {exc.smtp_error!r}",
+            f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}",
             transient=not permanent_reply(exc.smtp_code),
         ) from exc
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
@@ -262,8 +269,9 @@ def _refused_recipients(session, settings, job, order: Order, refused: dict) -> 
     undeliverable = []
     for address, (code, reply) in refused.items():
         if permanent_reply(code):
-            text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-            undeliverable.append(f"email {template} not delivered to {address}: SMTP {code} {text}")
+            undeliverable.append(
+                f"email {template} not delivered to {address}: SMTP {code} {_text(reply)}"
+            )
             continue
         jobs.enqueue(
             session,

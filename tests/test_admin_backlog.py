@@ -44,7 +44,7 @@ def a_queue():
         created_ago=125 * minutes,
         run_in=7 * minutes,
         attempts=4,
-        last_error="SMTP refused the recipients: {'a@example.com': 451}",
+        last_error="SMTP refused the recipients: a@example.com: 451 4.7.1 Greylisted",
     )
     add_job("mail", "mail:receipt:3", created_ago=3 * minutes, run_in=2 * minutes, attempts=1)
     # fulfil: one held by a worker right now, one given up, one done long ago (not backlog)
