@@ -188,7 +188,7 @@ def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
     except smtplib.SMTPRecipientsRefused as exc:
         # Every RCPT refused, so nobody has the message: if any refusal was a 4xx (a greylisting
         # server's first answer), trying the whole message again later is right.
-        codes = [code for code, _text in exc.recipients.values()]
+        codes = [code for code, _reply in exc.recipients.values()]
         transient = not all(permanent_reply(code) for code in codes)
         replies = "; ".join(
             f"{address}: {code} {_text(reply)}" for address, (code, reply) in exc.recipients.items()
