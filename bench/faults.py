@@ -572,9 +572,8 @@ class Probe(threading.Thread):
 
 def open_review(base: str, index: int) -> tuple[str, str]:
     """A Skilljar purchase made in the sandbox academy: (the entry URL, which asks Skilljar for
-    the purchase on every GET; the order's own review page, which only reads the database). The
-    stand-ins answer from inside the portal's own gunicorn, so probes use the order's page: a
-    probe that waited on the portal calling itself would measure the sandbox, not the fault."""
+    the purchase on every GET and is rate limited; the order's own review page, which needs only
+    the portal and its database, so a probe of it measures the fault and nothing else)."""
     response = requests.post(
         f"{base}/sandbox/skilljar/academy/checkout",
         data={"offer": OFFERS[index % len(OFFERS)], "quantity": "1"},
