@@ -17,6 +17,7 @@ import re
 import smtplib
 import ssl
 import time
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid, parseaddr
 from urllib.parse import unquote, urlsplit
@@ -26,9 +27,10 @@ from sqlalchemy import select
 from portal import i18n, jobs, timeline
 from portal.branding.render import email_brand, render_learner_email
 from portal.db import db
+from portal.fulfilment import alert
 from portal.http import UpstreamError
 from portal.i18n import N_
-from portal.models import ApiKey, BrandAssignment, Order
+from portal.models import ApiKey, BrandAssignment, Order, utcnow
 
 SUBJECTS = {
     "pay_link": N_("%(brand)s: your order is ready to pay"),
@@ -139,11 +141,24 @@ def build_message(settings, *, to, cc, subject, text, html, brand) -> EmailMessa
     return message
 
 
-def send(settings: dict, message: EmailMessage) -> None:
-    """Hand the message to the SMTP server (or the sandbox's catcher)."""
+def permanent_reply(code: int) -> bool:
+    """RFC 5321 section 4.2.1: a 5yz reply is a permanent failure (the same request will never
+    succeed); 4yz is transient (greylisting's 450/451 at RCPT, a full mailbox's 452, a server
+    closing with 421) and so is anything without a proper reply code."""
+    return 500 <= code <= 599
+
+
+def _text(reply) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
+def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    """Hand the message to the SMTP server (or the sandbox's catcher). Returns the recipients
+    the server refused while it took the message for the others ({} when all took it)."""
     if not settings["SMTP_URL"]:
         if settings["SANDBOX"]:
-            return catch(settings, message)
+            catch(settings, message)
+            return {}
         raise jobs.PermanentJobError("PORTAL_SMTP_URL is not set: no mail can be sent")
     url = urlsplit(settings["SMTP_URL"])
     timeout = settings["HTTP_READ_TIMEOUT"]
@@ -156,11 +171,12 @@ def send(settings: dict, message: EmailMessage) -> None:
         else:
             client = smtplib.SMTP(url.hostname, url.port or 25, timeout=timeout)
         with client:
-            client.ehlo()
+            # EHLO, falling back to HELO; a refusal of both raises with the server's reply code.
+            client.ehlo_or_helo_if_needed()
             secure = url.scheme == "smtps"
             if not secure and client.has_extn("starttls"):
                 client.starttls(context=context)
-                client.ehlo()
+                client.ehlo_or_helo_if_needed()
                 secure = True
             if url.username:
                 if not secure:
@@ -168,14 +184,22 @@ def send(settings: dict, message: EmailMessage) -> None:
                         "PORTAL_SMTP_URL has a password but the server offers no STARTTLS"
                     )
                 client.login(unquote(url.username), unquote(url.password or ""))
-            client.send_message(message)
-    except smtplib.SMTPResponseException as exc:
-        # 5xx: the server will never take it (bad address, refused sender); 4xx: later.
-        raise UpstreamError(
-            f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", transient=exc.smtp_code < 500
-        ) from exc
+            return client.send_message(message)
     except smtplib.SMTPRecipientsRefused as exc:
-        raise UpstreamError(f"SMTP refused the recipients: {exc}", transient=False) from exc
+        # Every RCPT refused, so nobody has the message: if any refusal was a 4xx (a greylisting
+        # server's first answer), trying the whole message again later is right.
+        codes = [code for code, _reply in exc.recipients.values()]
+        transient = not all(permanent_reply(code) for code in codes)
+        replies = "; ".join(
+            f"{address}: {code} {_text(reply)}" for address, (code, reply) in exc.recipients.items()
+        )
+        raise UpstreamError(f"SMTP refused the recipients: {replies}", transient=transient) from exc
+    except smtplib.SMTPResponseException as exc:
+        # A reply code at connect, EHLO, AUTH, MAIL or DATA: 5xx never, 4xx later.
+        raise UpstreamError(
+            f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}",
+            transient=not permanent_reply(exc.smtp_code),
+        ) from exc
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         raise UpstreamError(f"SMTP server unreachable: {exc}", transient=True) from exc
 
@@ -223,21 +247,51 @@ def run_mail(services, job) -> None:
     message = build_message(
         settings, to=to, cc=cc, subject=subject, text=text, html=html, brand=brand[0]["name"]
     )
-    send(settings, message)
+    refused = send(settings, message)
     recipients = {"to": to, "cc": cc}
     with db.transaction() as session:
         timeline.record(order.id, "note", f"email {template} sent", recipients, session=session)
-        if template == "pay_link":
+        undeliverable = _refused_recipients(session, settings, job, order, refused)
+        if template == "pay_link" and not job.payload.get("retry_of"):
             from portal.api import webhooks_out
 
             webhooks_out.emit(session, settings, order, "link.sent", extra={"email": recipients})
+    for problem in undeliverable:
+        alert(services, order, problem)
+
+
+def _refused_recipients(session, settings, job, order: Order, refused: dict) -> list[str]:
+    """The server took the message for some recipients and refused others. Sending the whole
+    message again would give the others a second copy, so a recipient refused for now (4xx) gets
+    a job of its own, retried with back-off like any other; one refused for good (5xx) is
+    returned, for the operator's alert."""
+    template = job.payload["template"]
+    undeliverable = []
+    for address, (code, reply) in refused.items():
+        if permanent_reply(code):
+            undeliverable.append(
+                f"email {template} not delivered to {address}: SMTP {code} {_text(reply)}"
+            )
+            continue
+        jobs.enqueue(
+            session,
+            "mail",
+            f"mail:{template}:{order.id}:{address}",
+            order_id=order.id,
+            payload={"template": template, "to": address, "cc": None, "retry_of": job.id},
+            run_at=utcnow() + timedelta(seconds=jobs.backoff_seconds(settings, 1)),
+        )
+    return undeliverable
 
 
 def give_up_mail(services, job, error: str) -> None:
-    if job.order_id is not None:
-        timeline.record(
-            job.order_id, "alert", f"email {job.payload.get('template')} not sent: {error}"
-        )
+    """A 5xx reply (or too many 4xx): the message will not go. An operator must act."""
+    if job.order_id is None:
+        return
+    with db.reader() as session:
+        order = session.get(Order, job.order_id)
+    if order is not None:
+        alert(services, order, f"email {job.payload.get('template')} not sent: {error}")
 
 
 jobs.register("mail", run_mail, give_up=give_up_mail)

@@ -280,6 +280,28 @@ class CallStats:
 
 
 @dataclass
+class Backlog:
+    """One job kind's share of the queue (mail is the kind "mail"): what is due now and how long
+    the longest-waiting of it has been due, what waits for its next retry after a failure and
+    how old the oldest of that is, what a worker holds right now, and what was given up."""
+
+    kind: str
+    due: int = 0
+    due_since: datetime | None = None  # the run_at of the longest-due job
+    retrying: int = 0
+    retrying_since: datetime | None = None  # the created_at of the oldest job waiting to retry
+    next_retry: datetime | None = None
+    running: int = 0
+    dead: int = 0
+
+    def due_for(self, now: datetime) -> timedelta | None:
+        return now - self.due_since if self.due_since is not None else None
+
+    def oldest_retry_age(self, now: datetime) -> timedelta | None:
+        return now - self.retrying_since if self.retrying_since is not None else None
+
+
+@dataclass
 class Dashboard:
     now: datetime
     windows: list[Window]
@@ -290,6 +312,7 @@ class Dashboard:
     disputed: list[Order]
     disputed_count: int
     calls: list[CallStats] = field(default_factory=list)
+    backlog: list[Backlog] = field(default_factory=list)
 
 
 def _window(session, label: str, since: datetime) -> Window:
@@ -356,6 +379,56 @@ def attention(session, now: datetime) -> dict:
     }
 
 
+def job_backlog(now: datetime | None = None) -> list[Backlog]:
+    """The queue per job kind, as `Backlog` rows; kinds with nothing queued or dead are left out.
+    A periodic job (the expiry sweep, reconciliation) waiting for its next turn is not backlog;
+    one that is overdue is (no worker is running)."""
+    now = now or utcnow()
+    queued = Job.state == JobState.QUEUED
+    held = and_(queued, Job.locked_until.is_not(None), Job.locked_until > now)
+    free = and_(queued, or_(Job.locked_until.is_(None), Job.locked_until <= now))
+    due = and_(free, Job.run_at <= now)
+    retrying = and_(free, Job.run_at > now, ~Job.dedupe_key.startswith("periodic:"))
+
+    def count(condition):
+        return func.sum(case((condition, 1), else_=0))
+
+    def earliest(condition, column):
+        return func.min(case((condition, column)))
+
+    with db.reader() as session:
+        rows = session.execute(
+            select(
+                Job.kind,
+                count(due),
+                earliest(due, Job.run_at),
+                count(retrying),
+                earliest(retrying, Job.created_at),
+                earliest(retrying, Job.run_at),
+                count(held),
+                count(Job.state == JobState.DEAD),
+            )
+            .where(Job.state.in_([JobState.QUEUED, JobState.DEAD]))
+            .group_by(Job.kind)
+        ).all()
+    backlog = []
+    for kind, due_count, due_since, retry_count, retry_since, next_retry, running, dead in rows:
+        row = Backlog(
+            kind,
+            due=int(due_count or 0),
+            due_since=due_since,
+            retrying=int(retry_count or 0),
+            retrying_since=retry_since,
+            next_retry=next_retry,
+            running=int(running or 0),
+            dead=int(dead or 0),
+        )
+        if row.due or row.retrying or row.running or row.dead:
+            backlog.append(row)
+    # Mail first (a customer waits for a pay link), then the longest-due kinds.
+    return sorted(backlog, key=lambda b: (b.kind != "mail", b.due_since or now, b.kind))
+
+
 def dashboard(now: datetime | None = None) -> Dashboard:
     now = now or utcnow()
     midnight = datetime.combine(now.astimezone(UTC).date(), time(), UTC)
@@ -373,6 +446,7 @@ def dashboard(now: datetime | None = None) -> Dashboard:
         disputed=needs["disputed"][0],
         disputed_count=needs["disputed"][1],
         calls=call_stats(week),
+        backlog=job_backlog(now),
     )
 
 
