@@ -321,6 +321,15 @@ def preview_template(name):
             html = preview_email(name, source, sample, language, brand_id)
         else:
             html = overrides.preview(name, source, key, language, brand_id)
+    except overrides.UnsafeOutput as exc:
+        # Never shown: the draft's markup would run on this console page.
+        return render_template(
+            "admin/template_preview_error.html",
+            name=name,
+            number=number,
+            error="This draft renders markup learners may not receive, so it is not shown.",
+            problems=exc.problems,
+        ), 422
     except overrides.OverrideError:
         abort(404)
     except Exception as exc:  # noqa: BLE001 - the marketer sees what broke, with its line

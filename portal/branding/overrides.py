@@ -14,10 +14,19 @@ from sqlalchemy import func, select, update
 from portal import i18n
 from portal.admin import audit
 from portal.admin.audit import Actor
-from portal.branding import brands, samples
+from portal.branding import brands, markup, samples
 from portal.branding import cache as branding_cache
 from portal.branding.environment import ACTIVE_MARKUP, fixed_environment, is_learner_template
-from portal.branding.render import describe, page_context, render_in
+from portal.branding.render import (
+    describe,
+    email_colours,
+    email_context,
+    email_rules,
+    page_context,
+    page_rules,
+    public_url_for,
+    render_in,
+)
 from portal.db import db
 from portal.models import Brand, TemplateOverride, utcnow
 
@@ -58,7 +67,10 @@ def sample_context(sample: samples.Sample, language: str, brand: dict) -> dict:
 
 
 def check(name: str, source: str) -> list[Problem]:
-    """Every problem publishing `source` as the override of `name` would cause."""
+    """Every problem publishing `source` as the override of `name` would cause: its syntax,
+    then, for every sample page that uses it, in every language and for every brand, what it
+    renders: errors (with line numbers), the render budget, and the output itself against the
+    default's (portal.branding.markup: allowed markup only, the locked checkout parts kept)."""
     if len(source) > SOURCE_MAX:
         return [Problem("size", f"The template is longer than {SOURCE_MAX // 1024} KB.")]
     found = ACTIVE_MARKUP.search(source)
@@ -77,23 +89,74 @@ def check(name: str, source: str) -> list[Problem]:
     except TemplateSyntaxError as exc:
         return [Problem("syntax", describe(exc, name))]
     problems: list[Problem] = []
-    brand = brands.brand_for(None, current_app.config["PORTAL"], url_for)
-    for language in i18n.languages():
-        env = fixed_environment(language, {name: source})
-        for sample in samples.samples_for(name):
-            try:
-                render_in(env, sample.template, sample_context(sample, language, brand), {})
-            except TemplateNotFound as exc:
-                problems.append(Problem(sample.label, f"{name}: no template named {exc.name!r}"))
-            except Exception as exc:  # noqa: BLE001 - every failure is the marketer's to see
-                problems.append(Problem(f"{sample.label} ({language})", describe(exc, name)))
-            if len(problems) >= 10:
-                return problems
+    seen: set[str] = set()
+    for brand_row in _brands_to_check():
+        for language in i18n.languages():
+            env = fixed_environment(language, {name: source})
+            default_env = fixed_environment(language, {})
+            for sample in samples.samples_for(name):
+                where = f"{sample.label} ({language}{_brand_label(brand_row)})"
+                try:
+                    html, rules = render_sample(env, sample, language, brand_row)
+                except TemplateNotFound as exc:
+                    problems.append(Problem(where, f"{name}: no template named {exc.name!r}"))
+                except Exception as exc:  # noqa: BLE001 - every failure is the marketer's to see
+                    problems.append(Problem(where, describe(exc, name)))
+                else:
+                    if not sample.template.endswith(".txt"):
+                        default, _rules = render_sample(default_env, sample, language, brand_row)
+                        for message in markup.problems(html, default, rules):
+                            if message not in seen:
+                                seen.add(message)
+                                problems.append(Problem(where, message))
+                if len(problems) >= 10:
+                    return problems
     return problems
 
 
+def _brands_to_check() -> list[Brand | None]:
+    """Every brand (an override is shared by all of them), or the settings brand if none."""
+    with db.reader() as session:
+        rows = list(session.scalars(select(Brand).order_by(Brand.id)))
+    return rows or [None]
+
+
+def _brand_label(row: Brand | None) -> str:
+    return f", brand {row.name}" if row is not None else ""
+
+
+def render_sample(env, sample: samples.Sample, language: str, brand_row: Brand | None):
+    """(HTML, markup rules) of a sample page or email for a brand, in `env`."""
+    settings = current_app.config["PORTAL"]
+    if sample.template.startswith("email/"):
+        brand = brands.brand_context(brand_row, settings, public_url_for(settings))
+        locale = {"en": "en_US", "fr": "fr_FR"}.get(language, language)
+        context = email_context(
+            settings=settings,
+            brand=brand,
+            colours=email_colours(brand_row),
+            locale=locale,
+            order=sample.order,
+            context=sample.context,
+            preview=True,
+        )
+        return render_in(env, sample.template, context, {}), email_rules(settings, brand)
+    brand = brands.brand_context(brand_row, settings, url_for)
+    return render_in(env, sample.template, sample_context(sample, language, brand), {}), page_rules()
+
+
+class UnsafeOutput(OverrideError):
+    """The draft renders markup learners may not receive; `problems` says what."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(" ".join(problems))
+        self.problems = problems
+
+
 def preview(name: str, source: str | None, sample_key: str, language: str, brand_id=None) -> str:
-    """The sample page with `source` as the override of `name` (the live defaults if None)."""
+    """The sample page with `source` as the override of `name` (the live defaults if None). A
+    draft whose output would be refused is not shown (UnsafeOutput): the preview is a console
+    page, and its markup would run there."""
     sample = samples.sample(sample_key)
     if sample is None:
         raise OverrideError("No such sample page.")
@@ -104,7 +167,18 @@ def preview(name: str, source: str | None, sample_key: str, language: str, brand
             brand_row = brands.find_brand(session, None)
     brand = brands.brand_context(brand_row, settings, url_for)
     env = fixed_environment(language, {name: source} if source is not None else {})
-    return render_in(env, sample.template, sample_context(sample, language, brand), {})
+    html = render_in(env, sample.template, sample_context(sample, language, brand), {})
+    if source is not None:
+        default = render_in(
+            fixed_environment(language, {}),
+            sample.template,
+            sample_context(sample, language, brand),
+            {},
+        )
+        found = markup.problems(html, default, page_rules())
+        if found:
+            raise UnsafeOutput(found)
+    return html
 
 
 # --- versions ---------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ import html
 import logging
 import re
 import secrets
+import threading
 import time
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from flask import current_app, g, request, session, url_for
 from jinja2 import TemplateSyntaxError
@@ -36,7 +37,7 @@ from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
 
 from portal import i18n, signing
-from portal.branding import brands
+from portal.branding import brands, markup
 from portal.branding import cache as branding_cache
 from portal.branding.cache import Recent
 from portal.branding.environment import (
@@ -45,6 +46,7 @@ from portal.branding.environment import (
     live_environment,
     live_overrides,
     overrides_used,
+    render_budgeted,
 )
 from portal.db import db
 from portal.models import Brand, Order, TemplateOverride, utcnow
@@ -245,7 +247,7 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
     """Render with `overrides` live; raise what the template raises."""
     token = live_overrides.set(overrides)
     try:
-        return env.get_template(name).render(context)
+        return render_budgeted(env.get_template(name), context)
     finally:
         live_overrides.reset(token)
 
@@ -304,6 +306,7 @@ def _marking(marks: list[bool]):
         marks.append(True)
         return CSRF_MARK
 
+    csrf_token.marks = True
     return csrf_token
 
 
@@ -322,24 +325,97 @@ def page_key(name: str, language: str, page: dict, overrides: dict, row=None) ->
 
 
 def _render(env, name: str, page: dict, overrides: dict, order: Order | None) -> tuple[str, bool]:
-    """(HTML, whether a failing override fell back to the default)."""
+    """(HTML, whether a failing override fell back to the default). An override's output is
+    checked against the default's (portal.branding.markup) before it is served."""
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
-        return render_in(env, name, page, overrides), False
-    except Exception as exc:
-        if not used:
-            raise
-        text = describe(exc, used[-1])
-        log.error(
-            "template override failed, rendering the default instead: %s",
-            text,
-            extra={"order_id": order.id if order is not None else "-"},
-        )
-        _record_failure(used, text)
-        return render_in(env, name, page, {}), True
+        try:
+            html = render_in(env, name, page, overrides)
+        except Exception as exc:
+            if not used:
+                raise
+            text = describe(exc, used[-1])
+            _not_served(used, text, order)
+            return render_in(env, name, page, {}), True
     finally:
         overrides_used.reset(used_token)
+    if not used:
+        return html, False
+    # The default page for the same data, with the token marks as they are (not counted twice).
+    quiet = dict(page)
+    if getattr(page.get("csrf_token"), "marks", False):
+        quiet["csrf_token"] = lambda: CSRF_MARK
+    default = render_in(env, name, quiet, {})
+    found = markup.problems(html, default, page_rules())
+    if found:
+        _not_served(used, f"{name}: " + " ".join(found[:5]), order)
+        if quiet is not page:
+            default = render_in(env, name, page, {})
+        return default, True
+    return html, False
+
+
+def page_rules() -> markup.Rules:
+    return markup.Rules()
+
+
+def email_rules(settings: dict, brand: dict) -> markup.Rules:
+    """An email's links may go to the portal, the brand's own sites (its terms and privacy
+    addresses) and the platforms' sites (PORTAL_REDIRECT_HOSTS), over https."""
+    hosts = {urlsplit(settings["PUBLIC_URL"]).hostname or ""}
+    for key in ("terms_url", "privacy_url"):
+        if brand.get(key):
+            hosts.add(urlsplit(brand[key]).hostname or "")
+    hosts.update(settings.get("REDIRECT_HOSTS") or ())
+    return markup.Rules(
+        email=True,
+        public_url=settings["PUBLIC_URL"],
+        link_hosts=frozenset(h.lower() for h in hosts if h),
+    )
+
+
+# The alerts sent in this process, so a broken override alerts once, not on every page.
+_alerted = Recent(256)
+_alert_lock = threading.Lock()
+
+
+def _not_served(names: list[str], text: str, order: Order | None, kind: str = "template") -> None:
+    """An override was not served (it failed, ran over its budget or produced refused markup):
+    recorded on the override for the console, logged as an operator alert, and sent to
+    PORTAL_ALERT_WEBHOOK_URL once per override and reason in this process."""
+    log.error(
+        "ALERT %s override failed or refused, rendering the default instead: %s",
+        kind,
+        text,
+        extra={"order_id": order.id if order is not None else "-"},
+    )
+    _record_failure(names, text)
+    key = (tuple(names), text)
+    with _alert_lock:
+        if _alerted.get(key) is not None:
+            return
+        _alerted.put(key, True)
+    try:
+        url = current_app.config["PORTAL"].get("ALERT_WEBHOOK_URL")
+    except RuntimeError:  # no app context (an email job on a thread of its own)
+        url = None
+    if url:
+        payload = {
+            "text": f"Checkout portal: template override {', '.join(names)} was not served "
+            f"(learners get the default page): {text}"[:2000],
+            "templates": names,
+        }
+        threading.Thread(target=_post_alert, args=(url, payload), daemon=True).start()
+
+
+def _post_alert(url: str, payload: dict) -> None:
+    from portal.http import new_session
+
+    try:
+        new_session(1).post(url, json=payload, timeout=(3.05, 10))
+    except Exception:  # noqa: BLE001 - the log line already carries the alert
+        log.exception("alert webhook failed")
 
 
 # --- emails: the same sandbox and overrides, without a request ------------------------------------
@@ -506,16 +582,17 @@ def render_learner_email(
         except Exception as exc:
             if not used:
                 raise
-            text = describe(exc, used[-1])
-            log.error(
-                "email template override failed, rendering the default instead: %s",
-                text,
-                extra={"order_id": order.id},
-            )
-            _record_failure(used, text)
+            _not_served(used, describe(exc, used[-1]), order, "email template")
             rendered = render_in(env, name, page, {})
+            used = []
     finally:
         overrides_used.reset(used_token)
+    if used and not name.endswith(".txt"):
+        default = render_in(env, name, page, {})
+        found = markup.problems(rendered, default, email_rules(settings, brand_dict))
+        if found:
+            _not_served(used, f"{name}: " + " ".join(found[:5]), order, "email template")
+            rendered = default
     return text_part(rendered) if name.endswith(".txt") else rendered
 
 
@@ -544,6 +621,13 @@ def preview_email(name: str, source: str | None, sample, language: str, brand_id
     env = fixed_environment(language, {name: source} if source is not None else {})
     rendered = render_in(env, sample.template, context, {})
     if not sample.template.endswith(".txt"):
+        if source is not None:
+            default = render_in(fixed_environment(language, {}), sample.template, context, {})
+            found = markup.problems(rendered, default, email_rules(settings, brand))
+            if found:
+                from portal.branding.overrides import UnsafeOutput
+
+                raise UnsafeOutput(found)
         return rendered
     return (
         f'<!doctype html>\n<html lang="{language}">\n<head><meta charset="utf-8">'
