@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -77,6 +78,16 @@ SVG_REFUSED = re.compile(
     rb"|(?:xlink:)?href\s*=\s*[\"'](?!#)",
     re.I,
 )
+
+
+def header_safe(value: str | None) -> bool:
+    """No control or line-separator character anywhere: the value can go into a mail header
+    (From's display name, Reply-To, a subject) without starting another header. Unicode's
+    categories Cc (CR, LF, NUL, ...), Cf (invisible format marks), Zl and Zp (U+2028, U+2029)."""
+    return not any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} for ch in value or "")
+
+
+HEADER_UNSAFE = "Remove line breaks and control characters: this goes into email headers."
 
 
 class BrandError(ValueError):
@@ -204,8 +215,12 @@ def logo_type_of(data: bytes) -> str:
 def clean(entry: BrandInput) -> BrandInput:
     """Check every field; raise BrandError naming each problem."""
     problems: dict[str, str] = {}
+    # Checked before stripping: strip() would quietly drop a trailing CR/LF and keep one inside.
+    for key in ("name", "support_email", "terms_url", "privacy_url"):
+        if not header_safe(getattr(entry, key)):
+            problems[key] = HEADER_UNSAFE
     entry.name = (entry.name or "").strip()
-    if not entry.name or len(entry.name) > 120:
+    if "name" not in problems and (not entry.name or len(entry.name) > 120):
         problems["name"] = "Enter a name of 1 to 120 characters."
     for key in ("primary", "text", "background", "accent"):
         value = (getattr(entry, key) or "").strip().lower()
@@ -215,10 +230,14 @@ def clean(entry: BrandInput) -> BrandInput:
     if entry.font_stack not in FONT_STACKS:
         problems["font_stack"] = "Choose one of the listed font stacks."
     email = (entry.support_email or "").strip()
-    if email and (len(email) > 320 or not EMAIL.fullmatch(email)):
+    if "support_email" in problems:
+        pass
+    elif email and (len(email) > 320 or not EMAIL.fullmatch(email)):
         problems["support_email"] = "Enter an email address."
     entry.support_email = email or None
     for key in ("terms_url", "privacy_url"):
+        if key in problems:
+            continue
         try:
             setattr(entry, key, _https_url(getattr(entry, key)))
         except ValueError as exc:

@@ -48,9 +48,7 @@ HEAD_ELEMENTS = frozenset({"meta", "link"})
 FORM_ELEMENTS = frozenset(
     "form input button select option optgroup textarea label fieldset legend output".split()
 )
-SVG_ELEMENTS = frozenset(
-    "svg g path rect circle ellipse line polyline polygon title desc".split()
-)
+SVG_ELEMENTS = frozenset("svg g path rect circle ellipse line polyline polygon title desc".split())
 # Named so the marketer reads what was refused and why.
 REFUSED_WHY = {
     "script": "scripts never run on checkout pages",
@@ -75,9 +73,7 @@ REFUSED_WHY = {
     "xmp": "<xmp> is not allowed",
 }
 
-GLOBAL_ATTRIBUTES = frozenset(
-    "class id lang dir title role hidden tabindex translate".split()
-)
+GLOBAL_ATTRIBUTES = frozenset("class id lang dir title role hidden tabindex translate".split())
 ELEMENT_ATTRIBUTES = {
     "a": frozenset({"href", "rel", "target", "hreflang"}),
     "img": frozenset({"src", "alt", "width", "height", "loading", "decoding"}),
@@ -92,8 +88,7 @@ ELEMENT_ATTRIBUTES = {
     "details": frozenset({"open"}),
 }
 EMAIL_ATTRIBUTES = frozenset(
-    "style align valign width height cellpadding cellspacing border bgcolor color face "
-    "size".split()
+    "style align valign width height cellpadding cellspacing border bgcolor color face size".split()
 )
 SVG_ATTRIBUTES = frozenset(
     "viewbox fill stroke stroke-width stroke-linecap stroke-linejoin stroke-dasharray "
@@ -272,8 +267,8 @@ def problems_against(rendered: str, ref: _Reference, rules: Rules) -> list[str]:
                     f"(it cannot be replaced or left out)."
                 )
             else:
-                add(f"{what.capitalize()} must appear exactly as the default page renders it.")
-        for el, ancestors in locked_nodes.get(name, ()):
+                add(f"{_upper_first(what)} must appear exactly as the default page renders it.")
+        for _el, ancestors in locked_nodes.get(name, ()):
             for ancestor in ancestors:
                 attrs = ancestor.attrs or {}
                 classes = set((attrs.get("class") or "").split())
@@ -282,7 +277,7 @@ def problems_against(rendered: str, ref: _Reference, rules: Rules) -> list[str]:
                     or HIDING_ATTRIBUTES & attrs.keys()
                     or HIDING_CLASSES & classes
                 ):
-                    add(f"{what.capitalize()} cannot be inside <{ancestor.name}> or hidden.")
+                    add(f"{_upper_first(what)} cannot be inside <{ancestor.name}> or hidden.")
 
     locked_ids = {id(el) for nodes in locked_nodes.values() for el, _a in nodes}
 
@@ -304,6 +299,10 @@ def problems_against(rendered: str, ref: _Reference, rules: Rules) -> list[str]:
             if "[if" in text.lower() or "<" in text:
                 add("Conditional comments and markup inside comments are not allowed in email.")
     return found
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _same_as_default(el, ref: _Reference) -> bool:

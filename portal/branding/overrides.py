@@ -142,7 +142,8 @@ def render_sample(env, sample: samples.Sample, language: str, brand_row: Brand |
         )
         return render_in(env, sample.template, context, {}), email_rules(settings, brand)
     brand = brands.brand_context(brand_row, settings, url_for)
-    return render_in(env, sample.template, sample_context(sample, language, brand), {}), page_rules()
+    html = render_in(env, sample.template, sample_context(sample, language, brand), {})
+    return html, page_rules()
 
 
 class UnsafeOutput(OverrideError):

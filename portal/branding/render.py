@@ -247,7 +247,8 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
     """Render with `overrides` live; raise what the template raises."""
     token = live_overrides.set(overrides)
     try:
-        return render_budgeted(env.get_template(name), context)
+        timed = bool(overrides) or getattr(env, "has_fixed_overrides", False)
+        return render_budgeted(env.get_template(name), context, timed=timed)
     finally:
         live_overrides.reset(token)
 
@@ -259,6 +260,8 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     settings = current_app.config["PORTAL"]
     locale = locale or (order.locale if order is not None else None) or request_locale(settings)
     brand = brands.brand_for(order, settings, url_for)
+    if order is not None:
+        _allow_return_forms(order)
     pages = branding_cache.pages() if order is not None else None
     marks: list[bool] = []
     # An order read with its row version (checkout.view_order) is named in the page's key by
@@ -294,6 +297,24 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
         return _render(env, name, page, overrides, order)[0]
     pages.put(key, html)
     return _with_csrf(html)
+
+
+def _allow_return_forms(order: Order) -> None:
+    """The order's return addresses (the platform's redirect, a merchant's cancel and success
+    URLs, already checked against the allow-lists when they came in) join the page's
+    `form-action`: the Cancel form's redirect goes there (portal.errors adds them)."""
+    data = order.platform_data or {}
+    urls = [order.redirect_url, data.get("cancel_url"), data.get("success_url")]
+    origins = set()
+    for url in urls:
+        if not isinstance(url, str):
+            continue
+        parts = urlsplit(url)
+        local = parts.hostname in {"127.0.0.1", "localhost"}
+        if parts.netloc and (parts.scheme == "https" or (parts.scheme == "http" and local)):
+            origins.add(f"{parts.scheme}://{parts.netloc}")
+    if origins:
+        g.form_action_origins = tuple(sorted(origins))
 
 
 # A per-process mark rendered where the CSRF token goes in a kept page (letters and digits only,
