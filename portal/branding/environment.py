@@ -326,6 +326,17 @@ class LearnerEnvironment(ImmutableSandboxedEnvironment):
             return False
         return super().is_safe_attribute(obj, attr, value)
 
+    def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
+        """Compiling a template (once per process) is not the page's time: the clock of the
+        render under way stops meanwhile."""
+        started = time.monotonic()
+        try:
+            return super().compile(source, name, filename, raw, defer_init)
+        finally:
+            budget = render_budget.get()
+            if budget is not None:
+                budget.deadline += time.monotonic() - started
+
     def call_binop(self, context, operator, left, right):
         tick()
         if operator == "*":
