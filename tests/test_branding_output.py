@@ -457,3 +457,63 @@ def test_the_default_pages_pass_their_own_check(app):
                 continue
             html, rules = overrides.render_sample(env, sample, "en", None)
             assert markup.problems(html, html, rules) == [], sample.key
+
+
+# --- brands do not bleed into one another -------------------------------------------------------
+
+
+def default_acme():
+    return save_brand(
+        ACTOR,
+        brand_input(
+            name="Acme Academy",
+            is_default=True,
+            support_email="billing@acme-academy.example",
+            terms_url="https://acme-academy.example/terms",
+            privacy_url="https://acme-academy.example/privacy",
+            copy_blocks={
+                "footer_note": "Acme Academy Ltd, VAT GB123456789",
+                "review_intro": "Join Acme Academy today!",
+            },
+        ),
+    )
+
+
+def test_the_default_brand_does_not_leak_into_another_merchants_email(
+    make_app,
+    smtp_server,  # noqa: F811
+):
+    app = make_app(SMTP_URL=smtp_server.url, BRAND_SUPPORT_EMAIL="help@settings.example")
+    default_acme()
+    key = make_key(brand_name="Northwind Supplies")
+    message = send(app, smtp_server, merchant_order(key))
+    text, html = parts(message)
+    assert "Northwind Supplies" in message["From"]
+    for leaked in (
+        "GB123456789",
+        "billing@acme-academy.example",
+        "acme-academy.example/terms",
+        "acme-academy.example/privacy",
+        "Acme Academy",
+    ):
+        assert leaked not in text, leaked
+        assert leaked not in html, leaked
+    assert "help@settings.example" in text
+
+
+def test_the_default_brand_does_not_leak_into_another_merchants_pay_page(app):
+    default_acme()
+    key = make_key(brand_name="Northwind Supplies")
+    order = merchant_order(key)
+    page = review(app, order).text
+    assert "Northwind Supplies" in page
+    for leaked in ("Join Acme Academy", "GB123456789", "billing@acme-academy.example", "Acme"):
+        assert leaked not in page, leaked
+
+
+def test_a_source_without_a_name_of_its_own_falls_back_to_the_default_brand(app):
+    default_acme()
+    order = make_order(state=OrderState.OPEN)
+    page = review(app, order).text
+    assert "Join Acme Academy today!" in page
+    assert "VAT GB123456789" in page

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from portal.branding import cache as branding_cache
 from portal.db import db
-from portal.models import Brand, BrandAssignment, Order
+from portal.models import ApiKey, Brand, BrandAssignment, Order
 
 log = logging.getLogger("portal.branding")
 
@@ -299,18 +299,40 @@ def source_key(order: Order | None) -> str | None:
 
 
 def find_brand(session, order: Order | None) -> Brand | None:
+    return find_brand_and_name(session, order)[0]
+
+
+def find_brand_and_name(session, order: Order | None) -> tuple[Brand | None, str | None]:
+    """(the brand row, the source's own name when it borrows another brand's look). A source
+    with a name of its own (a merchant key created with `--brand`) and no brand assigned to it
+    borrows the platform's or the default brand's look only, under its own name: another
+    brand's logo, support address, legal links and copy never appear on its pages or emails."""
     if order is not None:
-        keys = [k for k in (source_key(order), "*") if k]
+        own = source_key(order)
+        keys = [k for k in (own, "*") if k]
         rows = session.execute(
             select(BrandAssignment.source_key, Brand)
             .join(Brand, Brand.id == BrandAssignment.brand_id)
             .where(BrandAssignment.platform == order.platform, BrandAssignment.source_key.in_(keys))
         ).all()
         by_key = {key: brand for key, brand in rows}  # noqa: C416 - rows are Row tuples
-        for key in keys:
-            if key in by_key:
-                return by_key[key]
-    return session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+        if own is not None and own in by_key:
+            return by_key[own], None
+        name = _own_name(session, order)
+        if "*" in by_key:
+            return by_key["*"], name
+        default = session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+        return default, name
+    default = session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+    return default, None
+
+
+def _own_name(session, order: Order) -> str | None:
+    key_id = getattr(order, "merchant_key_id", None)
+    if order.platform != "merchant" or key_id is None:
+        return None
+    name = session.scalar(select(ApiKey.brand_name).where(ApiKey.id == key_id))
+    return name if name and header_safe(name) else None
 
 
 def settings_brand(settings: dict) -> dict:
@@ -328,9 +350,19 @@ def settings_brand(settings: dict) -> dict:
     }
 
 
-def brand_context(brand: Brand | None, settings: dict, url_for) -> dict:
+def brand_context(
+    brand: Brand | None, settings: dict, url_for, own_name: str | None = None
+) -> dict:
     """The plain dict templates read as `brand` (strings only; no ORM object reaches a
-    template)."""
+    template). With `own_name`, the brand's look (colours, font) under that name, and none of
+    its identity: the settings' support address, no logo, legal links or copy."""
+    if own_name is not None:
+        borrowed = settings_brand(settings)
+        borrowed["name"] = own_name
+        if brand is not None:
+            borrowed["id"] = brand.id
+            borrowed["theme_url"] = url_for("branding.theme", brand_id=brand.id, v=brand.version)
+        return borrowed
     if brand is None:
         return settings_brand(settings)
     return {
@@ -352,17 +384,17 @@ def brand_for(order: Order | None, settings: dict, url_for) -> dict:
     error page must render even while the database is down). Kept for a few seconds per process
     (portal.branding.cache): the brand depends only on the order's platform and source."""
 
-    def load() -> Brand | None:
+    def load() -> tuple[Brand | None, str | None]:
         with db.reader() as session:
-            return find_brand(session, order)
+            return find_brand_and_name(session, order)
 
     key = ("brand", order.platform if order is not None else None, source_key(order))
     try:
-        brand = branding_cache.cache().get(key, load)
+        brand, own_name = branding_cache.cache().get(key, load)
     except Exception:  # noqa: BLE001 - the page must still render
         log.exception("brand lookup failed: using the settings brand")
-        brand = None
-    return brand_context(brand, settings, url_for)
+        brand, own_name = None, None
+    return brand_context(brand, settings, url_for, own_name)
 
 
 # --- the generated stylesheet -----------------------------------------------------------------

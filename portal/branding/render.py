@@ -514,8 +514,8 @@ def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
     The settings brand if the database cannot be read: the message still goes."""
     try:
         with db.reader() as session:
-            row = brands.find_brand(session, order)
-            brand = brands.brand_context(row, settings, public_url_for(settings))
+            row, own_name = brands.find_brand_and_name(session, order)
+            brand = brands.brand_context(row, settings, public_url_for(settings), own_name)
             colours = email_colours(row)
     except Exception:  # noqa: BLE001 - an email goes out in the default look rather than not
         log.exception("brand lookup for an email failed: using the settings brand")
