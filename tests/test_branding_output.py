@@ -517,3 +517,34 @@ def test_a_source_without_a_name_of_its_own_falls_back_to_the_default_brand(app)
     page = review(app, order).text
     assert "Join Acme Academy today!" in page
     assert "VAT GB123456789" in page
+
+
+# --- the brand form: what each field accepts, and each error beside its field --------------------
+
+
+def test_copy_with_tags_and_names_with_line_breaks_are_refused_beside_their_fields(console):
+    from tests.admin_support import csrf
+
+    marketer = console("marketer")
+    page = marketer.get("/admin/branding/brands/new")
+    assert "Plain text, up to 400 characters. Tags such as &lt;b&gt; are refused." in page.text
+    fields = {
+        "name": "Acme\r\nBcc: victim@example.com",
+        "primary": "#3b37b8",
+        "text": "#16192b",
+        "background": "#f3f5f9",
+        "accent": "#1a5fd0",
+        "font_stack": "system",
+        "review_intro": "<b>Sale</b> <script>alert(1)</script>",
+    }
+    refused = marketer.post(
+        "/admin/branding/brands/new", data={"csrf_token": csrf(page.text), **fields}
+    )
+    assert refused.status_code == 400
+    html = refused.text
+    intro_error = html.index('id="review_intro-error"')
+    assert html.index('name="review_intro"') < intro_error
+    assert "Plain text only: remove the tags" in html[intro_error : intro_error + 300]
+    name_error = html.index('id="name-error"')
+    assert "Remove line breaks" in html[name_error : name_error + 200]
+    assert "<script>alert(1)</script>" not in html

@@ -33,7 +33,11 @@ EMAIL_PREVIEW_CSP = (
 
 
 class BrandForm(FlaskForm):
-    name = StringField("Name shown to learners", validators=[DataRequired(), Length(max=120)])
+    name = StringField(
+        "Name shown to learners",
+        validators=[DataRequired(), Length(max=120)],
+        description="Plain text on one line, up to 120 characters (it also signs the emails).",
+    )
     primary = StringField("Primary colour (buttons, links)", validators=[DataRequired()])
     text = StringField("Text colour", validators=[DataRequired()])
     background = StringField("Page background colour", validators=[DataRequired()])
@@ -45,9 +49,15 @@ class BrandForm(FlaskForm):
     support_email = StringField("Support email", validators=[Optional(), Length(max=320)])
     terms_url = StringField("Terms address (https)", validators=[Optional(), Length(max=2000)])
     privacy_url = StringField("Privacy address (https)", validators=[Optional(), Length(max=2000)])
-    review_intro = TextAreaField(COPY_BLOCKS["review_intro"], validators=[Optional()])
-    paid_note = TextAreaField(COPY_BLOCKS["paid_note"], validators=[Optional()])
-    footer_note = TextAreaField(COPY_BLOCKS["footer_note"], validators=[Optional()])
+    review_intro = TextAreaField(
+        COPY_BLOCKS["review_intro"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
+    paid_note = TextAreaField(
+        COPY_BLOCKS["paid_note"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
+    footer_note = TextAreaField(
+        COPY_BLOCKS["footer_note"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
     logo = FileField("Logo (PNG or SVG, at most 32 KB)")
     remove_logo = BooleanField("Remove the logo")
     is_default = BooleanField("Default brand (for every source without its own)")
@@ -133,6 +143,13 @@ def _brand_input(form: BrandForm) -> BrandInput:
 
 
 def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
+    # Each problem beside its field, as well as in the summary at the top.
+    for key, text in (problems or {}).items():
+        name = key.removeprefix("copy_")
+        if name == "colours":
+            name = "primary"
+        if name in form:
+            form[name].errors = [*form[name].errors, text]
     colours = {
         key: (getattr(form, key).data or "").strip().lower()
         for key in ("primary", "text", "background", "accent")

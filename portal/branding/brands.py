@@ -68,6 +68,9 @@ COPY_BLOCKS = {
     "footer_note": "In every page's footer",
 }
 COPY_MAX = 400
+COPY_ACCEPTS = f"Plain text, up to {COPY_MAX} characters. Tags such as <b> are refused."
+# Something a browser would read as a tag: `<` then a letter, `/`, `!` or `?`.
+TAG = re.compile(r"<\s*[A-Za-z/!?]")
 LOGO_MAX_BYTES = 32 * 1024
 LOGO_TYPES = ("image/png", "image/svg+xml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -249,6 +252,11 @@ def clean(entry: BrandInput) -> BrandInput:
         value = " ".join(str(value or "").split())
         if len(value) > COPY_MAX:
             problems[f"copy_{key}"] = f"Keep it under {COPY_MAX} characters."
+        elif TAG.search(value):
+            problems[f"copy_{key}"] = (
+                "Plain text only: remove the tags (such as <b> or <a>); learners would see them "
+                "as typed."
+            )
         if value:
             blocks[key] = value
     entry.copy_blocks = blocks
