@@ -150,7 +150,7 @@ def test_an_override_of_the_blocks_around_the_essentials_publishes(console):
         "Write to us</a></p>{% endblock %}"
     )
     with console("marketer").application.test_request_context():
-        assert overrides.check("review.html", source) == []
+        assert overrides.blocking(overrides.check("review.html", source)) == []
         row = overrides.save_draft(ACTOR, "review.html", source, None)
         overrides.publish(ACTOR, "review.html", row.version)
 
@@ -283,7 +283,7 @@ def test_an_email_override_may_link_to_the_brands_hosts(console):
         "</p>{% endblock %}"
     )
     with console("marketer").application.test_request_context():
-        assert overrides.check("email/pay_link.html", source) == []
+        assert overrides.blocking(overrides.check("email/pay_link.html", source)) == []
 
 
 # --- header-bound brand fields ----------------------------------------------------------------
@@ -548,3 +548,44 @@ def test_copy_with_tags_and_names_with_line_breaks_are_refused_beside_their_fiel
     name_error = html.index('id="name-error"')
     assert "Remove line breaks" in html[name_error : name_error + 200]
     assert "<script>alert(1)</script>" not in html
+
+
+# --- languages ----------------------------------------------------------------------------------
+
+
+def test_the_checker_lists_each_page_where_a_french_learner_reads_english(console):
+    source = heading("<p>Big sale on every course</p>")
+    with console("marketer").application.test_request_context():
+        found = overrides.check("review.html", source)
+    assert overrides.blocking(found) == []
+    warnings = [p for p in found if p.warning]
+    pages = {p.where for p in warnings}
+    assert "Review: open, promo code, quantity 2 (fr)" in pages
+    assert "Review: payment not completed (fr)" in pages
+    assert all("(fr" in where for where in pages)
+    assert all("'Big sale on every course'" in p.message for p in warnings)
+
+
+def test_text_given_per_language_is_not_listed(console):
+    source = (
+        '{% extends "default:review.html" %}{% block intro %}<p>{% if lang == "fr" %}'
+        "Promotion sur tous les cours{% else %}Big sale on every course{% endif %}</p>"
+        "{% endblock %}"
+    )
+    with console("marketer").application.test_request_context():
+        assert overrides.check("review.html", source) == []
+
+
+def test_the_editor_shows_mixed_languages_and_still_publishes(console):
+    marketer = console("marketer")
+    saved = editor_post(
+        marketer,
+        "/admin/branding/templates/review.html",
+        source=heading("<p>Big sale on every course</p>"),
+    )
+    page = marketer.get(saved.headers["Location"]).text
+    assert "where a learner would read another language" in page
+    assert "Learners reading fr would see this text in English" in page
+    published = editor_post(marketer, "/admin/branding/templates/review.html/publish", version="1")
+    assert published.status_code == 303
+    assert "is live" in marketer.get(published.headers["Location"]).text

@@ -264,7 +264,7 @@ def edit_template(name):
     if request.method == "POST":
         if form.validate_on_submit():
             row = overrides.save_draft(actor(), name, form.source.data, form.note.data)
-            problems = overrides.check(name, row.source)
+            problems = overrides.blocking(overrides.check(name, row.source))
             if problems:
                 flash(
                     f"Version {row.version} saved as a draft, with problems to fix before it "
@@ -284,8 +284,11 @@ def edit_template(name):
     if request.method == "GET":
         form.source.data = selected.source if selected else STARTER % name
         form.note.data = ""
+    warnings = []
     if selected is not None and problems is None:
-        problems = overrides.check(name, selected.source)
+        found = overrides.check(name, selected.source)
+        problems = overrides.blocking(found)
+        warnings = [p for p in found if p.warning]
     compare = None
     if selected is not None:
         earlier = [h for h in history if h.version < selected.version]
@@ -306,6 +309,7 @@ def edit_template(name):
         history=history,
         selected=selected,
         problems=problems or [],
+        warnings=warnings,
         compare=compare,
         samples=samples.samples_for(name),
         languages=i18n.languages(),

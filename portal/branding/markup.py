@@ -425,3 +425,41 @@ def _check_image(value: str, ref: _Reference, rules: Rules, add) -> None:
         f"The image {_quote(url)} is not served by the portal: use the brand logo or an image "
         "under /static/."
     )
+
+
+# --- languages --------------------------------------------------------------------------------
+
+READ_ATTRIBUTES = ("alt", "title", "aria-label", "placeholder")
+
+
+def _texts(html: str) -> set[str]:
+    """The pieces of text a learner reads on a page: text nodes and the attributes read out
+    (alt, title, aria-label), whitespace collapsed, only those with a word in them."""
+    found = set()
+
+    def walk(node):
+        for child in node.children or ():
+            if child.name == "#text":
+                text = " ".join((child.data or "").split())
+                if sum(ch.isalpha() for ch in text) >= 3:
+                    found.add(text)
+            elif not child.name.startswith(("#", "!")):
+                if child.name in {"script", "style"}:
+                    continue
+                for attr in READ_ATTRIBUTES:
+                    value = " ".join(((child.attrs or {}).get(attr) or "").split())
+                    if sum(ch.isalpha() for ch in value) >= 3:
+                        found.add(value)
+                walk(child)
+
+    walk(_parse(html))
+    return found
+
+
+def untranslated(rendered: str, rendered_in_source_language: str, default: str) -> list[str]:
+    """Text of an override's rendering in a language that is word for word its rendering in
+    the source language (English), and not in the default page's rendering in that language
+    (which has the learner's own data, the brand name...): what that learner would read in
+    English."""
+    same = _texts(rendered) & _texts(rendered_in_source_language)
+    return sorted(same - _texts(default))

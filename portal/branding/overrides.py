@@ -41,6 +41,13 @@ class OverrideError(Exception):
 class Problem:
     where: str  # the sample (or "syntax")
     message: str
+    # A warning (text a learner would read in another language) is listed, and does not
+    # stop publishing.
+    warning: bool = False
+
+
+def blocking(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if not p.warning]
 
 
 def editable(name: str) -> bool:
@@ -89,8 +96,11 @@ def check(name: str, source: str) -> list[Problem]:
     except TemplateSyntaxError as exc:
         return [Problem("syntax", describe(exc, name))]
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     seen: set[str] = set()
+    source_language = i18n.languages()[0]
     for brand_row in _brands_to_check():
+        in_source_language: dict[str, str] = {}
         for language in i18n.languages():
             env = fixed_environment(language, {name: source})
             default_env = fixed_environment(language, {})
@@ -103,15 +113,34 @@ def check(name: str, source: str) -> list[Problem]:
                 except Exception as exc:  # noqa: BLE001 - every failure is the marketer's to see
                     problems.append(Problem(where, describe(exc, name)))
                 else:
-                    if not sample.template.endswith(".txt"):
-                        default, _rules = render_sample(default_env, sample, language, brand_row)
-                        for message in markup.problems(html, default, rules):
-                            if message not in seen:
-                                seen.add(message)
-                                problems.append(Problem(where, message))
+                    if sample.template.endswith(".txt"):
+                        continue
+                    default, _rules = render_sample(default_env, sample, language, brand_row)
+                    for message in markup.problems(html, default, rules):
+                        if message not in seen:
+                            seen.add(message)
+                            problems.append(Problem(where, message))
+                    if language == source_language:
+                        in_source_language[sample.key] = html
+                    elif sample.key in in_source_language and len(warnings) < 20:
+                        english = markup.untranslated(html, in_source_language[sample.key], default)
+                        if english:
+                            warnings.append(
+                                Problem(where, _mixed_language(language, english), warning=True)
+                            )
                 if len(problems) >= 10:
-                    return problems
-    return problems
+                    return problems + warnings
+    return problems + warnings
+
+
+def _mixed_language(language: str, texts: list[str]) -> str:
+    shown = ", ".join(repr(t if len(t) <= 60 else t[:59] + "…") for t in texts[:4])
+    more = f" and {len(texts) - 4} more" if len(texts) > 4 else ""
+    return (
+        f"Learners reading {language} would see this text in English: {shown}{more}. Give "
+        f'it per language ({{% if lang == "{language}" %}}…{{% else %}}…{{% endif %}}), '
+        "or use the default's own wording."
+    )
 
 
 def _brands_to_check() -> list[Brand | None]:
@@ -277,7 +306,7 @@ def publish(actor: Actor, name: str, number: int) -> TemplateOverride:
     row = version(name, number)
     if row is None:
         raise OverrideError("No such version.")
-    problems = check(name, row.source)
+    problems = blocking(check(name, row.source))
     if problems:
         audit.record(
             actor,
@@ -309,7 +338,7 @@ def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
     old = version(name, number)
     if old is None:
         raise OverrideError("No such version.")
-    if check(name, old.source):
+    if blocking(check(name, old.source)):
         raise OverrideError(f"Version {number} no longer checks clean: open it and fix it.")
     with db.transaction() as session:
         row = TemplateOverride(
