@@ -589,3 +589,28 @@ def test_the_editor_shows_mixed_languages_and_still_publishes(console):
     published = editor_post(marketer, "/admin/branding/templates/review.html/publish", version="1")
     assert published.status_code == 303
     assert "is live" in marketer.get(published.headers["Location"]).text
+
+
+def test_copy_is_given_per_language_and_missing_translations_are_listed(app, console):
+    brand = save_brand(
+        ACTOR,
+        brand_input(
+            copy_blocks={
+                "review_intro": "Members save 20% this month.",
+                "review_intro:fr": "Les membres économisent 20 % ce mois-ci.",
+                "footer_note": "Acme Academy Ltd",
+            }
+        ),
+    )
+    english = make_order(state=OrderState.OPEN, locale="en_US")
+    french = make_order(state=OrderState.OPEN, locale="fr_FR", platform_ref="p1fr")
+    assert "Members save 20% this month." in review(app, english).text
+    page = review(app, french).text
+    assert "Les membres économisent 20 % ce mois-ci." in page
+    assert "Members save" not in page
+    marketer = console("marketer")
+    editor = marketer.get(f"/admin/branding/brands/{brand.id}").text
+    assert "Les membres économisent 20 % ce mois-ci." in editor
+    assert "Learners would read English here" in editor
+    assert "In every page&#39;s footer: no fr text, so fr pages show the English one." in editor
+    assert "Under the review page&#39;s heading: no fr text" not in editor

@@ -63,6 +63,33 @@ class BrandForm(FlaskForm):
     is_default = BooleanField("Default brand (for every source without its own)")
 
 
+# The copy fields in each language besides English: `review_intro_fr`, ... (WTForms binds
+# fields set on the class before the first form is made).
+COPY_LANGUAGE_FIELDS = {
+    language: [f"{key}_{language}" for key in COPY_BLOCKS]
+    for language in brands.translated_languages()
+}
+for _language, _names in COPY_LANGUAGE_FIELDS.items():
+    for _key, _name in zip(COPY_BLOCKS, _names, strict=True):
+        setattr(
+            BrandForm,
+            _name,
+            TextAreaField(
+                f"{COPY_BLOCKS[_key]} ({_language})",
+                validators=[Optional()],
+                description=f"{brands.COPY_ACCEPTS} Empty: the English text is shown.",
+            ),
+        )
+
+
+def _copy_of(form: BrandForm) -> dict[str, str]:
+    copy = {key: form[key].data for key in COPY_BLOCKS}
+    for language in COPY_LANGUAGE_FIELDS:
+        for key in COPY_BLOCKS:
+            copy[brands.copy_key(key, language)] = form[f"{key}_{language}"].data
+    return copy
+
+
 class AssignForm(FlaskForm):
     platform = SelectField("Platform", choices=[SelectChoice(p) for p in operations.PLATFORMS])
     source_key = StringField(
@@ -135,7 +162,7 @@ def _brand_input(form: BrandForm) -> BrandInput:
         support_email=form.support_email.data,
         terms_url=form.terms_url.data,
         privacy_url=form.privacy_url.data,
-        copy_blocks={key: getattr(form, key).data for key in COPY_BLOCKS},
+        copy_blocks=_copy_of(form),
         logo=data or None,
         remove_logo=form.remove_logo.data,
         is_default=form.is_default.data,
@@ -145,7 +172,7 @@ def _brand_input(form: BrandForm) -> BrandInput:
 def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
     # Each problem beside its field, as well as in the summary at the top.
     for key, text in (problems or {}).items():
-        name = key.removeprefix("copy_")
+        name = key.removeprefix("copy_").replace(":", "_")
         if name == "colours":
             name = "primary"
         if name in form:
@@ -159,7 +186,14 @@ def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
         checks = brands.contrast_checks(colours)
     return (
         render_template(
-            "admin/brand.html", form=form, edited=brand, problems=problems or {}, checks=checks
+            "admin/brand.html",
+            form=form,
+            edited=brand,
+            problems=problems or {},
+            checks=checks,
+            copy_languages=COPY_LANGUAGE_FIELDS,
+            untranslated=brands.untranslated_copy(brand.copy_blocks) if brand else [],
+            copy_labels=COPY_BLOCKS,
         ),
         status,
     )
@@ -206,6 +240,13 @@ def edit_brand(brand_id):
             privacy_url=brand.privacy_url,
             is_default=brand.is_default,
             **{key: (brand.copy_blocks or {}).get(key, "") for key in COPY_BLOCKS},
+            **{
+                f"{key}_{language}": (brand.copy_blocks or {}).get(
+                    brands.copy_key(key, language), ""
+                )
+                for language in COPY_LANGUAGE_FIELDS
+                for key in COPY_BLOCKS
+            },
         )
         return _brand_page(form, brand)
     form = BrandForm()

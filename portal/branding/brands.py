@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from portal import i18n
 from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import ApiKey, Brand, BrandAssignment, Order
@@ -68,6 +69,35 @@ COPY_BLOCKS = {
     "footer_note": "In every page's footer",
 }
 COPY_MAX = 400
+
+
+def translated_languages() -> tuple[str, ...]:
+    """The languages besides the source language (English) copy can be given in."""
+    return i18n.languages()[1:]
+
+
+def copy_key(block: str, language: str | None) -> str:
+    """Where a copy block's text in `language` is kept in `Brand.copy_blocks`: the block's own
+    key for the source language, `block:language` for the others."""
+    return block if not language or language == i18n.languages()[0] else f"{block}:{language}"
+
+
+def copy_keys() -> list[str]:
+    return [copy_key(b, lang) for lang in (None, *translated_languages()) for b in COPY_BLOCKS]
+
+
+def untranslated_copy(copy_blocks: dict | None) -> list[tuple[str, str]]:
+    """(block, language) for each copy block given in English but not in `language`: the
+    pages where a learner of that language would read English."""
+    copy_blocks = copy_blocks or {}
+    return [
+        (block, language)
+        for language in translated_languages()
+        for block in COPY_BLOCKS
+        if copy_blocks.get(block) and not copy_blocks.get(copy_key(block, language))
+    ]
+
+
 COPY_ACCEPTS = f"Plain text, up to {COPY_MAX} characters. Tags such as <b> are refused."
 # Something a browser would read as a tag: `<` then a letter, `/`, `!` or `?`.
 TAG = re.compile(r"<\s*[A-Za-z/!?]")
@@ -246,8 +276,9 @@ def clean(entry: BrandInput) -> BrandInput:
         except ValueError as exc:
             problems[key] = f"The address {exc}."
     blocks = {}
+    allowed_keys = set(copy_keys())
     for key, value in (entry.copy_blocks or {}).items():
-        if key not in COPY_BLOCKS:
+        if key not in allowed_keys:
             continue
         value = " ".join(str(value or "").split())
         if len(value) > COPY_MAX:
@@ -384,7 +415,24 @@ def brand_context(
         "terms_url": brand.terms_url,
         "privacy_url": brand.privacy_url,
         "blocks": {key: (brand.copy_blocks or {}).get(key, "") for key in COPY_BLOCKS},
+        "blocks_by_language": {
+            language: {
+                key: (brand.copy_blocks or {}).get(copy_key(key, language), "")
+                for key in COPY_BLOCKS
+            }
+            for language in translated_languages()
+        },
     }
+
+
+def in_language(brand: dict, language: str) -> dict:
+    """The brand as a page in `language` shows it: each copy block in that language where the
+    marketer gave it, else in the source language."""
+    translated = (brand.get("blocks_by_language") or {}).get(language)
+    if not translated:
+        return brand
+    blocks = {key: translated.get(key) or text for key, text in brand["blocks"].items()}
+    return {**brand, "blocks": blocks}
 
 
 def brand_for(order: Order | None, settings: dict, url_for) -> dict:

@@ -165,7 +165,7 @@ def page_context(
     language = i18n.language_for(locale)
     page = {key: plain(value) for key, value in context.items() if key != "fmt"}
     page.update(
-        brand=brand,
+        brand=brands.in_language(brand, language),
         lang=language.replace("_", "-"),
         locale=locale,
         sandbox=bool(settings["SANDBOX"]),
@@ -538,7 +538,7 @@ def email_context(
     `csrf_token()` is empty."""
     page = {key: plain(value) for key, value in context.items() if key != "fmt"}
     page.update(
-        brand=brand,
+        brand=brands.in_language(brand, i18n.language_for(locale)),
         colours=colours,
         lang=i18n.language_for(locale).replace("_", "-"),
         locale=locale,
