@@ -475,6 +475,27 @@ class Brand(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class BrandVersion(Base):
+    """One saved version of a brand's settings (issue 23): a draft until published, when its
+    values are copied onto the brand. Append-only, so the history says who changed what and
+    when, and an earlier version can be published again (a rollback)."""
+
+    __tablename__ = "brand_versions"
+    __table_args__ = (UniqueConstraint("brand_id", "version", name="uq_brand_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    # The checked fields (name, colours, font stack, support email, links, copy, is_default).
+    data: Mapped[dict] = mapped_column(JSON)
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary)
+    logo_type: Mapped[str | None] = mapped_column(String(32))
+    author: Mapped[str] = mapped_column(String(320))
+    note: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class BrandAssignment(Base):
     """Which brand a platform source gets: ("skilljar", "*"), ("openlearning", institution id),
     ("merchant", API key id). "*" is the platform's fallback."""

@@ -614,3 +614,103 @@ def test_copy_is_given_per_language_and_missing_translations_are_listed(app, con
     assert "Learners would read English here" in editor
     assert "In every page&#39;s footer: no fr text, so fr pages show the English one." in editor
     assert "Under the review page&#39;s heading: no fr text" not in editor
+
+
+# --- brand changes: draft, preview of every state, publish, roll back, audit ----------------------
+
+
+def brand_fields(**changes) -> dict:
+    fields = {
+        "name": "Acme Academy",
+        "primary": "#3b37b8",
+        "text": "#16192b",
+        "background": "#f3f5f9",
+        "accent": "#1a5fd0",
+        "font_stack": "system",
+        "review_intro": "Welcome back.",
+    }
+    fields.update(changes)
+    return fields
+
+
+def test_a_brand_change_is_a_draft_until_published_and_can_be_rolled_back(app, console):
+    from portal.branding import samples
+    from tests.admin_support import audit_entries, csrf
+
+    marketer = console("marketer")
+    brand = save_brand(ACTOR, brand_input(copy_blocks={"review_intro": "Welcome back."}))
+    order = make_order(state=OrderState.OPEN)
+    page = marketer.get(f"/admin/branding/brands/{brand.id}")
+    saved = marketer.post(
+        f"/admin/branding/brands/{brand.id}",
+        data={
+            "csrf_token": csrf(page.text),
+            **brand_fields(name="Northwind Academy", primary="#0b6e4f", note="Rename"),
+        },
+    )
+    assert saved.status_code == 303
+    assert saved.headers["Location"].endswith("version=2")
+    # A draft: learners still see the live brand.
+    assert "Acme Academy" in review(app, order).text
+    assert "Northwind Academy" not in review(app, order).text
+    editor = marketer.get(saved.headers["Location"]).text
+    assert "Version 2 (draft): preview, publish" in editor
+    # Its preview on every sample state, in every language, wears the draft.
+    for sample in samples.all_samples():
+        for lang in ("en", "fr"):
+            shown = marketer.get(
+                f"/admin/branding/brands/{brand.id}/versions/2/preview"
+                f"?state={sample.key}&lang={lang}"
+            )
+            assert shown.status_code == 200, (sample.key, lang)
+            assert "Northwind Academy" in shown.text, (sample.key, lang)
+    theme = marketer.get(f"/admin/branding/brands/{brand.id}/versions/2/theme.css").text
+    assert "--brand: #0b6e4f;" in theme
+    published = marketer.post(
+        f"/admin/branding/brands/{brand.id}/publish",
+        data={"csrf_token": csrf(editor), "version": "2"},
+    )
+    assert published.status_code == 303
+    assert "Northwind Academy" in review(app, order).text
+    # One click back to version 1.
+    editor = marketer.get(f"/admin/branding/brands/{brand.id}?version=1").text
+    assert "Publish version 1 again (roll back)" in editor
+    marketer.post(
+        f"/admin/branding/brands/{brand.id}/publish",
+        data={"csrf_token": csrf(editor), "version": "1"},
+    )
+    assert "Acme Academy" in review(app, order).text
+    history = operations_versions(brand.id)
+    assert [(v.version, v.published_at is not None) for v in history] == [
+        (3, True),
+        (2, True),
+        (1, True),
+    ]
+    assert history[0].note == "Rollback to version 1"
+    actions = [e.action for e in audit_entries() if e.action.startswith("brand.")]
+    assert actions == ["brand.create", "brand.draft", "brand.publish", "brand.rollback"]
+
+
+def operations_versions(brand_id):
+    from portal.branding.operations import versions
+
+    return versions(brand_id)
+
+
+def test_a_draft_brand_with_problems_is_not_saved_and_says_why_beside_each_field(app, console):
+    from tests.admin_support import csrf
+
+    marketer = console("marketer")
+    brand = save_brand(ACTOR, brand_input())
+    page = marketer.get(f"/admin/branding/brands/{brand.id}")
+    refused = marketer.post(
+        f"/admin/branding/brands/{brand.id}",
+        data={
+            "csrf_token": csrf(page.text),
+            **brand_fields(support_email="a@example.com\r\nBcc: b@example.com"),
+        },
+    )
+    assert refused.status_code == 400
+    error = refused.text.index('id="support_email-error"')
+    assert "Remove line breaks" in refused.text[error : error + 200]
+    assert operations_versions(brand.id)[0].version == 1

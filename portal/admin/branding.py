@@ -61,6 +61,7 @@ class BrandForm(FlaskForm):
     logo = FileField("Logo (PNG or SVG, at most 32 KB)")
     remove_logo = BooleanField("Remove the logo")
     is_default = BooleanField("Default brand (for every source without its own)")
+    note = StringField("What changed", validators=[Optional(), Length(max=300)])
 
 
 # The copy fields in each language besides English: `review_intro_fr`, ... (WTForms binds
@@ -194,9 +195,21 @@ def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
             copy_languages=COPY_LANGUAGE_FIELDS,
             untranslated=brands.untranslated_copy(brand.copy_blocks) if brand else [],
             copy_labels=COPY_BLOCKS,
+            versions=operations.versions(brand.id) if brand else [],
+            selected=_selected_version(brand),
+            samples=samples.all_samples(),
+            languages=i18n.languages(),
+            version_form=VersionForm(),
         ),
         status,
     )
+
+
+def _selected_version(brand):
+    number = request.args.get("version", type=int)
+    if brand is None or number is None:
+        return None
+    return operations.brand_version(brand.id, number)
 
 
 @bp.route("/branding/brands/new", methods=["GET", "POST"])
@@ -253,11 +266,87 @@ def edit_brand(brand_id):
     if not form.validate_on_submit():
         return _brand_page(form, brand, status=400)
     try:
-        brand = operations.save_brand(actor(), _brand_input(form), brand_id)
+        row = operations.save_brand_draft(actor(), _brand_input(form), brand_id, form.note.data)
     except BrandError as exc:
         return _brand_page(form, brand, problems=exc.problems, status=400)
-    flash(f"Brand {brand.name} saved (version {brand.version}).", "ok")
-    return redirect(url_for("admin.edit_brand", brand_id=brand.id), 303)
+    flash(
+        f"Version {row.version} saved as a draft: preview it on every page, then publish it. "
+        "Learners still see the live version.",
+        "ok",
+    )
+    return redirect(url_for("admin.edit_brand", brand_id=brand.id, version=row.version), 303)
+
+
+def _brand_version_or_404(brand_id: int, number: int):
+    brand = operations.get_brand(brand_id)
+    row = operations.brand_version(brand_id, number) if brand is not None else None
+    if row is None:
+        abort(404)
+    return brand, row
+
+
+@bp.post("/branding/brands/<int:brand_id>/publish")
+@auth.requires("branding")
+def publish_brand(brand_id):
+    form = VersionForm()
+    if not form.validate_on_submit():
+        flash("Choose a version.", "error")
+        return redirect(url_for("admin.edit_brand", brand_id=brand_id), 303)
+    _brand_version_or_404(brand_id, form.version.data)
+    try:
+        brand = operations.publish_brand_version(actor(), brand_id, form.version.data)
+    except BrandError as exc:
+        flash("Not published: " + " ".join(exc.problems.values()), "error")
+        return redirect(
+            url_for("admin.edit_brand", brand_id=brand_id, version=form.version.data), 303
+        )
+    flash(f"Version {form.version.data} of brand {brand.name} is live.", "ok")
+    return redirect(url_for("admin.edit_brand", brand_id=brand_id), 303)
+
+
+@bp.get("/branding/brands/<int:brand_id>/versions/<int:number>/preview")
+@auth.requires("branding")
+def preview_brand(brand_id, number):
+    brand, row = _brand_version_or_404(brand_id, number)
+    draft = operations.draft_brand(brand, row)
+    key = request.args.get("state") or "open"
+    language = request.args.get("lang", "en")
+    if language not in i18n.languages():
+        language = "en"
+    logo_url = None
+    if draft.logo:
+        logo_url = url_for("admin.brand_version_logo", brand_id=brand_id, number=number)
+    theme_url = url_for("admin.brand_version_theme", brand_id=brand_id, number=number)
+    try:
+        html, email = overrides.preview_brand(draft, key, language, theme_url, logo_url)
+    except overrides.OverrideError:
+        abort(404)
+    response = Response(html, mimetype="text/html")
+    if email:
+        response.headers["Content-Security-Policy"] = EMAIL_PREVIEW_CSP
+    return response
+
+
+@bp.get("/branding/brands/<int:brand_id>/versions/<int:number>/theme.css")
+@auth.requires("branding")
+def brand_version_theme(brand_id, number):
+    brand, row = _brand_version_or_404(brand_id, number)
+    return Response(brands.theme_css(operations.draft_brand(brand, row)), mimetype="text/css")
+
+
+@bp.get("/branding/brands/<int:brand_id>/versions/<int:number>/logo")
+@auth.requires("branding")
+def brand_version_logo(brand_id, number):
+    brand, row = _brand_version_or_404(brand_id, number)
+    draft = operations.draft_brand(brand, row)
+    if not draft.logo or draft.logo_type not in brands.LOGO_TYPES:
+        abort(404)
+    response = Response(draft.logo)
+    response.headers["Content-Type"] = draft.logo_type
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    )
+    return response
 
 
 @bp.post("/branding/assignments")

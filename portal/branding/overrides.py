@@ -22,6 +22,7 @@ from portal.branding.render import (
     email_colours,
     email_context,
     email_rules,
+    load_overrides,
     page_context,
     page_rules,
     public_url_for,
@@ -209,6 +210,34 @@ def preview(name: str, source: str | None, sample_key: str, language: str, brand
         if found:
             raise UnsafeOutput(found)
     return html
+
+
+def preview_brand(draft: Brand, sample_key: str, language: str, theme_url: str, logo_url):
+    """A sample page or email in a brand version not yet live (`draft`, from
+    operations.draft_brand), with the live templates; its stylesheet and logo from the
+    console's draft URLs."""
+    sample = samples.sample(sample_key)
+    if sample is None:
+        raise OverrideError("No such sample page.")
+    settings = current_app.config["PORTAL"]
+    overrides = load_overrides()
+    env = fixed_environment(language, {name: source for name, (_i, source) in overrides.items()})
+    if sample.template.startswith("email/"):
+        brand = brands.brand_context(draft, settings, public_url_for(settings))
+        brand["logo_url"] = logo_url
+        context = email_context(
+            settings=settings,
+            brand=brand,
+            colours=email_colours(draft),
+            locale={"en": "en_US", "fr": "fr_FR"}.get(language, language),
+            order=sample.order,
+            context=sample.context,
+            preview=True,
+        )
+        return render_in(env, sample.template, context, {}), True
+    brand = brands.brand_context(draft, settings, url_for)
+    brand["theme_url"], brand["logo_url"] = theme_url, logo_url
+    return render_in(env, sample.template, sample_context(sample, language, brand), {}), False
 
 
 # --- versions ---------------------------------------------------------------------------------
