@@ -73,11 +73,11 @@ def create_brand(page: Page) -> None:
     page.get_by_label("Accent colour (focus ring)").fill("#7a1fa2")
     page.get_by_label("Font stack").select_option("humanist")
     page.get_by_label("Support email").fill("help@northwind.example")
-    page.get_by_label("Under the review page's heading").fill(
+    page.get_by_label("Under the review page's heading", exact=True).fill(
         "Members save 20% on every course this month."
     )
     page.get_by_role("button", name="Save brand").click()
-    expect(page.get_by_role("status")).to_contain_text("Brand Northwind Academy saved")
+    expect(page.get_by_role("status").first).to_contain_text("Brand Northwind Academy saved")
     expect(page.get_by_role("table", name="Contrast (WCAG 2.2 AA)")).not_to_contain_text("fails")
     shot(page, "brand")
 
@@ -296,3 +296,51 @@ def test_hostile_overrides_are_refused_and_a_learner_still_pays(portal, new_page
     expect(learner.locator("#purchase-state")).to_have_text("SUCCESS")
     assert collected == []
     assert learner.problems == []
+
+
+def test_a_brand_change_is_previewed_as_a_draft_then_published(portal, new_page):
+    server = portal(BRANDING_CACHE_SECONDS="0")
+    page = new_page(DESKTOP)
+    sign_in_marketer(page, server)
+    create_brand(page)
+    learner = review_page(new_page, server)
+    expect(learner.locator(".intro")).to_have_text("Members save 20% on every course this month.")
+
+    # A change is a draft: previewed on the sample pages, in French too, not live.
+    page.get_by_label("Under the review page's heading", exact=True).fill(
+        "<b>Sale</b> ends Friday."
+    )
+    page.get_by_role("button", name="Save as a draft").click()
+    error = page.locator("#review_intro-error")
+    expect(error).to_contain_text("Plain text only")
+    shot(page, "brand-refused-field")
+    page.get_by_label("Under the review page's heading", exact=True).fill(
+        "Our autumn sale ends Friday."
+    )
+    page.get_by_label("Under the review page's heading (fr)").fill(
+        "Notre promotion d’automne se termine vendredi."
+    )
+    page.get_by_label("Primary colour (buttons, links)").fill("#7a1fa2")
+    page.get_by_label("What changed").fill("Autumn sale")
+    page.get_by_role("button", name="Save as a draft").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 saved as a draft")
+    page.get_by_role("link", name="Review: open, promo code, quantity 2", exact=True).click()
+    expect(page.locator(".intro")).to_have_text("Our autumn sale ends Friday.")
+    colour = page.get_by_role("button", name=re.compile("^Pay ")).evaluate(
+        "el => getComputedStyle(el).backgroundColor"
+    )
+    assert colour == "rgb(122, 31, 162)"
+    shot(page, "brand-preview")
+    page.go_back()
+    page.locator("ul.preview-links li").first.get_by_role("link", name="fr").click()
+    expect(page.locator(".intro")).to_have_text("Notre promotion d’automne se termine vendredi.")
+    shot(page, "brand-preview-fr")
+    page.go_back()
+    learner.reload()
+    expect(learner.locator(".intro")).to_have_text("Members save 20% on every course this month.")
+
+    page.get_by_role("button", name="Publish version 2").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 of brand")
+    learner.reload()
+    expect(learner.locator(".intro")).to_have_text("Our autumn sale ends Friday.")
+    shot(page, "brand-history")
