@@ -364,14 +364,13 @@ def _render(env, name: str, page: dict, overrides: dict, order: Order | None) ->
     if not used:
         return html, False
     # The default page for the same data, with the token marks as they are (not counted twice).
-    quiet = dict(page)
-    if getattr(page.get("csrf_token"), "marks", False):
-        quiet["csrf_token"] = lambda: CSRF_MARK
+    marking = getattr(page.get("csrf_token"), "marks", False)
+    quiet = {**page, "csrf_token": lambda: CSRF_MARK} if marking else page
     default = render_in(env, name, quiet, {})
     found = markup.problems(html, default, page_rules())
     if found:
         _not_served(used, f"{name}: " + " ".join(found[:5]), order)
-        if quiet is not page:
+        if marking:
             default = render_in(env, name, page, {})
         return default, True
     return html, False
