@@ -512,7 +512,8 @@ class BrandAssignment(Base):
 
 class TemplateOverride(Base):
     """One saved version of a marketer's override of a learner-facing template. Versions are
-    append-only; at most one version per template is published (live)."""
+    append-only; at most one version per template and brand scope (one brand, or every brand)
+    is published (live)."""
 
     __tablename__ = "template_overrides"
     __table_args__ = (
@@ -526,6 +527,10 @@ class TemplateOverride(Base):
     source: Mapped[str] = mapped_column(Text)
     author: Mapped[str] = mapped_column(String(320))
     note: Mapped[str | None] = mapped_column(String(300))
+    # The brand the version applies to; None: every brand without one of its own (issue 23).
+    brand_id: Mapped[int | None] = mapped_column(
+        ForeignKey("brands.id", ondelete="CASCADE"), index=True
+    )
     published: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -714,3 +714,47 @@ def test_a_draft_brand_with_problems_is_not_saved_and_says_why_beside_each_field
     error = refused.text.index('id="support_email-error"')
     assert "Remove line breaks" in refused.text[error : error + 200]
     assert operations_versions(brand.id)[0].version == 1
+
+
+# --- overrides for one brand ----------------------------------------------------------------------
+
+
+def test_an_override_for_one_brand_reaches_only_that_brands_pages(app, console):
+    from portal.branding.operations import assign
+
+    acme = save_brand(ACTOR, brand_input(name="Acme Academy", is_default=True))
+    northwind = save_brand(ACTOR, brand_input(name="Northwind Academy"))
+    assign(ACTOR, "openlearning", "northwind-inst", northwind.id)
+    source = (
+        '{% extends "default:review.html" %}'
+        '{% block heading %}<h1 class="nw">{{ _("Review your order") }}</h1>{% endblock %}'
+    )
+    with console("marketer").application.test_request_context():
+        row = overrides.save_draft(ACTOR, "review.html", source, "Northwind", northwind.id)
+        overrides.publish(ACTOR, "review.html", row.version)
+        for_all = overrides.save_draft(
+            ACTOR,
+            "review.html",
+            source.replace('class="nw"', 'class="all"'),
+            None,
+        )
+        overrides.publish(ACTOR, "review.html", for_all.version)
+    skilljar = make_order(state=OrderState.OPEN)
+    openlearning = make_order(
+        state=OrderState.OPEN,
+        platform="openlearning",
+        platform_ref="ol1",
+        platform_data={"institution": "northwind-inst"},
+    )
+    acme_page = review(app, skilljar).text
+    northwind_page = review(app, openlearning).text
+    assert 'class="all"' in acme_page and 'class="nw"' not in acme_page
+    assert 'class="nw"' in northwind_page and 'class="all"' not in northwind_page
+    assert "Acme Academy" not in northwind_page
+    # Both stay live: publishing the one for every brand left Northwind's own in place.
+    with db.reader() as session:
+        live = session.scalars(
+            select(TemplateOverride).where(TemplateOverride.published.is_(True))
+        ).all()
+    assert {(r.version, r.brand_id) for r in live} == {(1, northwind.id), (2, None)}
+    assert acme.id != northwind.id

@@ -1,4 +1,5 @@
-"""brand_versions: drafts and history of brand settings (issue 23)
+"""brand_versions: drafts and history of brand settings; template_overrides.brand_id: an
+override for one brand (issue 23)
 
 Revision ID: 0008_23
 Revises: 0007
@@ -32,8 +33,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("brand_id", "version", name="uq_brand_version"),
     )
     op.create_index("ix_brand_versions_brand_id", "brand_versions", ["brand_id"])
+    with op.batch_alter_table("template_overrides") as batch:
+        batch.add_column(sa.Column("brand_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key(
+            "fk_template_overrides_brand_id", "brands", ["brand_id"], ["id"], ondelete="CASCADE"
+        )
+        batch.create_index("ix_template_overrides_brand_id", ["brand_id"])
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("template_overrides") as batch:
+        batch.drop_index("ix_template_overrides_brand_id")
+        batch.drop_constraint("fk_template_overrides_brand_id", type_="foreignkey")
+        batch.drop_column("brand_id")
     op.drop_index("ix_brand_versions_brand_id", table_name="brand_versions")
     op.drop_table("brand_versions")

@@ -107,6 +107,12 @@ class AssignForm(FlaskForm):
 class TemplateForm(FlaskForm):
     source = TextAreaField("Override source", validators=[DataRequired(), Length(max=65536)])
     note = StringField("What changed", validators=[Optional(), Length(max=300)])
+    brand_id = SelectField(
+        "For",
+        coerce=int,
+        choices=[],
+        description="Every brand, or one brand only (its pages use its own version first).",
+    )
 
 
 class VersionForm(FlaskForm):
@@ -377,12 +383,18 @@ def edit_template(name):
     name = _template_or_404(name)
     history = overrides.history(name)
     form = TemplateForm()
+    all_brands = operations.brands()
+    form.brand_id.choices = [SelectChoice(0, "Every brand")] + [
+        SelectChoice(b.id, f"{b.name} only") for b in all_brands
+    ]
     problems = None
     status = 200
     if request.method == "POST":
         if form.validate_on_submit():
-            row = overrides.save_draft(actor(), name, form.source.data, form.note.data)
-            problems = overrides.blocking(overrides.check(name, row.source))
+            row = overrides.save_draft(
+                actor(), name, form.source.data, form.note.data, form.brand_id.data or None
+            )
+            problems = overrides.blocking(overrides.check(name, row.source, row.brand_id))
             if problems:
                 flash(
                     f"Version {row.version} saved as a draft, with problems to fix before it "
@@ -402,9 +414,10 @@ def edit_template(name):
     if request.method == "GET":
         form.source.data = selected.source if selected else STARTER % name
         form.note.data = ""
+        form.brand_id.data = (selected.brand_id if selected else None) or 0
     warnings = []
     if selected is not None and problems is None:
-        found = overrides.check(name, selected.source)
+        found = overrides.check(name, selected.source, selected.brand_id)
         problems = overrides.blocking(found)
         warnings = [p for p in found if p.warning]
     compare = None
@@ -431,7 +444,8 @@ def edit_template(name):
         compare=compare,
         samples=samples.samples_for(name),
         languages=i18n.languages(),
-        brands=operations.brands(),
+        brands=all_brands,
+        brand_names={b.id: b.name for b in all_brands},
         version_form=VersionForm(),
         default_source=default_source(name),
     ), status
@@ -452,7 +466,7 @@ def preview_template(name):
         if row is None:
             abort(404)
         source = row.source
-    brand_id = request.args.get("brand", type=int)
+    brand_id = request.args.get("brand", type=int) or (row.brand_id if number is not None else None)
     sample = samples.sample(key)
     email = sample is not None and sample.template.startswith("email/")
     try:

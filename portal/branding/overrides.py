@@ -22,6 +22,7 @@ from portal.branding.render import (
     email_colours,
     email_context,
     email_rules,
+    for_brand,
     load_overrides,
     page_context,
     page_rules,
@@ -74,7 +75,7 @@ def sample_context(sample: samples.Sample, language: str, brand: dict) -> dict:
     )
 
 
-def check(name: str, source: str) -> list[Problem]:
+def check(name: str, source: str, brand_id: int | None = None) -> list[Problem]:
     """Every problem publishing `source` as the override of `name` would cause: its syntax,
     then, for every sample page that uses it, in every language and for every brand, what it
     renders: errors (with line numbers), the render budget, and the output itself against the
@@ -100,7 +101,7 @@ def check(name: str, source: str) -> list[Problem]:
     warnings: list[Problem] = []
     seen: set[str] = set()
     source_language = i18n.languages()[0]
-    for brand_row in _brands_to_check():
+    for brand_row in _brands_to_check(brand_id):
         in_source_language: dict[str, str] = {}
         for language in i18n.languages():
             env = fixed_environment(language, {name: source})
@@ -144,9 +145,13 @@ def _mixed_language(language: str, texts: list[str]) -> str:
     )
 
 
-def _brands_to_check() -> list[Brand | None]:
-    """Every brand (an override is shared by all of them), or the settings brand if none."""
+def _brands_to_check(brand_id: int | None = None) -> list[Brand | None]:
+    """The override's brand; for an override of every brand, every brand (or the settings
+    brand if there is none)."""
     with db.reader() as session:
+        if brand_id is not None:
+            row = session.get(Brand, brand_id)
+            return [row] if row is not None else []
         rows = list(session.scalars(select(Brand).order_by(Brand.id)))
     return rows or [None]
 
@@ -220,7 +225,7 @@ def preview_brand(draft: Brand, sample_key: str, language: str, theme_url: str, 
     if sample is None:
         raise OverrideError("No such sample page.")
     settings = current_app.config["PORTAL"]
-    overrides = load_overrides()
+    overrides = for_brand(load_overrides(), draft.id)
     env = fixed_environment(language, {name: source for name, (_i, source) in overrides.items()})
     if sample.template.startswith("email/"):
         brand = brands.brand_context(draft, settings, public_url_for(settings))
@@ -291,17 +296,23 @@ def _next_version(session, name: str) -> int:
     return (latest or 0) + 1
 
 
-def save_draft(actor: Actor, name: str, source: str, note: str | None) -> TemplateOverride:
+def save_draft(
+    actor: Actor, name: str, source: str, note: str | None, brand_id: int | None = None
+) -> TemplateOverride:
+    """A new version of the override of `name`, for brand `brand_id` (None: every brand)."""
     if not editable(name):
         raise OverrideError("That template cannot be overridden.")
     source = source.replace("\r\n", "\n")
     with db.transaction() as session:
+        if brand_id is not None and session.get(Brand, brand_id) is None:
+            raise OverrideError("No such brand.")
         row = TemplateOverride(
             template_name=name,
             version=_next_version(session, name),
             source=source,
             author=actor.email,
             note=(note or "").strip()[:300] or None,
+            brand_id=brand_id,
             published=False,
         )
         session.add(row)
@@ -310,16 +321,27 @@ def save_draft(actor: Actor, name: str, source: str, note: str | None) -> Templa
             actor,
             "template.save",
             target=f"{name} v{row.version}",
-            detail={"template": name, "version": row.version},
+            detail={"template": name, "version": row.version, "brand_id": brand_id},
             session=session,
         )
     return row
 
 
-def _make_live(session, name: str, row_id: int | None) -> None:
+def _make_live(session, name: str, row_id: int | None, brand_id: int | None = None) -> None:
+    """Version `row_id` becomes the live one of its scope (brand `brand_id`, or every brand);
+    None takes that scope's live version down."""
+    scope = (
+        TemplateOverride.brand_id.is_(None)
+        if brand_id is None
+        else TemplateOverride.brand_id == brand_id
+    )
     session.execute(
         update(TemplateOverride)
-        .where(TemplateOverride.template_name == name, TemplateOverride.published.is_(True))
+        .where(
+            TemplateOverride.template_name == name,
+            TemplateOverride.published.is_(True),
+            scope,
+        )
         .values(published=False)
     )
     if row_id is not None:
@@ -335,7 +357,7 @@ def publish(actor: Actor, name: str, number: int) -> TemplateOverride:
     row = version(name, number)
     if row is None:
         raise OverrideError("No such version.")
-    problems = blocking(check(name, row.source))
+    problems = blocking(check(name, row.source, row.brand_id))
     if problems:
         audit.record(
             actor,
@@ -349,7 +371,7 @@ def publish(actor: Actor, name: str, number: int) -> TemplateOverride:
             + problems[0].message
         )
     with db.transaction() as session:
-        _make_live(session, name, row.id)
+        _make_live(session, name, row.id, row.brand_id)
         audit.record(
             actor,
             "template.publish",
@@ -367,7 +389,7 @@ def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
     old = version(name, number)
     if old is None:
         raise OverrideError("No such version.")
-    if blocking(check(name, old.source)):
+    if blocking(check(name, old.source, old.brand_id)):
         raise OverrideError(f"Version {number} no longer checks clean: open it and fix it.")
     with db.transaction() as session:
         row = TemplateOverride(
@@ -376,11 +398,12 @@ def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
             source=old.source,
             author=actor.email,
             note=f"Rollback to version {number}",
+            brand_id=old.brand_id,
             published=False,
         )
         session.add(row)
         session.flush()
-        _make_live(session, name, row.id)
+        _make_live(session, name, row.id, old.brand_id)
         audit.record(
             actor,
             "template.rollback",
@@ -393,8 +416,12 @@ def rollback(actor: Actor, name: str, number: int) -> TemplateOverride:
 
 
 def use_default(actor: Actor, name: str) -> None:
-    """Take the override down: learners see the default template again."""
+    """Take the override down, for every brand: learners see the default template again."""
     with db.transaction() as session:
-        _make_live(session, name, None)
+        session.execute(
+            update(TemplateOverride)
+            .where(TemplateOverride.template_name == name, TemplateOverride.published.is_(True))
+            .values(published=False)
+        )
         audit.record(actor, "template.default", target=name, session=session)
     branding_cache.forget()

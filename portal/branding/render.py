@@ -179,23 +179,38 @@ def page_context(
     return page
 
 
-def load_overrides() -> dict[str, tuple[object, str]]:
-    """The published overrides from the database: {template: (identity, source)}. The identity
-    names the source too: compiled templates are kept by identity, and a row id alone can come
-    back with other text (a restored backup, a fresh test database)."""
+def load_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
+    """The published overrides from the database: {(template, brand id or None for every
+    brand): (identity, source)}. The identity names the source too: compiled templates are
+    kept by identity, and a row id alone can come back with other text (a restored backup, a
+    fresh test database)."""
     with db.reader() as session:
         rows = session.execute(
             select(
-                TemplateOverride.id, TemplateOverride.template_name, TemplateOverride.source
+                TemplateOverride.id,
+                TemplateOverride.template_name,
+                TemplateOverride.brand_id,
+                TemplateOverride.source,
             ).where(TemplateOverride.published.is_(True))
         ).all()
     return {
-        name: (("live", row_id, hashlib.sha256(source.encode()).hexdigest()), source)
-        for row_id, name, source in rows
+        (name, brand_id): (("live", row_id, hashlib.sha256(source.encode()).hexdigest()), source)
+        for row_id, name, brand_id, source in rows
     }
 
 
-def published_overrides() -> dict[str, tuple[object, str]]:
+def for_brand(overrides: dict, brand_id) -> dict[str, tuple[object, str]]:
+    """The overrides a page of brand `brand_id` renders with: {template: (identity, source)},
+    the brand's own version of a template before the one for every brand."""
+    chosen = {name: value for (name, scope), value in overrides.items() if scope is None}
+    if isinstance(brand_id, int):
+        chosen.update(
+            {name: value for (name, scope), value in overrides.items() if scope == brand_id}
+        )
+    return chosen
+
+
+def published_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
     """The published overrides, kept for a few seconds per process (portal.branding.cache)."""
     try:
         return branding_cache.cache().get("overrides", load_overrides)
@@ -276,7 +291,7 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     )
     language = i18n.language_for(locale)
     env = live_environment(language)
-    overrides = published_overrides()
+    overrides = for_brand(published_overrides(), brand["id"])
     key = None
     if pages is not None:
         row = ("order row", order.reference, version) if version is not None else None
@@ -551,7 +566,7 @@ def email_context(
     return page
 
 
-def email_overrides() -> dict[str, tuple[object, str]]:
+def email_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
     """The published overrides, read afresh: emails go out from the worker, often outside any
     app context (where the per-app cache of `published_overrides` lives), and a few messages a
     minute do not need a cache. Without the database, the defaults render."""
@@ -593,7 +608,7 @@ def render_learner_email(
         context=context,
     )
     env = live_environment(i18n.language_for(locale))
-    overrides = email_overrides()
+    overrides = for_brand(email_overrides(), brand_dict["id"])
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
