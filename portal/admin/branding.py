@@ -111,6 +111,7 @@ class TemplateForm(FlaskForm):
         "For",
         coerce=int,
         choices=[],
+        default=0,
         description="Every brand, or one brand only (its pages use its own version first).",
     )
 
