@@ -748,8 +748,10 @@ def test_an_override_for_one_brand_reaches_only_that_brands_pages(app, console):
     )
     acme_page = review(app, skilljar).text
     northwind_page = review(app, openlearning).text
-    assert 'class="all"' in acme_page and 'class="nw"' not in acme_page
-    assert 'class="nw"' in northwind_page and 'class="all"' not in northwind_page
+    assert 'class="all"' in acme_page
+    assert 'class="nw"' not in acme_page
+    assert 'class="nw"' in northwind_page
+    assert 'class="all"' not in northwind_page
     assert "Acme Academy" not in northwind_page
     # Both stay live: publishing the one for every brand left Northwind's own in place.
     with db.reader() as session:
@@ -758,3 +760,19 @@ def test_an_override_for_one_brand_reaches_only_that_brands_pages(app, console):
         ).all()
     assert {(r.version, r.brand_id) for r in live} == {(1, northwind.id), (2, None)}
     assert acme.id != northwind.id
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://127.0.0.2:5699/t?e={{ order.customer_email }}",
+        "https://track.example.net/click",
+        "www.track.example.net/click",
+    ],
+)
+def test_a_plain_text_email_override_may_not_print_other_links(console, link):
+    source = "{% include 'default:email/pay_link.txt' %}\nMore: " + link + "\n"
+    with console("marketer").application.test_request_context():
+        problems = overrides.blocking(overrides.check("email/pay_link.txt", source))
+    assert problems
+    assert "not allowed in an email" in problems[0].message

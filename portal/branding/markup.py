@@ -463,3 +463,32 @@ def untranslated(rendered: str, rendered_in_source_language: str, default: str) 
     English."""
     same = _texts(rendered) & _texts(rendered_in_source_language)
     return sorted(same - _texts(default))
+
+
+# --- plain-text emails --------------------------------------------------------------------------
+
+
+def _text_links(text: str) -> set[str]:
+    """The web addresses a mail client would turn into links in a plain-text message."""
+    found = set()
+    for word in text.split():
+        word = word.strip("<>()[]{}\"'.,;:!?")
+        if word.lower().startswith(("http://", "https://", "www.", "//")):
+            found.add(word)
+    return found
+
+
+def text_problems(rendered: str, default: str, rules: Rules) -> list[str]:
+    """The links of a plain-text email override: each one the default message has, or https to
+    the hosts an HTML email may link to."""
+    problems = []
+    allowed = _text_links(default)
+    for link in sorted(_text_links(rendered) - allowed):
+        parts = urlsplit(link)
+        if parts.scheme == "https" and (parts.hostname or "").lower() in rules.link_hosts:
+            continue
+        problems.append(
+            f"The address {_quote(link)} is not allowed in an email: use https:// addresses on "
+            f"{', '.join(sorted(rules.link_hosts)) or 'the brand’s hosts'}."
+        )
+    return problems

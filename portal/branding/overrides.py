@@ -115,9 +115,13 @@ def check(name: str, source: str, brand_id: int | None = None) -> list[Problem]:
                 except Exception as exc:  # noqa: BLE001 - every failure is the marketer's to see
                     problems.append(Problem(where, describe(exc, name)))
                 else:
-                    if sample.template.endswith(".txt"):
-                        continue
                     default, _rules = render_sample(default_env, sample, language, brand_row)
+                    if sample.template.endswith(".txt"):
+                        for message in markup.text_problems(html, default, rules):
+                            if message not in seen:
+                                seen.add(message)
+                                problems.append(Problem(where, message))
+                        continue
                     for message in markup.problems(html, default, rules):
                         if message not in seen:
                             seen.add(message)

@@ -622,9 +622,13 @@ def render_learner_email(
             used = []
     finally:
         overrides_used.reset(used_token)
-    if used and not name.endswith(".txt"):
+    if used:
         default = render_in(env, name, page, {})
-        found = markup.problems(rendered, default, email_rules(settings, brand_dict))
+        rules = email_rules(settings, brand_dict)
+        if name.endswith(".txt"):
+            found = markup.text_problems(rendered, default, rules)
+        else:
+            found = markup.problems(rendered, default, rules)
         if found:
             _not_served(used, f"{name}: " + " ".join(found[:5]), order, "email template")
             rendered = default
