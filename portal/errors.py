@@ -8,8 +8,9 @@ already committed.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
-from flask import current_app, jsonify, request
+from flask import current_app, g, jsonify, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -80,15 +81,37 @@ def render_error(status: int, title: str, message: str, back_url: str | None = N
     )
 
 
-def content_security_policy(settings: dict) -> str:
+STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
+
+
+def form_action_origins(settings: dict) -> tuple[str, ...]:
+    """Where a form on our pages may lead, redirects included (browsers check each hop):
+    our origin, Stripe Checkout (and the configured Stripe API base, the stand-in's pay page
+    in the sandbox), and the platforms' sites a cancel is sent back to."""
+    origins = ["'self'", STRIPE_CHECKOUT_ORIGIN]
+    base = urlsplit(settings.get("STRIPE_API_BASE") or "")
+    if base.scheme in {"http", "https"} and base.netloc:
+        origins.append(f"{base.scheme}://{base.netloc}")
+    for host in settings.get("REDIRECT_HOSTS") or ():
+        origins.append(f"https://{host}")
+        if host in {"127.0.0.1", "localhost"}:
+            origins.append(f"http://{host}")
+    return tuple(dict.fromkeys(origins))
+
+
+def content_security_policy(settings: dict, form_origins=()) -> str:
     """Our own origin only, plus the extra origins an admin configured (an analytics script,
-    an image host): deployment settings, never something a marketer can change."""
+    an image host): deployment settings, never something a marketer can change. Forms may
+    lead only to `form_action_origins` (plus `form_origins`: the order's own return address);
+    no <base>, no framing."""
     scripts = " ".join(("'self'", *settings.get("CSP_SCRIPT_ORIGINS", ())))
     images = " ".join(("'self'", "data:", *settings.get("CSP_IMG_ORIGINS", ())))
     connect = " ".join(("'self'", *settings.get("CSP_CONNECT_ORIGINS", ())))
+    forms = " ".join(dict.fromkeys((*form_action_origins(settings), *form_origins)))
     return (
         f"default-src 'self'; img-src {images}; style-src 'self'; script-src {scripts}; "
-        f"connect-src {connect}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        f"connect-src {connect}; object-src 'none'; form-action {forms}; base-uri 'none'; "
+        "frame-ancestors 'none'"
     )
 
 
@@ -140,7 +163,8 @@ def init_app(app) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render_error(500, *MESSAGES[500])
 
-    policy = content_security_policy(app.config["PORTAL"])
+    settings = app.config["PORTAL"]
+    policy = content_security_policy(settings)
     defaults = [
         ("Content-Security-Policy", policy),
         ("X-Content-Type-Options", "nosniff"),
@@ -160,7 +184,14 @@ def init_app(app) -> None:
         headers = response.headers
         present = {name.lower() for name, _value in headers.items()}
         wanted = defaults
+        extra_forms = g.get("form_action_origins")
+        if extra_forms:
+            # The order's own return address: its cancel redirect must not be blocked.
+            wanted = [
+                ("Content-Security-Policy", content_security_policy(settings, extra_forms)),
+                *defaults[1:],
+            ]
         if request.path.startswith(learner_paths):
-            wanted = [*defaults, no_store]
+            wanted = [*wanted, no_store]
         headers.extend([item for item in wanted if item[0].lower() not in present])
         return response

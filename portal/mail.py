@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from portal import i18n, jobs, timeline
+from portal.branding.brands import header_safe
 from portal.branding.render import email_brand, render_learner_email
 from portal.db import db
 from portal.fulfilment import alert
@@ -85,6 +86,12 @@ def brand_of(order: Order, settings: dict, key: ApiKey | None) -> tuple[dict, di
     brand, colours = email_brand(order, settings)
     if key is not None and key.brand_name and not _assigned_to_key(key.id):
         brand = {**brand, "name": key.brand_name}
+    if not header_safe(brand["name"]):
+        # A name stored before names were checked: one line, so the headers stay whole.
+        brand = {
+            **brand,
+            "name": " ".join("".join(c if header_safe(c) else " " for c in brand["name"]).split()),
+        }
     return brand, colours
 
 

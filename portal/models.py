@@ -475,6 +475,27 @@ class Brand(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class BrandVersion(Base):
+    """One saved version of a brand's settings (issue 23): a draft until published, when its
+    values are copied onto the brand. Append-only, so the history says who changed what and
+    when, and an earlier version can be published again (a rollback)."""
+
+    __tablename__ = "brand_versions"
+    __table_args__ = (UniqueConstraint("brand_id", "version", name="uq_brand_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    brand_id: Mapped[int] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    # The checked fields (name, colours, font stack, support email, links, copy, is_default).
+    data: Mapped[dict] = mapped_column(JSON)
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary)
+    logo_type: Mapped[str | None] = mapped_column(String(32))
+    author: Mapped[str] = mapped_column(String(320))
+    note: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class BrandAssignment(Base):
     """Which brand a platform source gets: ("skilljar", "*"), ("openlearning", institution id),
     ("merchant", API key id). "*" is the platform's fallback."""
@@ -491,7 +512,8 @@ class BrandAssignment(Base):
 
 class TemplateOverride(Base):
     """One saved version of a marketer's override of a learner-facing template. Versions are
-    append-only; at most one version per template is published (live)."""
+    append-only; at most one version per template and brand scope (one brand, or every brand)
+    is published (live)."""
 
     __tablename__ = "template_overrides"
     __table_args__ = (
@@ -505,6 +527,10 @@ class TemplateOverride(Base):
     source: Mapped[str] = mapped_column(Text)
     author: Mapped[str] = mapped_column(String(320))
     note: Mapped[str | None] = mapped_column(String(300))
+    # The brand the version applies to; None: every brand without one of its own (issue 23).
+    brand_id: Mapped[int | None] = mapped_column(
+        ForeignKey("brands.id", ondelete="CASCADE"), index=True
+    )
     published: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -350,6 +350,8 @@ GET_PAGES = {
     "/admin/branding": "branding",
     "/admin/branding/brands/new": "branding",
     "/admin/branding/brands/{brand}": "branding",
+    "/admin/branding/brands/{brand}/versions/{number}/preview": "branding",
+    "/admin/branding/brands/{brand}/versions/{number}/theme.css": "branding",
     "/admin/branding/templates/{template}": "branding",
     "/admin/branding/templates/{template}/preview": "branding",
     "/admin/users": "users",
@@ -388,7 +390,11 @@ def test_each_role_reaches_exactly_its_pages(console, role):
     for path, permission in GET_PAGES.items():
         response = client.get(
             path.format(
-                ref=order.reference, brand=brand.id, template="review.html", delivery=delivery
+                ref=order.reference,
+                brand=brand.id,
+                template="review.html",
+                delivery=delivery,
+                number=1,
             )
         )
         expected = 200 if permission in ALLOWED[role] else 403
@@ -426,6 +432,7 @@ def test_every_console_route_is_covered_by_the_guard(app):
         .replace("{brand}", "<int:brand_id>")
         .replace("{template}", "<path:name>")
         .replace("{delivery}", "<int:delivery_id>")
+        .replace("{number}", "<int:number>")
         for p in GET_PAGES
     } | {"/admin/"}
     assert paths == covered
@@ -437,7 +444,7 @@ def test_a_signed_out_visitor_sees_nothing_anywhere(app):
     token = csrf(client.get("/admin/login").text)
     for path in GET_PAGES:
         response = client.get(
-            path.format(ref=order.reference, brand=1, template="review.html", delivery=1)
+            path.format(ref=order.reference, brand=1, template="review.html", delivery=1, number=1)
         )
         assert response.status_code == 302, path
         assert response.headers["Location"].startswith("/admin/login")

@@ -151,16 +151,20 @@ def test_without_any_brand_the_settings_name_and_email_are_used(make_app):
 
 
 def test_script_in_brand_fields_is_escaped_everywhere(app, client):
-    save_brand(
-        ACTOR,
-        brand_input(
-            name='<script>alert("name")</script>',
-            copy_blocks={
-                "review_intro": "<script>alert(1)</script><img src=x onerror=alert(2)>",
-                "footer_note": '"><svg onload=alert(3)>',
-            },
-        ),
-    )
+    hostile_copy = {
+        "review_intro": "<script>alert(1)</script><img src=x onerror=alert(2)>",
+        "footer_note": '"><svg onload=alert(3)>',
+    }
+    # Copy is plain text: tags are refused when saved (issue 23)...
+    with pytest.raises(BrandError) as refused:
+        save_brand(ACTOR, brand_input(copy_blocks=hostile_copy))
+    assert set(refused.value.problems) == {"copy_review_intro", "copy_footer_note"}
+    brand = save_brand(ACTOR, brand_input(name='<script>alert("name")</script>'))
+    # ...and escaped all the same where a row from before that rule has them.
+    from portal.models import Brand
+
+    with db.transaction() as session:
+        session.get(Brand, brand.id).copy_blocks = hostile_copy
     order = make_order(state=OrderState.OPEN)
     page = review(app, order).text
     assert "<script>" not in page

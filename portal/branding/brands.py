@@ -12,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from portal import i18n
 from portal.branding import cache as branding_cache
 from portal.db import db
-from portal.models import Brand, BrandAssignment, Order
+from portal.models import ApiKey, Brand, BrandAssignment, Order
 
 log = logging.getLogger("portal.branding")
 
@@ -67,6 +69,38 @@ COPY_BLOCKS = {
     "footer_note": "In every page's footer",
 }
 COPY_MAX = 400
+
+
+def translated_languages() -> tuple[str, ...]:
+    """The languages besides the source language (English) copy can be given in."""
+    return i18n.languages()[1:]
+
+
+def copy_key(block: str, language: str | None) -> str:
+    """Where a copy block's text in `language` is kept in `Brand.copy_blocks`: the block's own
+    key for the source language, `block:language` for the others."""
+    return block if not language or language == i18n.languages()[0] else f"{block}:{language}"
+
+
+def copy_keys() -> list[str]:
+    return [copy_key(b, lang) for lang in (None, *translated_languages()) for b in COPY_BLOCKS]
+
+
+def untranslated_copy(copy_blocks: dict | None) -> list[tuple[str, str]]:
+    """(block, language) for each copy block given in English but not in `language`: the
+    pages where a learner of that language would read English."""
+    copy_blocks = copy_blocks or {}
+    return [
+        (block, language)
+        for language in translated_languages()
+        for block in COPY_BLOCKS
+        if copy_blocks.get(block) and not copy_blocks.get(copy_key(block, language))
+    ]
+
+
+COPY_ACCEPTS = f"Plain text, up to {COPY_MAX} characters. Tags such as <b> are refused."
+# Something a browser would read as a tag: `<` then a letter, `/`, `!` or `?`.
+TAG = re.compile(r"<\s*[A-Za-z/!?]")
 LOGO_MAX_BYTES = 32 * 1024
 LOGO_TYPES = ("image/png", "image/svg+xml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,6 +111,16 @@ SVG_REFUSED = re.compile(
     rb"|(?:xlink:)?href\s*=\s*[\"'](?!#)",
     re.I,
 )
+
+
+def header_safe(value: str | None) -> bool:
+    """No control or line-separator character anywhere: the value can go into a mail header
+    (From's display name, Reply-To, a subject) without starting another header. Unicode's
+    categories Cc (CR, LF, NUL, ...), Cf (invisible format marks), Zl and Zp (U+2028, U+2029)."""
+    return not any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} for ch in value or "")
+
+
+HEADER_UNSAFE = "Remove line breaks and control characters: this goes into email headers."
 
 
 class BrandError(ValueError):
@@ -204,8 +248,12 @@ def logo_type_of(data: bytes) -> str:
 def clean(entry: BrandInput) -> BrandInput:
     """Check every field; raise BrandError naming each problem."""
     problems: dict[str, str] = {}
+    # Checked before stripping: strip() would quietly drop a trailing CR/LF and keep one inside.
+    for key in ("name", "support_email", "terms_url", "privacy_url"):
+        if not header_safe(getattr(entry, key)):
+            problems[key] = HEADER_UNSAFE
     entry.name = (entry.name or "").strip()
-    if not entry.name or len(entry.name) > 120:
+    if "name" not in problems and (not entry.name or len(entry.name) > 120):
         problems["name"] = "Enter a name of 1 to 120 characters."
     for key in ("primary", "text", "background", "accent"):
         value = (getattr(entry, key) or "").strip().lower()
@@ -215,21 +263,31 @@ def clean(entry: BrandInput) -> BrandInput:
     if entry.font_stack not in FONT_STACKS:
         problems["font_stack"] = "Choose one of the listed font stacks."
     email = (entry.support_email or "").strip()
-    if email and (len(email) > 320 or not EMAIL.fullmatch(email)):
+    if "support_email" in problems:
+        pass
+    elif email and (len(email) > 320 or not EMAIL.fullmatch(email)):
         problems["support_email"] = "Enter an email address."
     entry.support_email = email or None
     for key in ("terms_url", "privacy_url"):
+        if key in problems:
+            continue
         try:
             setattr(entry, key, _https_url(getattr(entry, key)))
         except ValueError as exc:
             problems[key] = f"The address {exc}."
     blocks = {}
+    allowed_keys = set(copy_keys())
     for key, value in (entry.copy_blocks or {}).items():
-        if key not in COPY_BLOCKS:
+        if key not in allowed_keys:
             continue
         value = " ".join(str(value or "").split())
         if len(value) > COPY_MAX:
             problems[f"copy_{key}"] = f"Keep it under {COPY_MAX} characters."
+        elif TAG.search(value):
+            problems[f"copy_{key}"] = (
+                "Plain text only: remove the tags (such as <b> or <a>); learners would see them "
+                "as typed."
+            )
         if value:
             blocks[key] = value
     entry.copy_blocks = blocks
@@ -280,18 +338,40 @@ def source_key(order: Order | None) -> str | None:
 
 
 def find_brand(session, order: Order | None) -> Brand | None:
+    return find_brand_and_name(session, order)[0]
+
+
+def find_brand_and_name(session, order: Order | None) -> tuple[Brand | None, str | None]:
+    """(the brand row, the source's own name when it borrows another brand's look). A source
+    with a name of its own (a merchant key created with `--brand`) and no brand assigned to it
+    borrows the platform's or the default brand's look only, under its own name: another
+    brand's logo, support address, legal links and copy never appear on its pages or emails."""
     if order is not None:
-        keys = [k for k in (source_key(order), "*") if k]
+        own = source_key(order)
+        keys = [k for k in (own, "*") if k]
         rows = session.execute(
             select(BrandAssignment.source_key, Brand)
             .join(Brand, Brand.id == BrandAssignment.brand_id)
             .where(BrandAssignment.platform == order.platform, BrandAssignment.source_key.in_(keys))
         ).all()
         by_key = {key: brand for key, brand in rows}  # noqa: C416 - rows are Row tuples
-        for key in keys:
-            if key in by_key:
-                return by_key[key]
-    return session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+        if own is not None and own in by_key:
+            return by_key[own], None
+        name = _own_name(session, order)
+        if "*" in by_key:
+            return by_key["*"], name
+        default = session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+        return default, name
+    default = session.scalar(select(Brand).where(Brand.is_default.is_(True)).order_by(Brand.id))
+    return default, None
+
+
+def _own_name(session, order: Order) -> str | None:
+    key_id = getattr(order, "merchant_key_id", None)
+    if order.platform != "merchant" or key_id is None:
+        return None
+    name = session.scalar(select(ApiKey.brand_name).where(ApiKey.id == key_id))
+    return name if name and header_safe(name) else None
 
 
 def settings_brand(settings: dict) -> dict:
@@ -309,9 +389,19 @@ def settings_brand(settings: dict) -> dict:
     }
 
 
-def brand_context(brand: Brand | None, settings: dict, url_for) -> dict:
+def brand_context(
+    brand: Brand | None, settings: dict, url_for, own_name: str | None = None
+) -> dict:
     """The plain dict templates read as `brand` (strings only; no ORM object reaches a
-    template)."""
+    template). With `own_name`, the brand's look (colours, font) under that name, and none of
+    its identity: the settings' support address, no logo, legal links or copy."""
+    if own_name is not None:
+        borrowed = settings_brand(settings)
+        borrowed["name"] = own_name
+        if brand is not None:
+            borrowed["id"] = brand.id
+            borrowed["theme_url"] = url_for("branding.theme", brand_id=brand.id, v=brand.version)
+        return borrowed
     if brand is None:
         return settings_brand(settings)
     return {
@@ -325,7 +415,24 @@ def brand_context(brand: Brand | None, settings: dict, url_for) -> dict:
         "terms_url": brand.terms_url,
         "privacy_url": brand.privacy_url,
         "blocks": {key: (brand.copy_blocks or {}).get(key, "") for key in COPY_BLOCKS},
+        "blocks_by_language": {
+            language: {
+                key: (brand.copy_blocks or {}).get(copy_key(key, language), "")
+                for key in COPY_BLOCKS
+            }
+            for language in translated_languages()
+        },
     }
+
+
+def in_language(brand: dict, language: str) -> dict:
+    """The brand as a page in `language` shows it: each copy block in that language where the
+    marketer gave it, else in the source language."""
+    translated = (brand.get("blocks_by_language") or {}).get(language)
+    if not translated:
+        return brand
+    blocks = {key: translated.get(key) or text for key, text in brand["blocks"].items()}
+    return {**brand, "blocks": blocks}
 
 
 def brand_for(order: Order | None, settings: dict, url_for) -> dict:
@@ -333,17 +440,17 @@ def brand_for(order: Order | None, settings: dict, url_for) -> dict:
     error page must render even while the database is down). Kept for a few seconds per process
     (portal.branding.cache): the brand depends only on the order's platform and source."""
 
-    def load() -> Brand | None:
+    def load() -> tuple[Brand | None, str | None]:
         with db.reader() as session:
-            return find_brand(session, order)
+            return find_brand_and_name(session, order)
 
     key = ("brand", order.platform if order is not None else None, source_key(order))
     try:
-        brand = branding_cache.cache().get(key, load)
+        brand, own_name = branding_cache.cache().get(key, load)
     except Exception:  # noqa: BLE001 - the page must still render
         log.exception("brand lookup failed: using the settings brand")
-        brand = None
-    return brand_context(brand, settings, url_for)
+        brand, own_name = None, None
+    return brand_context(brand, settings, url_for, own_name)
 
 
 # --- the generated stylesheet -----------------------------------------------------------------

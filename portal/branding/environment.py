@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+import time
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,8 +22,10 @@ from pathlib import Path
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_decimal, format_percent
 from jinja2 import BaseLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, pass_context
+from jinja2.ext import Extension
 from jinja2.filters import FILTERS
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.lexer import Token
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from portal import i18n
 from portal.money import format_money
@@ -197,14 +201,189 @@ def allowed_filters() -> dict:
     return filters
 
 
+# --- the render budget ---------------------------------------------------------------------------
+#
+# A page renders in a few thousand steps and a few milliseconds; an override may not make every
+# learner wait (a triple loop of a million steps took 0.4 s a page). Each step the sandbox sees
+# counts: a loop iteration, a call, an attribute or item lookup, an arithmetic operator, a piece
+# of output. Past RENDER_STEPS steps or RENDER_MILLISECONDS the render stops with
+# RenderBudgetExceeded: at check time the override is refused with that reason, at request time
+# the default page is served and an operator alerted (portal.branding.render).
+
+RENDER_STEPS = 200_000
+RENDER_MILLISECONDS = 1000
+OUTPUT_MAX_CHARS = 2 * 1024 * 1024
+# The longest string or list one `*` may make, and the largest `**` exponent.
+REPEAT_MAX = 100_000
+POWER_MAX = 1_000
+
+
+class RenderBudgetExceeded(SecurityError):
+    """The template took more steps or time than a learner page may."""
+
+
+@dataclass
+class Budget:
+    steps: int = RENDER_STEPS
+    milliseconds: int = RENDER_MILLISECONDS
+    used: int = 0
+    started: float = 0.0
+    # Time counts once an override takes part (the defaults are ours: a busy host must not
+    # turn them into errors); steps always count.
+    timed: bool = False
+
+    def __post_init__(self):
+        self.started = time.monotonic()
+        self.deadline = self.started + self.milliseconds / 1000
+
+    def tick(self, count: int = 1) -> None:
+        self.used += count
+        if self.used > self.steps:
+            raise RenderBudgetExceeded(
+                f"the page takes more than {self.steps:,} steps to render (loops, calls and "
+                "lookups): make it simpler"
+            )
+        if self.timed and time.monotonic() > self.deadline:
+            raise RenderBudgetExceeded(
+                f"the page takes longer than {self.milliseconds} ms to render: make it simpler"
+            )
+
+
+render_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "render_budget", default=None
+)
+
+
+def tick(count: int = 1) -> None:
+    budget = render_budget.get()
+    if budget is not None:
+        budget.tick(count)
+
+
+# Every `{% for x in EXPR %}` becomes `{% for x in LOOP_GUARD(EXPR) %}`, so each iteration is a
+# step. The name is reserved: a template that uses it does not compile.
+LOOP_GUARD = "_budgeted_loop"
+
+
+def budgeted_loop(iterable):
+    for item in iterable:
+        tick()
+        yield item
+
+
+class LoopBudget(Extension):
+    """Wraps each for loop's iterable in LOOP_GUARD, on the token stream (public Jinja API)."""
+
+    def filter_stream(self, stream):
+        previous = None
+        state = None  # None, "target" (after `for`), "iterable" (after `in`)
+        depth = 0
+        for token in stream:
+            if token.type == "name" and token.value == LOOP_GUARD:
+                raise TemplateSyntaxError(
+                    f"{LOOP_GUARD} is a reserved name", token.lineno, stream.name, stream.filename
+                )
+            if state == "iterable":
+                ends = token.type == "block_end" or (
+                    token.type == "name" and token.value in {"if", "recursive"}
+                )
+                if depth == 0 and ends:
+                    yield Token(token.lineno, "rparen", ")")
+                    state = None
+                elif token.type in {"lparen", "lbracket", "lbrace"}:
+                    depth += 1
+                elif token.type in {"rparen", "rbracket", "rbrace"}:
+                    depth -= 1
+            elif state == "target" and token.type == "name" and token.value == "in":
+                yield token
+                yield Token(token.lineno, "name", LOOP_GUARD)
+                yield Token(token.lineno, "lparen", "(")
+                state, depth = "iterable", 0
+                previous = token
+                continue
+            elif (
+                previous is not None
+                and previous.type == "block_begin"
+                and token.type == "name"
+                and token.value == "for"
+            ):
+                state = "target"
+            previous = token
+            yield token
+
+
 class LearnerEnvironment(ImmutableSandboxedEnvironment):
     """Also refuses every attribute that starts with an underscore, on anything (the sandbox
-    already refuses dunders and Python internals)."""
+    already refuses dunders and Python internals), and counts the steps of a render against
+    its budget."""
+
+    has_fixed_overrides = False  # set on the throwaway environments of drafts
+    intercepted_binops = frozenset({"*", "**", "+", "-", "/", "//", "%"})
+    intercepted_unops = frozenset({"-", "+"})
 
     def is_safe_attribute(self, obj, attr, value):
         if attr.startswith("_"):
             return False
         return super().is_safe_attribute(obj, attr, value)
+
+    def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
+        """Compiling a template (once per process) is not the page's time: the clock of the
+        render under way stops meanwhile."""
+        started = time.monotonic()
+        try:
+            return super().compile(source, name, filename, raw, defer_init)
+        finally:
+            budget = render_budget.get()
+            if budget is not None:
+                budget.deadline += time.monotonic() - started
+
+    def call_binop(self, context, operator, left, right):
+        tick()
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(sequence) * times > REPEAT_MAX
+                ):
+                    raise RenderBudgetExceeded("that repetition makes too long a value")
+        if operator == "**" and isinstance(right, int | float) and abs(right) > POWER_MAX:
+            raise RenderBudgetExceeded("that power is too large")
+        return super().call_binop(context, operator, left, right)
+
+    def call_unop(self, context, operator, arg):
+        tick()
+        return super().call_unop(context, operator, arg)
+
+    def getattr(self, obj, attribute):
+        tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        tick()
+        return super().getitem(obj, argument)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - the sandbox's signature
+        tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def render_budgeted(template, context: dict, *, timed: bool = False) -> str:
+    """`template.render(context)` within a render budget: each piece of output is a step, and
+    the output may not grow past OUTPUT_MAX_CHARS."""
+    token = render_budget.set(Budget(timed=timed))
+    try:
+        parts: list[str] = []
+        size = 0
+        for part in template.generate(context):
+            size += len(part)
+            if size > OUTPUT_MAX_CHARS:
+                raise RenderBudgetExceeded("the page is too long")
+            tick()
+            parts.append(part)
+        return "".join(parts)
+    finally:
+        render_budget.reset(token)
 
 
 def build_environment(language: str, overrides) -> LearnerEnvironment:
@@ -214,13 +393,17 @@ def build_environment(language: str, overrides) -> LearnerEnvironment:
         autoescape=True,
         undefined=StrictUndefined,
         auto_reload=True,
-        extensions=["jinja2.ext.i18n"],
+        extensions=["jinja2.ext.i18n", LoopBudget],
         cache_size=400,
     )
     env.filters = allowed_filters()
     # No lipsum, cycler, joiner, dict or namespace: range (the sandbox's bounded one) only.
     # (`_` is the i18n extension's alias of gettext, installed with it below.)
-    env.globals = {"range": env.globals["range"], "_": env.globals["_"]}
+    env.globals = {
+        "range": env.globals["range"],
+        "_": env.globals["_"],
+        LOOP_GUARD: budgeted_loop,
+    }
     env.install_gettext_translations(i18n.translations(language), newstyle=True)
     return env
 
@@ -239,4 +422,6 @@ def live_environment(language: str) -> LearnerEnvironment:
 def fixed_environment(language: str, overrides: dict[str, str]) -> LearnerEnvironment:
     """A throwaway environment with a fixed set of overrides (drafts: preview, validation)."""
     fixed = {name: (("draft", hash(source)), source) for name, source in overrides.items()}
-    return build_environment(language, lambda: fixed)
+    env = build_environment(language, lambda: fixed)
+    env.has_fixed_overrides = bool(fixed)
+    return env

@@ -1,12 +1,18 @@
 """Brand writes: create and edit brands, choose the default, assign brands to platform sources.
 Each checks its input (portal.branding.brands.clean), bumps the brand's version (its stylesheet
-and logo URLs change with it) and writes an audit entry in the same transaction."""
+and logo URLs change with it) and writes an audit entry in the same transaction.
+
+Brand settings are versioned like templates (`BrandVersion`, append-only): the console saves a
+change as a draft (`save_brand_draft`), which can be previewed on every sample page before it
+is published (`publish_brand_version`); publishing an earlier version is a rollback. Every save
+also records the version that went live."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal.admin import audit
@@ -14,7 +20,7 @@ from portal.admin.audit import Actor
 from portal.branding import cache as branding_cache
 from portal.branding.brands import BrandError, BrandInput, clean
 from portal.db import db
-from portal.models import Brand, BrandAssignment
+from portal.models import Brand, BrandAssignment, BrandVersion, utcnow
 
 PLATFORMS = ("skilljar", "openlearning", "cleeng", "merchant")
 SOURCE_KEY = re.compile(r"\*|[A-Za-z0-9._:@-]{1,190}")
@@ -41,7 +47,152 @@ def assignments() -> list[tuple[BrandAssignment, str]]:
         )
 
 
-def save_brand(actor: Actor, entry: BrandInput, brand_id: int | None = None) -> Brand:
+VERSIONED_FIELDS = (
+    "name",
+    "primary",
+    "text",
+    "background",
+    "accent",
+    "font_stack",
+    "support_email",
+    "terms_url",
+    "privacy_url",
+    "copy_blocks",
+    "is_default",
+    "remove_logo",
+)
+
+
+def _data_of(entry: BrandInput) -> dict:
+    values = asdict(entry)
+    return {key: values[key] for key in VERSIONED_FIELDS}
+
+
+def _next_version(session, brand_id: int) -> int:
+    latest = session.scalar(
+        select(func.max(BrandVersion.version)).where(BrandVersion.brand_id == brand_id)
+    )
+    return (latest or 0) + 1
+
+
+def versions(brand_id: int) -> list[BrandVersion]:
+    with db.reader() as session:
+        return list(
+            session.scalars(
+                select(BrandVersion)
+                .where(BrandVersion.brand_id == brand_id)
+                .order_by(BrandVersion.version.desc())
+            )
+        )
+
+
+def brand_version(brand_id: int, number: int) -> BrandVersion | None:
+    with db.reader() as session:
+        return session.scalar(
+            select(BrandVersion).where(
+                BrandVersion.brand_id == brand_id, BrandVersion.version == number
+            )
+        )
+
+
+def draft_brand(brand: Brand, row: BrandVersion) -> Brand:
+    """A Brand object, never added to a session, carrying a version's values: what the brand
+    would look like once that version is published (for the preview)."""
+    data = row.data
+    draft = Brand(
+        id=brand.id,
+        name=data["name"],
+        is_default=data["is_default"],
+        colour_primary=data["primary"],
+        colour_text=data["text"],
+        colour_background=data["background"],
+        colour_accent=data["accent"],
+        font_stack=data["font_stack"],
+        support_email=data["support_email"],
+        terms_url=data["terms_url"],
+        privacy_url=data["privacy_url"],
+        copy_blocks=data["copy_blocks"],
+        version=brand.version,
+    )
+    if row.logo:
+        draft.logo, draft.logo_type = row.logo, row.logo_type
+    elif not data.get("remove_logo"):
+        draft.logo, draft.logo_type = brand.logo, brand.logo_type
+    return draft
+
+
+def save_brand_draft(
+    actor: Actor, entry: BrandInput, brand_id: int, note: str | None = None
+) -> BrandVersion:
+    """Check `entry` and keep it as the next version of the brand, not live yet."""
+    entry = clean(entry)
+    with db.transaction() as session:
+        brand = session.get(Brand, brand_id)
+        if brand is None:
+            raise BrandError({"brand": "No such brand."})
+        row = BrandVersion(
+            brand_id=brand_id,
+            version=_next_version(session, brand_id),
+            data=_data_of(entry),
+            logo=entry.logo,
+            logo_type=entry.logo_type if entry.logo else None,
+            author=actor.email,
+            note=(note or "").strip()[:300] or None,
+        )
+        session.add(row)
+        session.flush()
+        audit.record(
+            actor,
+            "brand.draft",
+            target=f"brand {brand_id}: {entry.name} v{row.version}",
+            detail={"brand_id": brand_id, "version": row.version},
+            session=session,
+        )
+    return row
+
+
+def publish_brand_version(actor: Actor, brand_id: int, number: int) -> Brand:
+    """Make version `number` live: its values are checked again and copied onto the brand. A
+    version published before goes live again as a new version (a rollback: the history stays
+    append-only and says who rolled back when)."""
+    row = brand_version(brand_id, number)
+    if row is None:
+        raise BrandError({"version": "No such version."})
+    with db.reader() as session:
+        brand = session.get(Brand, brand_id)
+    if brand is None:
+        raise BrandError({"brand": "No such brand."})
+    data = dict(row.data)
+    entry = BrandInput(**{key: data.get(key) for key in VERSIONED_FIELDS})
+    entry.copy_blocks = dict(entry.copy_blocks or {})
+    entry.font_stack = entry.font_stack or "system"
+    entry.is_default = bool(entry.is_default)
+    entry.remove_logo = bool(entry.remove_logo)
+    if row.logo:
+        entry.logo = row.logo
+    rollback = row.published_at is not None
+    return save_brand(
+        actor,
+        entry,
+        brand_id,
+        from_version=None if rollback else row.id,
+        action="brand.rollback" if rollback else "brand.publish",
+        note=f"Rollback to version {number}" if rollback else row.note,
+    )
+
+
+def save_brand(
+    actor: Actor,
+    entry: BrandInput,
+    brand_id: int | None = None,
+    *,
+    from_version: int | None = None,
+    action: str | None = None,
+    note: str | None = None,
+) -> Brand:
+    """Check `entry` and make it the brand's live settings at once (a new brand, the CLI,
+    publishing a version). The version that went live is recorded: `from_version` (the id of
+    the draft being published) or a new one."""
     entry = clean(entry)
     with db.transaction() as session:
         if brand_id is None:
@@ -73,11 +224,32 @@ def save_brand(actor: Actor, entry: BrandInput, brand_id: int | None = None) -> 
             )
             brand.is_default = True
         session.flush()
+        if from_version is not None:
+            live = session.get(BrandVersion, from_version)
+            live.published_at = utcnow()
+        else:
+            live = BrandVersion(
+                brand_id=brand.id,
+                version=_next_version(session, brand.id),
+                data=_data_of(entry),
+                logo=brand.logo,
+                logo_type=brand.logo_type,
+                author=actor.email,
+                note=note,
+                published_at=utcnow(),
+            )
+            session.add(live)
+            session.flush()
         audit.record(
             actor,
-            "brand.create" if brand_id is None else "brand.update",
+            action or ("brand.create" if brand_id is None else "brand.update"),
             target=f"brand {brand.id}: {brand.name}",
-            detail={"brand_id": brand.id, "version": brand.version, "default": brand.is_default},
+            detail={
+                "brand_id": brand.id,
+                "version": brand.version,
+                "default": brand.is_default,
+                "brand_version": live.version,
+            },
             session=session,
         )
     branding_cache.forget()

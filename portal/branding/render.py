@@ -24,11 +24,12 @@ import html
 import logging
 import re
 import secrets
+import threading
 import time
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from flask import current_app, g, request, session, url_for
 from jinja2 import TemplateSyntaxError
@@ -36,7 +37,7 @@ from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
 
 from portal import i18n, signing
-from portal.branding import brands
+from portal.branding import brands, markup
 from portal.branding import cache as branding_cache
 from portal.branding.cache import Recent
 from portal.branding.environment import (
@@ -45,6 +46,7 @@ from portal.branding.environment import (
     live_environment,
     live_overrides,
     overrides_used,
+    render_budgeted,
 )
 from portal.db import db
 from portal.models import Brand, Order, TemplateOverride, utcnow
@@ -163,7 +165,7 @@ def page_context(
     language = i18n.language_for(locale)
     page = {key: plain(value) for key, value in context.items() if key != "fmt"}
     page.update(
-        brand=brand,
+        brand=brands.in_language(brand, language),
         lang=language.replace("_", "-"),
         locale=locale,
         sandbox=bool(settings["SANDBOX"]),
@@ -177,23 +179,38 @@ def page_context(
     return page
 
 
-def load_overrides() -> dict[str, tuple[object, str]]:
-    """The published overrides from the database: {template: (identity, source)}. The identity
-    names the source too: compiled templates are kept by identity, and a row id alone can come
-    back with other text (a restored backup, a fresh test database)."""
+def load_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
+    """The published overrides from the database: {(template, brand id or None for every
+    brand): (identity, source)}. The identity names the source too: compiled templates are
+    kept by identity, and a row id alone can come back with other text (a restored backup, a
+    fresh test database)."""
     with db.reader() as session:
         rows = session.execute(
             select(
-                TemplateOverride.id, TemplateOverride.template_name, TemplateOverride.source
+                TemplateOverride.id,
+                TemplateOverride.template_name,
+                TemplateOverride.brand_id,
+                TemplateOverride.source,
             ).where(TemplateOverride.published.is_(True))
         ).all()
     return {
-        name: (("live", row_id, hashlib.sha256(source.encode()).hexdigest()), source)
-        for row_id, name, source in rows
+        (name, brand_id): (("live", row_id, hashlib.sha256(source.encode()).hexdigest()), source)
+        for row_id, name, brand_id, source in rows
     }
 
 
-def published_overrides() -> dict[str, tuple[object, str]]:
+def for_brand(overrides: dict, brand_id) -> dict[str, tuple[object, str]]:
+    """The overrides a page of brand `brand_id` renders with: {template: (identity, source)},
+    the brand's own version of a template before the one for every brand."""
+    chosen = {name: value for (name, scope), value in overrides.items() if scope is None}
+    if isinstance(brand_id, int):
+        chosen.update(
+            {name: value for (name, scope), value in overrides.items() if scope == brand_id}
+        )
+    return chosen
+
+
+def published_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
     """The published overrides, kept for a few seconds per process (portal.branding.cache)."""
     try:
         return branding_cache.cache().get("overrides", load_overrides)
@@ -245,7 +262,8 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
     """Render with `overrides` live; raise what the template raises."""
     token = live_overrides.set(overrides)
     try:
-        return env.get_template(name).render(context)
+        timed = bool(overrides) or getattr(env, "has_fixed_overrides", False)
+        return render_budgeted(env.get_template(name), context, timed=timed)
     finally:
         live_overrides.reset(token)
 
@@ -257,6 +275,8 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     settings = current_app.config["PORTAL"]
     locale = locale or (order.locale if order is not None else None) or request_locale(settings)
     brand = brands.brand_for(order, settings, url_for)
+    if order is not None:
+        _allow_return_forms(order)
     pages = branding_cache.pages() if order is not None else None
     marks: list[bool] = []
     # An order read with its row version (checkout.view_order) is named in the page's key by
@@ -271,7 +291,7 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     )
     language = i18n.language_for(locale)
     env = live_environment(language)
-    overrides = published_overrides()
+    overrides = for_brand(published_overrides(), brand["id"])
     key = None
     if pages is not None:
         row = ("order row", order.reference, version) if version is not None else None
@@ -294,6 +314,24 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     return _with_csrf(html)
 
 
+def _allow_return_forms(order: Order) -> None:
+    """The order's return addresses (the platform's redirect, a merchant's cancel and success
+    URLs, already checked against the allow-lists when they came in) join the page's
+    `form-action`: the Cancel form's redirect goes there (portal.errors adds them)."""
+    data = order.platform_data or {}
+    urls = [order.redirect_url, data.get("cancel_url"), data.get("success_url")]
+    origins = set()
+    for url in urls:
+        if not isinstance(url, str):
+            continue
+        parts = urlsplit(url)
+        local = parts.hostname in {"127.0.0.1", "localhost"}
+        if parts.netloc and (parts.scheme == "https" or (parts.scheme == "http" and local)):
+            origins.add(f"{parts.scheme}://{parts.netloc}")
+    if origins:
+        g.form_action_origins = tuple(sorted(origins))
+
+
 # A per-process mark rendered where the CSRF token goes in a kept page (letters and digits only,
 # so escaping leaves it as it is).
 CSRF_MARK = "csrfmark" + secrets.token_hex(16)
@@ -304,6 +342,7 @@ def _marking(marks: list[bool]):
         marks.append(True)
         return CSRF_MARK
 
+    csrf_token.marks = True
     return csrf_token
 
 
@@ -322,24 +361,96 @@ def page_key(name: str, language: str, page: dict, overrides: dict, row=None) ->
 
 
 def _render(env, name: str, page: dict, overrides: dict, order: Order | None) -> tuple[str, bool]:
-    """(HTML, whether a failing override fell back to the default)."""
+    """(HTML, whether a failing override fell back to the default). An override's output is
+    checked against the default's (portal.branding.markup) before it is served."""
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
-        return render_in(env, name, page, overrides), False
-    except Exception as exc:
-        if not used:
-            raise
-        text = describe(exc, used[-1])
-        log.error(
-            "template override failed, rendering the default instead: %s",
-            text,
-            extra={"order_id": order.id if order is not None else "-"},
-        )
-        _record_failure(used, text)
-        return render_in(env, name, page, {}), True
+        try:
+            html = render_in(env, name, page, overrides)
+        except Exception as exc:
+            if not used:
+                raise
+            text = describe(exc, used[-1])
+            _not_served(used, text, order)
+            return render_in(env, name, page, {}), True
     finally:
         overrides_used.reset(used_token)
+    if not used:
+        return html, False
+    # The default page for the same data, with the token marks as they are (not counted twice).
+    marking = getattr(page.get("csrf_token"), "marks", False)
+    quiet = {**page, "csrf_token": lambda: CSRF_MARK} if marking else page
+    default = render_in(env, name, quiet, {})
+    found = markup.problems(html, default, page_rules())
+    if found:
+        _not_served(used, f"{name}: " + " ".join(found[:5]), order)
+        if marking:
+            default = render_in(env, name, page, {})
+        return default, True
+    return html, False
+
+
+def page_rules() -> markup.Rules:
+    return markup.Rules()
+
+
+def email_rules(settings: dict, brand: dict) -> markup.Rules:
+    """An email's links may go to the portal, the brand's own sites (its terms and privacy
+    addresses) and the platforms' sites (PORTAL_REDIRECT_HOSTS), over https."""
+    hosts = {urlsplit(settings["PUBLIC_URL"]).hostname or ""}
+    for key in ("terms_url", "privacy_url"):
+        if brand.get(key):
+            hosts.add(urlsplit(brand[key]).hostname or "")
+    hosts.update(settings.get("REDIRECT_HOSTS") or ())
+    return markup.Rules(
+        email=True,
+        public_url=settings["PUBLIC_URL"],
+        link_hosts=frozenset(h.lower() for h in hosts if h),
+    )
+
+
+# The alerts sent in this process, so a broken override alerts once, not on every page.
+_alerted = Recent(256)
+_alert_lock = threading.Lock()
+
+
+def _not_served(names: list[str], text: str, order: Order | None, kind: str = "template") -> None:
+    """An override was not served (it failed, ran over its budget or produced refused markup):
+    recorded on the override for the console, logged as an operator alert, and sent to
+    PORTAL_ALERT_WEBHOOK_URL once per override and reason in this process."""
+    log.error(
+        "ALERT %s override failed or refused, rendering the default instead: %s",
+        kind,
+        text,
+        extra={"order_id": order.id if order is not None else "-"},
+    )
+    _record_failure(names, text)
+    key = (tuple(names), text)
+    with _alert_lock:
+        if _alerted.get(key) is not None:
+            return
+        _alerted.put(key, True)
+    try:
+        url = current_app.config["PORTAL"].get("ALERT_WEBHOOK_URL")
+    except RuntimeError:  # no app context (an email job on a thread of its own)
+        url = None
+    if url:
+        payload = {
+            "text": f"Checkout portal: template override {', '.join(names)} was not served "
+            f"(learners get the default page): {text}"[:2000],
+            "templates": names,
+        }
+        threading.Thread(target=_post_alert, args=(url, payload), daemon=True).start()
+
+
+def _post_alert(url: str, payload: dict) -> None:
+    from portal.http import new_session
+
+    try:
+        new_session(1).post(url, json=payload, timeout=(3.05, 10))
+    except Exception:  # noqa: BLE001 - the log line already carries the alert
+        log.exception("alert webhook failed")
 
 
 # --- emails: the same sandbox and overrides, without a request ------------------------------------
@@ -417,8 +528,8 @@ def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
     The settings brand if the database cannot be read: the message still goes."""
     try:
         with db.reader() as session:
-            row = brands.find_brand(session, order)
-            brand = brands.brand_context(row, settings, public_url_for(settings))
+            row, own_name = brands.find_brand_and_name(session, order)
+            brand = brands.brand_context(row, settings, public_url_for(settings), own_name)
             colours = email_colours(row)
     except Exception:  # noqa: BLE001 - an email goes out in the default look rather than not
         log.exception("brand lookup for an email failed: using the settings brand")
@@ -441,7 +552,7 @@ def email_context(
     `csrf_token()` is empty."""
     page = {key: plain(value) for key, value in context.items() if key != "fmt"}
     page.update(
-        brand=brand,
+        brand=brands.in_language(brand, i18n.language_for(locale)),
         colours=colours,
         lang=i18n.language_for(locale).replace("_", "-"),
         locale=locale,
@@ -455,7 +566,7 @@ def email_context(
     return page
 
 
-def email_overrides() -> dict[str, tuple[object, str]]:
+def email_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
     """The published overrides, read afresh: emails go out from the worker, often outside any
     app context (where the per-app cache of `published_overrides` lives), and a few messages a
     minute do not need a cache. Without the database, the defaults render."""
@@ -497,7 +608,7 @@ def render_learner_email(
         context=context,
     )
     env = live_environment(i18n.language_for(locale))
-    overrides = email_overrides()
+    overrides = for_brand(email_overrides(), brand_dict["id"])
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
@@ -506,16 +617,21 @@ def render_learner_email(
         except Exception as exc:
             if not used:
                 raise
-            text = describe(exc, used[-1])
-            log.error(
-                "email template override failed, rendering the default instead: %s",
-                text,
-                extra={"order_id": order.id},
-            )
-            _record_failure(used, text)
+            _not_served(used, describe(exc, used[-1]), order, "email template")
             rendered = render_in(env, name, page, {})
+            used = []
     finally:
         overrides_used.reset(used_token)
+    if used:
+        default = render_in(env, name, page, {})
+        rules = email_rules(settings, brand_dict)
+        if name.endswith(".txt"):
+            found = markup.text_problems(rendered, default, rules)
+        else:
+            found = markup.problems(rendered, default, rules)
+        if found:
+            _not_served(used, f"{name}: " + " ".join(found[:5]), order, "email template")
+            rendered = default
     return text_part(rendered) if name.endswith(".txt") else rendered
 
 
@@ -544,6 +660,13 @@ def preview_email(name: str, source: str | None, sample, language: str, brand_id
     env = fixed_environment(language, {name: source} if source is not None else {})
     rendered = render_in(env, sample.template, context, {})
     if not sample.template.endswith(".txt"):
+        if source is not None:
+            default = render_in(fixed_environment(language, {}), sample.template, context, {})
+            found = markup.problems(rendered, default, email_rules(settings, brand))
+            if found:
+                from portal.branding.overrides import UnsafeOutput
+
+                raise UnsafeOutput(found)
         return rendered
     return (
         f'<!doctype html>\n<html lang="{language}">\n<head><meta charset="utf-8">'
