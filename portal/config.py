@@ -34,6 +34,16 @@ def _url(value) -> str:
     return text
 
 
+def _outbound_url(value) -> str:
+    """A URL the portal sends requests to (checked again with the addresses in `validate`)."""
+    from portal.urls import UnsafeUrl, check_url
+
+    try:
+        return check_url(str(value).strip(), allow_http="always").url
+    except UnsafeUrl as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _hosts(value) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     hosts = tuple(h.strip().lower() for h in items if h.strip())
@@ -223,7 +233,9 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "RATELIMIT_LOGIN": ("20/minute", _rate_limit),  # console password sign-in, per client IP
     "WEBHOOK_MAX_BYTES": (256 * 1024, _positive_int),
     "LOG_FORMAT": ("json", _log_format),
-    "ALERT_WEBHOOK_URL": (None, _url),
+    "ALERT_WEBHOOK_URL": (None, _outbound_url),  # checked by portal.urls and portal.outbound
+    # Outbound requests (alert and merchant webhooks) may go to loopback addresses: sandbox, tests.
+    "OUTBOUND_ALLOW_LOOPBACK": (None, _bool),  # default: on with PORTAL_SANDBOX=1, else off
     "TAX_MODE": ("none", _tax_mode),
     "TAX_RATES": ({}, _tax_rates),
     "DEFAULT_LOCALE": ("en", str),
@@ -306,6 +318,18 @@ def validate(settings: dict, *, testing: bool) -> None:
         raise ConfigError(
             "PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)"
         )
+    if settings["ALERT_WEBHOOK_URL"]:
+        from portal.outbound import allow_loopback, check_destination
+        from portal.urls import UnsafeUrl
+
+        try:
+            check_destination(
+                settings["ALERT_WEBHOOK_URL"],
+                loopback_ok=allow_loopback(settings),
+                resolve_host=False,  # start-up does not wait on DNS; each alert resolves it
+            )
+        except UnsafeUrl as exc:
+            raise ConfigError(f"PORTAL_ALERT_WEBHOOK_URL is refused: {exc}") from None
     public = urlsplit(settings["PUBLIC_URL"])
     if (
         not sandbox

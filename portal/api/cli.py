@@ -4,9 +4,11 @@ existing `portal` command group."""
 from __future__ import annotations
 
 import click
+from flask import current_app
 
 from portal.api import keys
 from portal.cli import portal_cli
+from portal.outbound import allow_loopback
 
 
 @portal_cli.command("create-api-key")
@@ -22,8 +24,12 @@ from portal.cli import portal_cli
 @click.option("--webhook-url", help="An endpoint that receives this key's order events.")
 def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
     """Create a merchant API key; the key (and webhook secret) is printed once."""
-    if webhook_url and not webhook_url.startswith(("https://", "http://")):
-        raise click.BadParameter("must be an http(s) URL", param_hint="--webhook-url")
+    loopback_ok = allow_loopback(current_app.extensions["portal"].settings)
+    if webhook_url:
+        try:
+            webhook_url = keys.checked_webhook_url(webhook_url, loopback_ok=loopback_ok)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--webhook-url") from exc
     try:
         made = keys.create_key(
             name,
@@ -31,6 +37,7 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
             allowed_hosts=allowed_hosts,
             brand_name=brand_name,
             webhook_url=webhook_url,
+            loopback_ok=loopback_ok,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allowed-host") from exc

@@ -13,13 +13,13 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import Brand, BrandAssignment, Order
+from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.branding")
 
@@ -183,10 +183,10 @@ def _https_url(value: str | None) -> str | None:
     value = (value or "").strip()
     if not value:
         return None
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.netloc or any(c in value for c in "\"'<> \\"):
-        raise ValueError("must be an https:// address")
-    return value[:2000]
+    try:
+        return check_url(value, allow_http="never").url
+    except UnsafeUrl as exc:
+        raise ValueError(f"must be a plain https:// address: {exc}") from None
 
 
 def logo_type_of(data: bytes) -> str:

@@ -1,0 +1,37 @@
+"""JSON from outside, read with its nesting bounded: Python's parser recurses once per level, so
+a body of 5,000 `[` (10 KB) raises RecursionError deep inside it (and any code that walks the
+result recurses as deep). The depth is counted first, on the raw text, and a body nested deeper
+than `MAX_DEPTH` is refused as a ValueError like any other malformed JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_DEPTH = 32
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+class TooDeep(ValueError):
+    """The JSON is nested deeper than allowed."""
+
+
+def depth(raw: bytes | str) -> int:
+    """How deeply the arrays and objects of `raw` nest (strings are skipped)."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    deepest = level = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub(b"", data)):
+        if match.group() in (b"[", b"{"):
+            level += 1
+            deepest = max(deepest, level)
+        else:
+            level -= 1
+    return deepest
+
+
+def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH):
+    """`json.loads`, refusing (TooDeep, a ValueError) nesting deeper than `max_depth`."""
+    if depth(raw) > max_depth:
+        raise TooDeep(f"the JSON is nested more than {max_depth} levels deep")
+    return json.loads(raw)
