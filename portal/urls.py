@@ -6,7 +6,7 @@ not (it keeps a backslash in the user name, where a browser reads it as a slash,
 and newlines that a browser strips). Instead of guessing how a parser will read a tricky URL, this
 module accepts only the plain shape on which every parser agrees, and refuses the rest:
 
-- printable ASCII only: no control characters, spaces, tabs or newlines (the Standard silently
+- printable ASCII URL code points only: no control characters, spaces, tabs or newlines (the Standard silently
   removes those), no backslashes (the Standard reads one as `/` in http(s) URLs), nothing
   non-ASCII (percent-encode paths; write an internationalised host in its punycode `xn--` form);
 - `http:` or `https:` (in any letter case, returned in lower case) followed by exactly `//`
@@ -29,6 +29,9 @@ from dataclasses import dataclass
 MAX_URL_LENGTH = 2048
 SCHEMES = ("https", "http")
 LOOPBACK_NAMES = frozenset({"localhost"})
+# Printable ASCII that is not a URL code point (the Standard): markup and template characters
+# that a URL never needs unescaped.
+NOT_URL_CODE_POINTS = frozenset('"<>`{}|^')
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -91,6 +94,9 @@ def check_url(value, *, allow_http: str = "never") -> CheckedUrl:
             )
     if "\\" in value:
         raise UnsafeUrl("the URL contains a backslash")
+    odd = sorted(set(value) & NOT_URL_CODE_POINTS)
+    if odd:
+        raise UnsafeUrl(f"the URL contains {' '.join(odd)}: percent-encode such characters")
     match = _SCHEME.match(value)
     if match is None:
         raise UnsafeUrl("the URL must be absolute and start with https://")
