@@ -34,12 +34,13 @@ def _url(value) -> str:
     return text
 
 
-def _outbound_url(value) -> str:
-    """A URL the portal sends requests to (checked again with the addresses in `validate`)."""
+def _checked_url(value) -> str:
+    """A URL that others' hands reach (a redirect target, a webhook): portal.urls' check, taken
+    as written (no trimming). The alert webhook's addresses are checked in `validate`."""
     from portal.urls import UnsafeUrl, check_url
 
     try:
-        return check_url(str(value).strip(), allow_http="always").url
+        return check_url(str(value), allow_http="always").url
     except UnsafeUrl as exc:
         raise ValueError(str(exc)) from None
 
@@ -214,7 +215,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
     "CLEENG_PAYMENT_METHOD_ID": (None, str),
     "CLEENG_WEBHOOK_SECRET": ((), _secrets),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
-    "CLEENG_RETURN_URL": (None, _url),  # the publisher's page after payment (host allow-listed)
+    "CLEENG_RETURN_URL": (None, _checked_url),  # the page after payment (host allow-listed)
     "REDIRECT_HOSTS": ((), _hosts),
     "RETRY_BASE_SECONDS": (30.0, _float),
     "RETRY_MAX_SECONDS": (3600.0, _float),
@@ -233,7 +234,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "RATELIMIT_LOGIN": ("20/minute", _rate_limit),  # console password sign-in, per client IP
     "WEBHOOK_MAX_BYTES": (256 * 1024, _positive_int),
     "LOG_FORMAT": ("json", _log_format),
-    "ALERT_WEBHOOK_URL": (None, _outbound_url),  # checked by portal.urls and portal.outbound
+    "ALERT_WEBHOOK_URL": (None, _checked_url),  # checked by portal.urls and portal.outbound
     # Outbound requests (alert and merchant webhooks) may go to loopback addresses: sandbox, tests.
     "OUTBOUND_ALLOW_LOOPBACK": (None, _bool),  # default: on with PORTAL_SANDBOX=1, else off
     "TAX_MODE": ("none", _tax_mode),

@@ -6,9 +6,10 @@ not (it keeps a backslash in the user name, where a browser reads it as a slash,
 and newlines that a browser strips). Instead of guessing how a parser will read a tricky URL, this
 module accepts only the plain shape on which every parser agrees, and refuses the rest:
 
-- printable ASCII URL code points only: no control characters, spaces, tabs or newlines (the Standard silently
-  removes those), no backslashes (the Standard reads one as `/` in http(s) URLs), nothing
-  non-ASCII (percent-encode paths; write an internationalised host in its punycode `xn--` form);
+- printable ASCII URL code points only: no control characters, spaces, tabs or newlines (the
+  Standard silently removes those), no backslashes (the Standard reads one as `/` in http(s)
+  URLs), no `"<>`{}|^`, nothing non-ASCII (percent-encode paths; write an internationalised
+  host in its punycode `xn--` form);
 - `http:` or `https:` (in any letter case, returned in lower case) followed by exactly `//`
   (`https:/host` and `https:host` mean `https://host` to a browser);
 - no user information (`user:pass@`), no percent-escapes in the host (the Standard decodes them),
@@ -25,6 +26,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("https", "http")
@@ -181,11 +184,12 @@ def _check_host(host: str) -> str:
 
 
 def _check_punycode(label: str, host: str) -> None:
+    """An `xn--` label must be valid IDNA 2008 (the `idna` package, which requests uses too)."""
     try:
-        decoded = label[4:].encode("ascii").decode("punycode")
-    except (UnicodeError, ValueError):
+        decoded = idna.decode(label)
+    except (idna.IDNAError, UnicodeError, ValueError):
         raise UnsafeUrl(f"the host {host!r} has an invalid punycode label") from None
-    if not decoded or decoded.isascii():
+    if decoded.isascii():
         raise UnsafeUrl(f"the host {host!r} has an invalid punycode label")
 
 

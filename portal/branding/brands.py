@@ -19,7 +19,8 @@ from sqlalchemy import select
 from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import Brand, BrandAssignment, Order
-from portal.urls import UnsafeUrl, check_url
+from portal.outbound import check_destination
+from portal.urls import UnsafeUrl
 
 log = logging.getLogger("portal.branding")
 
@@ -180,11 +181,11 @@ class BrandInput:
 
 
 def _https_url(value: str | None) -> str | None:
-    value = (value or "").strip()
-    if not value:
+    if not (value or "").strip():
         return None
-    try:
-        return check_url(value, allow_http="never").url
+    try:  # as entered: a URL with a space or newline around it is refused, not trimmed
+        # A learner follows it: a public https host only (portal.outbound's address check).
+        return check_destination(value, loopback_ok=False)
     except UnsafeUrl as exc:
         raise ValueError(f"must be a plain https:// address: {exc}") from None
 

@@ -468,8 +468,9 @@ class TokenVerifier:
             raise TokenRefused("price", str(exc)) from None
         amount_minor = _amount(claims, currency)
         try:
+            _text(claims, "redirect_url")  # present and a string; checked as sent, untrimmed
             redirect_url = check_url(
-                _text(claims, "redirect_url"),
+                claims["redirect_url"],
                 allow_http="loopback" if self.allow_http_redirects else "never",
             ).url
         except UnsafeUrl as exc:
