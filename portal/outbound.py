@@ -165,14 +165,13 @@ class PinnedAdapter(HTTPAdapter):
 
 @functools.cache
 def guarded_session(loopback_ok: bool, pool_size: int = 8) -> requests.Session:
-    """A session whose every request goes through `PinnedAdapter` (no proxies, no .netrc, no
-    redirects followed: a redirect could name an address that was never checked)."""
+    """A session whose every request goes through `PinnedAdapter` (no proxies, no .netrc). The
+    callers do not follow redirects; were one followed, its hop would pass the same check."""
     session = requests.Session()
     session.trust_env = False
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         session.verify = bundle
-    session.max_redirects = 0
     adapter = PinnedAdapter(
         loopback_ok=loopback_ok, pool_connections=4, pool_maxsize=pool_size, max_retries=0
     )
