@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 
 MAX_DEPTH = 32
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -30,8 +31,26 @@ def depth(raw: bytes | str) -> int:
     return deepest
 
 
-def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH):
-    """`json.loads`, refusing (TooDeep, a ValueError) nesting deeper than `max_depth`."""
+class Fraction(Decimal):
+    """A JSON number written with a point or an exponent, kept exactly (never a float) and shown
+    as written in error messages."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH, exact_numbers: bool = False):
+    """`json.loads`, refusing (TooDeep, a ValueError) nesting deeper than `max_depth`.
+
+    `exact_numbers`: `4900.0`, `1e10` and `1e308` arrive as `Fraction`s (Decimals) instead of
+    floats, so a schema that wants an integer refuses them rather than seeing 4900.0 as one; and
+    NaN or Infinity (which Python's parser accepts) are refused."""
     if depth(raw) > max_depth:
         raise TooDeep(f"the JSON is nested more than {max_depth} levels deep")
+    if exact_numbers:
+        return json.loads(raw, parse_float=Fraction, parse_constant=_no_constant)
     return json.loads(raw)

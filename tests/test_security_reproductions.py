@@ -121,10 +121,20 @@ def test_api_refuses_currencies_stripe_does_not_charge_in(api, currency):
     assert order_count() == 0
 
 
-@pytest.mark.parametrize("amount", [1e308, 1e10, 99999999999999999999, 12.5, "4900"])
-def test_api_refuses_amounts_that_are_not_bounded_integers(api, amount):
-    body = session_body(items=[{"name": "Seat", "unit_amount": amount, "quantity": 1}])
-    response = api.post("/checkout-sessions", body)
+@pytest.mark.parametrize(
+    "amount",
+    ["1e308", "1e10", "99999999999999999999", "12.5", "4900.0", "4.9e3", '"4900"', "-1", "NaN"],
+)
+@pytest.mark.parametrize("field", ["unit_amount", "quantity"])
+def test_api_refuses_amounts_that_are_not_bounded_integers(api, field, amount):
+    body = json.dumps(session_body(items=[{"name": "Seat", "unit_amount": 4900, "quantity": 1}]))
+    raw = body.replace(
+        f'"{field}": {4900 if field == "unit_amount" else 1}', f'"{field}": {amount}'
+    )
+    assert amount in raw
+    response = api.post(
+        "/checkout-sessions", raw=raw.encode(), headers={"Content-Type": "application/json"}
+    )
     refused(response)
     assert order_count() == 0
 

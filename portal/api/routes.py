@@ -88,7 +88,7 @@ def _body(schema_name: str | None) -> dict:
         if request.mimetype != "application/json":
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
         try:
-            data = jsonlimits.loads(raw)
+            data = jsonlimits.loads(raw, exact_numbers=True)
         except jsonlimits.TooDeep:
             raise ApiError(
                 400,
