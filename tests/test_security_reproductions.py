@@ -154,6 +154,23 @@ def test_api_refuses_deeply_nested_json_with_a_400(client, api, depth, shape):
     assert order_count() == 0
 
 
+@pytest.mark.parametrize("field", ["reference", "customer.name", "items.name", "metadata"])
+def test_api_refuses_nul_characters_with_a_400_on_every_database(api, field):
+    body = session_body()
+    if field == "reference":
+        body["reference"] = "SO-\x001"
+    elif field == "customer.name":
+        body["customer"]["name"] = "Ada\x00"
+    elif field == "items.name":
+        body["items"][0]["name"] = "Seat\x00licence"
+    else:
+        body["metadata"] = {"erp": "1\x00"}
+    response = api.post("/checkout-sessions", body)
+    refused(response)
+    assert "NUL" in response.json["error"]["message"]
+    assert order_count() == 0
+
+
 def test_openlearning_refuses_a_deeply_nested_token(make_app):
     client = make_app(**OL_SETTINGS).test_client()
     payload = json.dumps(claims()).encode()[:-1] + b',"x":' + b"[" * 2000 + b"]" * 2000 + b"}"

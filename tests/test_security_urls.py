@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import idna
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import DataError
 
 from portal import ConfigError, outbound
 from portal.admin.audit import Actor
@@ -130,7 +131,11 @@ def api_field(field):
             "/checkout-sessions", session_body(**{field: url})
         )
         assert response.status_code != 500, response.text
-        return response.status_code == 400 and response.json["error"]["param"] == field
+        error = response.json["error"]
+        # A NUL is refused for the whole body, before any field is read.
+        return response.status_code == 400 and (
+            error["param"] == field or (error["code"] == "invalid_json" and "\x00" in url)
+        )
 
     return feed
 
@@ -147,7 +152,10 @@ def redirect_allow_list(make_app, url):
     page's link all go through `Services.allowed_redirect`; the status page must not link."""
     app = make_app(REDIRECT_HOSTS=ALLOWED)
     services = app.extensions["portal"]
-    order = make_order(state=OrderState.FULFILLED, redirect_url=url)
+    try:
+        order = make_order(state=OrderState.FULFILLED, redirect_url=url)
+    except DataError:  # PostgreSQL stores no NUL: such a URL cannot be waiting in a row
+        return services.allowed_redirect(url) is None
     page = app.test_client().get(f"/orders/{order.reference}/status")
     assert page.status_code in {200, 303}
     followed = page.status_code == 303 or "Continue to your course" in page.text
@@ -202,10 +210,15 @@ def webhook_delivery(make_app, url):
     delivery is refused when it is sent, and nothing connects anywhere."""
     app = make_app()
     made = make_key(webhook_url="https://hooks.example.com/portal")
-    with db.transaction() as session:
-        session.execute(
-            update(WebhookEndpoint).where(WebhookEndpoint.id == made.endpoint.id).values(url=url)
-        )
+    try:
+        with db.transaction() as session:
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == made.endpoint.id)
+                .values(url=url)
+            )
+    except DataError:  # PostgreSQL stores no NUL: such an endpoint cannot exist
+        return True
     order = make_order(state=OrderState.PAID, platform="merchant", merchant_key_id=made.key.id)
     settings = app.extensions["portal"].settings
     with db.transaction() as session:

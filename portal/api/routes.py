@@ -97,6 +97,8 @@ def _body(schema_name: str | None) -> dict:
             ) from None
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+        if b"\\u0000" in raw:  # no text column takes NUL (PostgreSQL refuses it outright)
+            raise ApiError(400, "invalid_json", "The body contains a NUL character (\\u0000).")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     if schema_name:
