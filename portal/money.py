@@ -69,7 +69,7 @@ def plain_decimal(amount) -> Decimal:
         shown = text if len(text) <= 32 else text[:29] + "..."
         if text.replace(".", "", 1).isascii() and text.replace(".", "", 1).isdigit():
             raise MoneyError(f"{shown!r} has too many digits to be an amount")
-        raise MoneyError(f"{shown!r} is not a plain amount such as 149.00 (ASCII digits only)")
+        raise MoneyError(f"{shown!r} is not an amount such as 149.00 (ASCII digits only)")
     return Decimal(text)
 
 
