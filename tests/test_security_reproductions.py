@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from portal import ConfigError
+from portal import ConfigError, jsonlimits
 from portal.db import db
 from portal.models import ApiKey, Order, OrderState, StripeEvent
 from portal.sandbox.stripe_api import build_event, sign
@@ -254,3 +254,25 @@ def test_merchant_webhook_urls_to_internal_addresses_are_refused_at_registration
 def test_alert_webhook_url_to_an_internal_address_stops_the_app(make_app, url):
     with pytest.raises(ConfigError, match="PORTAL_ALERT_WEBHOOK_URL"):
         make_app(ALERT_WEBHOOK_URL=url)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"1", 0),
+        (b"{}", 1),
+        (b"[[], {}, []]", 2),
+        (b'{"a": [{"b": {}}]}', 4),
+        (b'{"a": "[[[{{{", "b": "\\"[[[", "c": "\\\\"}', 1),  # brackets in strings, escapes
+        (b'[{"x": "\\\\\\"]]]"}]', 2),
+        (b"[" * 40 + b"]" * 40, 40),
+        (b"[" * 100_000, 100_000),  # unclosed: still refused before Python's parser recurses
+    ],
+)
+def test_json_depth_counts_only_brackets_outside_strings(raw, expected):
+    assert jsonlimits.depth(raw) == expected
+    if expected > jsonlimits.MAX_DEPTH:
+        with pytest.raises(jsonlimits.TooDeep):
+            jsonlimits.loads(raw)
+    elif b"[" * 40 not in raw:
+        assert jsonlimits.loads(raw) == json.loads(raw)
