@@ -105,7 +105,12 @@ def checked_addresses(host: str, port: int, *, loopback_ok: bool) -> list[Addres
     """The addresses of `host` when every one of them may be called, else BlockedDestination."""
     if host.rstrip(".").lower() == "localhost" and not loopback_ok:
         raise BlockedDestination("the host 'localhost' is a loopback address")
-    addresses = resolve(host, port)
+    return _check_all(host, resolve(host, port), loopback_ok=loopback_ok)
+
+
+def _check_all(host: str, addresses: list[Address], *, loopback_ok: bool) -> list[Address]:
+    if host.rstrip(".").lower() == "localhost" and not loopback_ok:
+        raise BlockedDestination("the host 'localhost' is a loopback address")
     for address in addresses:
         reason = refusal(address, loopback_ok=loopback_ok)
         if reason is not None:
@@ -113,17 +118,27 @@ def checked_addresses(host: str, port: int, *, loopback_ok: bool) -> list[Addres
     return addresses
 
 
-def check_destination(url: str, *, loopback_ok: bool, resolve_host: bool = True) -> str:
+def check_destination(
+    url: str, *, loopback_ok: bool, resolve_host: bool = True, unresolvable_ok: bool = False
+) -> str:
     """The URL, normalised, if it may receive the portal's requests; UnsafeUrl otherwise.
 
     Used when a destination is registered. `resolve_host=False` checks the URL and an address
     literal only (start-up settings, which must not depend on DNS answering); the send-time check
-    always resolves."""
+    always resolves. `unresolvable_ok`: a name that does not resolve (yet) passes, one that
+    resolves to an internal address does not (links a browser follows: a DNS hiccup must not
+    stop a marketer saving a brand)."""
     checked = check_url(url, allow_http="loopback" if loopback_ok else "never")
     if checked.is_ip or checked.host == "localhost" or resolve_host:
         port = checked.port or (443 if checked.scheme == "https" else 80)
         try:
-            checked_addresses(checked.host, port, loopback_ok=loopback_ok)
+            addresses = resolve(checked.host, port)
+        except BlockedDestination as exc:
+            if unresolvable_ok:
+                return checked.url
+            raise UnsafeUrl(str(exc)) from None
+        try:
+            _check_all(checked.host, addresses, loopback_ok=loopback_ok)
         except BlockedDestination as exc:
             raise UnsafeUrl(str(exc)) from None
     return checked.url

@@ -417,3 +417,20 @@ def test_the_settings_page_never_shows_a_secret_in_any_setting(app, console):
         assert f"PORTAL_{name}" in page
         assert secret not in page, f"PORTAL_{name} shows its secret"
     assert "smtps://user" in page  # URL settings are still shown, their passwords masked
+
+
+def test_a_brand_link_to_a_name_that_does_not_resolve_yet_can_be_saved(make_app, internal_dns):
+    """A learner's browser follows brand links: a name that resolves internally is refused, but
+    one that does not resolve (a DNS hiccup, a site not yet live) does not block the save."""
+    make_app()
+    internal_dns["soon.example.com"] = []
+    brand = save_brand(
+        Actor(None, "marketer@example.com"),
+        BrandInput(name="Soon", terms_url="https://soon.example.com/terms", **DEFAULT_COLOURS),
+    )
+    assert brand.terms_url == "https://soon.example.com/terms"
+    with pytest.raises(BrandError):
+        save_brand(
+            Actor(None, "marketer@example.com"),
+            BrandInput(name="In", terms_url="https://intranet.example.com/t", **DEFAULT_COLOURS),
+        )

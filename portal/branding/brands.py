@@ -185,7 +185,7 @@ def _https_url(value: str | None) -> str | None:
         return None
     try:  # as entered: a URL with a space or newline around it is refused, not trimmed
         # A learner follows it: a public https host only (portal.outbound's address check).
-        return check_destination(value, loopback_ok=False)
+        return check_destination(value, loopback_ok=False, unresolvable_ok=True)
     except UnsafeUrl as exc:
         raise ValueError(f"must be a plain https:// address: {exc}") from None
 
