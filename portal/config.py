@@ -34,6 +34,17 @@ def _url(value) -> str:
     return text
 
 
+def _checked_url(value) -> str:
+    """A URL that others' hands reach (a redirect target, a webhook): portal.urls' check, taken
+    as written (no trimming). The alert webhook's addresses are checked in `validate`."""
+    from portal.urls import UnsafeUrl, check_url
+
+    try:
+        return check_url(str(value), allow_http="always").url
+    except UnsafeUrl as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _hosts(value) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     hosts = tuple(h.strip().lower() for h in items if h.strip())
@@ -204,7 +215,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
     "CLEENG_PAYMENT_METHOD_ID": (None, str),
     "CLEENG_WEBHOOK_SECRET": ((), _secrets),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
-    "CLEENG_RETURN_URL": (None, _url),  # the publisher's page after payment (host allow-listed)
+    "CLEENG_RETURN_URL": (None, _checked_url),  # the page after payment (host allow-listed)
     "REDIRECT_HOSTS": ((), _hosts),
     "RETRY_BASE_SECONDS": (30.0, _float),
     "RETRY_MAX_SECONDS": (3600.0, _float),
@@ -223,7 +234,9 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "RATELIMIT_LOGIN": ("20/minute", _rate_limit),  # console password sign-in, per client IP
     "WEBHOOK_MAX_BYTES": (256 * 1024, _positive_int),
     "LOG_FORMAT": ("json", _log_format),
-    "ALERT_WEBHOOK_URL": (None, _url),
+    "ALERT_WEBHOOK_URL": (None, _checked_url),  # checked by portal.urls and portal.outbound
+    # Outbound requests (alert and merchant webhooks) may go to loopback addresses: sandbox, tests.
+    "OUTBOUND_ALLOW_LOOPBACK": (None, _bool),  # default: on with PORTAL_SANDBOX=1, else off
     "TAX_MODE": ("none", _tax_mode),
     "TAX_RATES": ({}, _tax_rates),
     "DEFAULT_LOCALE": ("en", str),
@@ -306,6 +319,18 @@ def validate(settings: dict, *, testing: bool) -> None:
         raise ConfigError(
             "PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)"
         )
+    if settings["ALERT_WEBHOOK_URL"]:
+        from portal.outbound import allow_loopback, check_destination
+        from portal.urls import UnsafeUrl
+
+        try:
+            check_destination(
+                settings["ALERT_WEBHOOK_URL"],
+                loopback_ok=allow_loopback(settings),
+                resolve_host=False,  # start-up does not wait on DNS; each alert resolves it
+            )
+        except UnsafeUrl as exc:
+            raise ConfigError(f"PORTAL_ALERT_WEBHOOK_URL is refused: {exc}") from None
     public = urlsplit(settings["PUBLIC_URL"])
     if (
         not sandbox

@@ -10,14 +10,13 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from portal import jobs, timeline
+from portal import jobs, outbound, timeline
 from portal.checkout import reload, sync_session, transition
 from portal.db import db
-from portal.http import UpstreamError, new_session
+from portal.http import UpstreamError
 from portal.models import Order, OrderState, utcnow
 
 log = logging.getLogger("portal.fulfilment")
-_alert_session = new_session(4)
 
 
 def alert(services, order: Order, message: str) -> None:
@@ -28,7 +27,8 @@ def alert(services, order: Order, message: str) -> None:
     url = services.settings["ALERT_WEBHOOK_URL"]
     if url:
         try:
-            _alert_session.post(
+            outbound.post(
+                services.settings,
                 url,
                 json={
                     "text": f"Checkout portal: order {order.reference} ({order.platform} "

@@ -17,6 +17,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from portal import observability
+from portal.outbound import BlockedDestination
 
 log = logging.getLogger("portal.http")
 
@@ -98,10 +99,19 @@ def new_session(pool_size: int | None = None) -> requests.Session:
 class HttpClient:
     """One pooled session per upstream, with connect/read timeouts from settings."""
 
-    def __init__(self, name: str, *, connect_timeout: float, read_timeout: float, recorder=None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        recorder=None,
+        session: requests.Session | None = None,
+    ):
         self.name = name
         self.timeout = (connect_timeout, read_timeout)
-        self.session = new_session()
+        # `session`: e.g. portal.outbound's guarded session, for destinations others choose.
+        self.session = session or new_session()
         # recorder(order_id, CallRecord) writes the call into the order's timeline.
         self.recorder = recorder
 
@@ -115,6 +125,9 @@ class HttpClient:
             response = self.session.request(method, url, **kwargs)
             status = response.status_code
             return response
+        except BlockedDestination as exc:
+            error = "blocked"
+            raise UpstreamError(f"{self.name} refused: {exc}", transient=False) from exc
         except requests.Timeout as exc:
             error = "timeout"
             raise UpstreamError(f"{self.name} timed out", transient=True, timeout=True) from exc

@@ -7,12 +7,34 @@ Never a float: conversions go through Decimal.
 from __future__ import annotations
 
 import functools
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import format_currency, get_currency_precision, list_currencies
 
-_KNOWN = frozenset(list_currencies())
+# The ISO 4217 codes Stripe charges in (docs.stripe.com/currencies): no funds codes, metals,
+# "no currency" (XXX) or test (XTS) codes, even though ISO lists them.
+STRIPE_CURRENCIES = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BWP BYN
+    BZD CAD CDF CHF CLP CNY COP CRC CVE CZK DJF DKK DOP DZD EGP ETB EUR FJD FKP GBP GEL GIP GMD
+    GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR ISK JMD JOD JPY KES KGS KHR KMF KRW KWD KYD KZT LAK
+    LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD
+    OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SEK SGD SHP SLE SLL SOS SRD
+    STD SZL THB TJS TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VND VUV WST XAF XCD XCG XOF XPF
+    YER ZAR ZMW
+    """.split()
+)
+_KNOWN = frozenset(list_currencies()) & STRIPE_CURRENCIES
+# The largest amount anything in the portal handles, in minor units (Stripe's own ceiling is
+# eight digits for most currencies and twelve for a few, such as IDR).
+MAX_MINOR = 999_999_999_999
+# The last second of year 9999: a Unix time beyond it is no date (datetime cannot hold it).
+MAX_TIMESTAMP = 253_402_300_799
+# A plain decimal amount: ASCII digits, one optional point; bounded before any conversion, so
+# "1e10", "1e308", "Infinity", Arabic-Indic digits and 20-digit numbers never reach Decimal.
+_AMOUNT = re.compile(r"(?a:[0-9]{1,15}(?:\.[0-9]{1,12})?)")
 
 
 class MoneyError(ValueError):
@@ -20,8 +42,11 @@ class MoneyError(ValueError):
 
 
 def normalise_currency(code: str) -> str:
-    code = (code or "").strip().upper()
-    if len(code) != 3 or code not in _KNOWN:
+    """The upper-case code if Stripe charges in it, else MoneyError."""
+    if not isinstance(code, str) or len(code.strip()) != 3:
+        raise MoneyError(f"unknown currency {str(code)[:10]!r}")
+    code = code.strip().upper()
+    if code not in _KNOWN:
         raise MoneyError(f"unknown currency {code!r}")
     return code
 
@@ -30,17 +55,36 @@ def exponent(currency: str) -> int:
     return get_currency_precision(normalise_currency(currency))
 
 
+def plain_decimal(amount) -> Decimal:
+    """`amount` (text, int, float or Decimal) as a Decimal if it is a plain non-negative decimal
+    in ASCII digits (at most 15 before the point, 12 after), else MoneyError. Checked before any
+    conversion: no exponents (`1e10`, a float's `1e+308`), signs, NaN or Infinity, other
+    scripts' digits (`١٤٩.٠٠`), or numbers too long to be a price."""
+    if isinstance(amount, bool) or not isinstance(amount, int | float | str | Decimal):
+        raise MoneyError(f"{amount!r} is not an amount")
+    if isinstance(amount, int) and not 0 <= amount < 10**15:
+        raise MoneyError("the amount is out of range")
+    text = amount.strip() if isinstance(amount, str) else str(amount)
+    if len(text) > 32 or not _AMOUNT.fullmatch(text):
+        shown = text if len(text) <= 32 else text[:29] + "..."
+        if text.replace(".", "", 1).isascii() and text.replace(".", "", 1).isdigit():
+            raise MoneyError(f"{shown!r} has too many digits to be an amount")
+        raise MoneyError(f"{shown!r} is not an amount such as 149.00 (ASCII digits only)")
+    return Decimal(text)
+
+
 def to_minor(amount: str | int | Decimal, currency: str) -> int:
-    """'12.50' USD -> 1250; '1200' JPY -> 1200; too many decimals for the currency is an error."""
-    try:
-        value = Decimal(str(amount).strip())
-    except InvalidOperation:
-        raise MoneyError(f"{amount!r} is not an amount") from None
-    if not value.is_finite() or value < 0:
-        raise MoneyError(f"{amount!r} is not a payable amount")
+    """'12.50' USD -> 1250; '1200' JPY -> 1200; too many decimals for the currency is an error.
+
+    Only plain decimals in ASCII digits (at most 15 before the point, 6 after) are read: no
+    exponents, signs, spaces inside, other scripts' digits or floats' `1e+16` forms."""
+    value = plain_decimal(amount)
+    text = str(amount).strip()
     scaled = value.scaleb(exponent(currency))
     if scaled != scaled.to_integral_value():
-        raise MoneyError(f"{amount!r} has more decimals than {currency.upper()} allows")
+        raise MoneyError(f"{text!r} has more decimals than {currency.upper()} allows")
+    if scaled > MAX_MINOR:
+        raise MoneyError(f"{text!r} is more than the largest amount the portal takes")
     return int(scaled)
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from portal.platforms import Platform, build_platforms
 from portal.stripe_gateway import StripeGateway
 from portal.timeline import record_call
+from portal.urls import UnsafeUrl, check_url
 
 
 @dataclass
@@ -34,17 +35,17 @@ class Services:
         return self.platforms[name]
 
     def allowed_redirect(self, url: str | None) -> str | None:
-        """The URL if it is http(s) to an allow-listed host, else None."""
+        """The URL if it passes the portal's URL check (portal.urls: https, or http to this
+        machine) and its host is allow-listed, else None."""
         if not url:
             return None
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in {"https", "http"} or not host:
+        try:
+            checked = check_url(url, allow_http="loopback")
+        except UnsafeUrl:
             return None
-        if parts.scheme == "http" and host not in {"127.0.0.1", "localhost"}:
-            return None
+        host = checked.host
         if host in self.redirect_hosts or any(check(host) for check in self.redirect_checks):
-            return url
+            return checked.url
         return None
 
 

@@ -3,6 +3,7 @@ PORTAL_TEST_DATABASE_URL is set), HTTP mocks, factories, and live sandbox server
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -357,3 +358,52 @@ def gunicorn_sandbox(database_url, tmp_path):
                 process.kill()
                 process.wait()  # reaped: no "subprocess is still running" warning later
     log.close()
+
+
+# --- outbound destinations (portal.outbound) -------------------------------------------------
+
+# A merchant's webhook URL is resolved when it is registered and when each delivery is sent. Tests
+# never ask real DNS: names resolve from `fake_dns` (a test may add its own answers, such as a
+# private or metadata address), loopback names to 127.0.0.1, and any other name to a public
+# address that `responses` stands in for. A connection to anything but loopback fails the test.
+FAKE_PUBLIC_ADDRESS = "93.184.215.14"
+
+
+def _answers(addresses, port):
+    found = []
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sockaddr = (address, port, 0, 0) if family == socket.AF_INET6 else (address, port)
+        found.append((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def fake_dns(monkeypatch):
+    from portal import outbound
+
+    table: dict[str, list[str]] = {}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        host = str(host).lower()
+        if host in table:
+            if not table[host]:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return _answers(table[host], port)
+        if host in {"localhost", "127.0.0.1"} or host.endswith(".localhost"):
+            return _answers(["127.0.0.1"], port)
+        return _answers([FAKE_PUBLIC_ADDRESS], port)
+
+    original = outbound.PinnedAdapter.build_connection_pool_key_attributes
+
+    def loopback_only(self, request, verify, cert=None):
+        host_params, pool_kwargs = original(self, request, verify, cert)
+        if not ipaddress.ip_address(host_params["host"]).is_loopback:
+            raise AssertionError(f"a test connected to {host_params['host']}, not loopback")
+        return host_params, pool_kwargs
+
+    monkeypatch.setattr(outbound, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(
+        outbound.PinnedAdapter, "build_connection_pool_key_attributes", loopback_only
+    )
+    return table

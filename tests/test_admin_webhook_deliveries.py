@@ -17,7 +17,16 @@ from portal import jobs
 from portal.admin import auth
 from portal.api import keys, webhooks_out
 from portal.db import db
-from portal.models import Job, JobState, Order, OrderState, Role, WebhookDelivery, utcnow
+from portal.models import (
+    Job,
+    JobState,
+    Order,
+    OrderState,
+    Role,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
 from tests.admin_support import audit_entries, csrf, events, make_order
 from tests.api_support import HOOK_URL, SampleReceiver, make_key
 
@@ -269,12 +278,16 @@ def test_the_log_is_paginated(app, console, acme):
 
 
 def test_endpoint_urls_and_errors_never_show_credentials(app, console):
-    leaky = make_key(
-        name="Leaky", webhook_url="https://ops:hunter2pass@hooks.leaky.example/in?token=tok_s3cr3t"
-    )
+    # Registering a URL with credentials is refused now (portal.urls); one registered before
+    # that check, still in the database, must not show them either.
+    leaky = make_key(name="Leaky", webhook_url="https://hooks.leaky.example/in")
+    raw = "https://ops:hunter2pass@hooks.leaky.example/in?token=tok_s3cr3t"
+    with db.transaction() as session:
+        session.execute(
+            update(WebhookEndpoint).where(WebhookEndpoint.id == leaky.endpoint.id).values(url=raw)
+        )
     order = merchant_order(leaky)
     evt = emit(app, order)
-    raw = leaky.endpoint.url
     row = set_delivery(
         evt, state="failed", attempts=3, last_error=f"webhook order.paid to {raw}: HTTP 500"
     )

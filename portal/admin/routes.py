@@ -21,7 +21,6 @@ from flask import (
     url_for,
 )
 from flask_wtf import FlaskForm
-from sqlalchemy.engine import make_url
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import Length, Optional
 
@@ -44,6 +43,7 @@ from portal.api import webhooks_out
 from portal.config import SETTINGS
 from portal.models import Order, Role
 from portal.money import MoneyError, format_money, to_decimal, to_minor
+from portal.urls import mask_credentials
 
 
 def services():
@@ -594,13 +594,13 @@ def _setting_display(name: str, value) -> str:
         "ALERT_WEBHOOK_URL"
     }:
         return "set (hidden)"
-    if name.endswith("DATABASE_URL"):
-        return make_url(value).render_as_string(hide_password=True)
+    # Any value may be a URL with a password in it (PORTAL_SMTP_URL=smtp://user:pass@...,
+    # redis://:pass@..., postgresql://u:p@...): every one is shown through the same mask.
     if isinstance(value, tuple | list):
-        return ", ".join(str(v) for v in value)
+        return mask_credentials(", ".join(str(v) for v in value))
     if isinstance(value, dict):
-        return ", ".join(f"{k}:{v}" for k, v in value.items())
-    return str(value)
+        return mask_credentials(", ".join(f"{k}:{v}" for k, v in value.items()))
+    return mask_credentials(str(value))
 
 
 @bp.get("/settings")

@@ -4,10 +4,12 @@ existing `portal` command group."""
 from __future__ import annotations
 
 import click
+from flask import current_app
 
 from portal.api import keys
 from portal.branding.brands import header_safe
 from portal.cli import portal_cli
+from portal.outbound import allow_loopback
 
 
 @portal_cli.command("create-api-key")
@@ -29,8 +31,12 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
             "sender's name in emails)",
             param_hint="--brand",
         )
-    if webhook_url and not webhook_url.startswith(("https://", "http://")):
-        raise click.BadParameter("must be an http(s) URL", param_hint="--webhook-url")
+    loopback_ok = allow_loopback(current_app.extensions["portal"].settings)
+    if webhook_url:
+        try:
+            webhook_url = keys.checked_webhook_url(webhook_url, loopback_ok=loopback_ok)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--webhook-url") from exc
     try:
         made = keys.create_key(
             name,
@@ -38,6 +44,7 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
             allowed_hosts=allowed_hosts,
             brand_name=brand_name,
             webhook_url=webhook_url,
+            loopback_ok=loopback_ok,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allowed-host") from exc

@@ -17,6 +17,8 @@ from sqlalchemy import select, update
 from portal.api.errors import ApiError
 from portal.db import db
 from portal.models import ApiKey, WebhookEndpoint, utcnow
+from portal.outbound import check_destination
+from portal.urls import UnsafeUrl
 
 PREFIX_LENGTH = 14  # "sk_test_" + 6 characters: enough to tell keys apart in lists and logs
 
@@ -51,7 +53,11 @@ def create_key(
     allowed_hosts: list[str] | tuple[str, ...] = (),
     brand_name: str | None = None,
     webhook_url: str | None = None,
+    loopback_ok: bool = False,
 ) -> NewKey:
+    """`loopback_ok`: the webhook may be on this machine (portal.outbound.allow_loopback)."""
+    if webhook_url:
+        webhook_url = checked_webhook_url(webhook_url, loopback_ok=loopback_ok)
     secret = ("sk_live_" if live else "sk_test_") + secrets.token_urlsafe(32)
     hosts = sorted({normalise_host(h) for h in allowed_hosts})
     with db.transaction() as session:
@@ -67,11 +73,20 @@ def create_key(
         session.flush()
         endpoint = None
         if webhook_url:
-            endpoint = add_endpoint(session, key.id, webhook_url)
+            endpoint = add_endpoint(session, key.id, webhook_url, loopback_ok=loopback_ok)
     return NewKey(key=key, secret=secret, endpoint=endpoint)
 
 
-def add_endpoint(session, api_key_id: int, url: str) -> WebhookEndpoint:
+def checked_webhook_url(url: str, *, loopback_ok: bool) -> str:
+    """The URL if the portal may send webhooks there (portal.outbound), else ValueError."""
+    try:
+        return check_destination(url, loopback_ok=loopback_ok)
+    except UnsafeUrl as exc:
+        raise ValueError(f"webhook URL refused: {exc}") from None
+
+
+def add_endpoint(session, api_key_id: int, url: str, *, loopback_ok: bool = False):
+    url = checked_webhook_url(url, loopback_ok=loopback_ok)
     endpoint = WebhookEndpoint(
         api_key_id=api_key_id, url=url, secret="whsec_" + secrets.token_urlsafe(32)
     )

@@ -13,7 +13,6 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
@@ -24,6 +23,7 @@ from portal.db import db
 from portal.http import UpstreamError
 from portal.models import ApiKey, Order, OrderState, utcnow
 from portal.money import MoneyError, normalise_currency
+from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.api")
 
@@ -198,11 +198,11 @@ def _currency(code: str) -> str:
 def _checked_url(key: ApiKey, url: str | None, param: str) -> str | None:
     if url is None:
         return None
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    local = host in {"127.0.0.1", "localhost"}
-    if parts.scheme not in {"https", "http"} or not host or (parts.scheme == "http" and not local):
-        raise ApiError(400, "url_invalid", f"{param} must be an absolute https URL.", param)
+    try:
+        checked = check_url(url, allow_http="loopback")
+    except UnsafeUrl as exc:
+        raise ApiError(400, "url_invalid", f"{param} is refused: {exc}.", param) from None
+    host = checked.host
     if host not in (key.allowed_hosts or []):
         raise ApiError(
             400,
@@ -210,7 +210,7 @@ def _checked_url(key: ApiKey, url: str | None, param: str) -> str | None:
             f"The host {host!r} is not one of this key's allowed hosts.",
             param,
         )
-    return url
+    return checked.url
 
 
 def _mail_available(settings: dict) -> bool:

@@ -4,7 +4,6 @@ apply the idempotency key, call one function of `portal.api.orders`, answer JSON
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from datetime import timedelta
@@ -12,6 +11,7 @@ from datetime import timedelta
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from portal import jsonlimits
 from portal.api import idempotency, keys, orders, schema
 from portal.api.errors import ApiError
 from portal.checkout import CheckoutError
@@ -88,9 +88,17 @@ def _body(schema_name: str | None) -> dict:
         if request.mimetype != "application/json":
             raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
         try:
-            data = json.loads(raw)
+            data = jsonlimits.loads(raw, exact_numbers=True)
+        except jsonlimits.TooDeep:
+            raise ApiError(
+                400,
+                "invalid_json",
+                f"The body is nested more than {jsonlimits.MAX_DEPTH} levels deep.",
+            ) from None
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+        if b"\\u0000" in raw:  # no text column takes NUL (PostgreSQL refuses it outright)
+            raise ApiError(400, "invalid_json", "The body contains a NUL character (\\u0000).")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     if schema_name:

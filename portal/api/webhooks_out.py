@@ -18,10 +18,11 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal import jobs, timeline
+from portal import jobs, outbound, timeline
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
 from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
+from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.api.webhooks")
 
@@ -154,18 +155,21 @@ def emit(
     return evt
 
 
-_http: HttpClient | None = None
+_http: dict[bool, HttpClient] = {}
 
 
 def _client(settings) -> HttpClient:
-    global _http
-    if _http is None:
-        _http = HttpClient(
+    """One client per loopback policy, on portal.outbound's session: each delivery's address is
+    resolved, checked and connected to as checked."""
+    loopback_ok = outbound.allow_loopback(settings)
+    if loopback_ok not in _http:
+        _http[loopback_ok] = HttpClient(
             "merchant-webhook",
             connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
             read_timeout=min(settings["HTTP_READ_TIMEOUT"], 15.0),
+            session=outbound.guarded_session(loopback_ok),
         )
-    return _http
+    return _http[loopback_ok]
 
 
 def run_delivery(services, job) -> None:
@@ -182,6 +186,12 @@ def run_delivery(services, job) -> None:
     if not endpoint.active:
         _log_attempt(delivery, state="failed", error="endpoint disabled")
         return
+    try:
+        loopback_ok = outbound.allow_loopback(services.settings)
+        check_url(endpoint.url, allow_http="loopback" if loopback_ok else "never")
+    except UnsafeUrl as exc:  # registered before the portal checked URLs: never sent
+        _log_attempt(delivery, error=f"endpoint URL refused: {exc}")
+        raise UpstreamError(f"endpoint URL refused: {exc}", transient=False) from None
     headers = request_headers(endpoint.secret, delivery, int(time.time()))
     try:
         response = _client(services.settings).request(

@@ -14,7 +14,6 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -22,6 +21,8 @@ from portal import i18n
 from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import ApiKey, Brand, BrandAssignment, Order
+from portal.outbound import check_destination
+from portal.urls import UnsafeUrl
 
 log = logging.getLogger("portal.branding")
 
@@ -224,13 +225,13 @@ class BrandInput:
 
 
 def _https_url(value: str | None) -> str | None:
-    value = (value or "").strip()
-    if not value:
+    if not (value or "").strip():
         return None
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.netloc or any(c in value for c in "\"'<> \\"):
-        raise ValueError("must be an https:// address")
-    return value[:2000]
+    try:  # as entered: a URL with a space or newline around it is refused, not trimmed
+        # A learner follows it: a public https host only (portal.outbound's address check).
+        return check_destination(value, loopback_ok=False, unresolvable_ok=True)
+    except UnsafeUrl as exc:
+        raise ValueError(f"must be a plain https:// address: {exc}") from None
 
 
 def logo_type_of(data: bytes) -> str:

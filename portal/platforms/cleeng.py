@@ -29,7 +29,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, jsonify, request
@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs
+from portal import jobs, jsonlimits, outbound
 from portal.branding.render import render_learner
 from portal.checkout import (
     CheckoutError,
@@ -49,7 +49,7 @@ from portal.checkout import (
 )
 from portal.config import ConfigError
 from portal.db import db
-from portal.http import HttpClient, UpstreamError, classify, new_session
+from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
 from portal.jobs import PermanentJobError
 from portal.models import (
@@ -59,9 +59,17 @@ from portal.models import (
     OrderState,
     utcnow,
 )
-from portal.money import MoneyError, exponent, normalise_currency, to_decimal
+from portal.money import (
+    MAX_TIMESTAMP,
+    MoneyError,
+    exponent,
+    normalise_currency,
+    plain_decimal,
+    to_decimal,
+)
 from portal.platforms import CheckoutOptions, Outcome, Platform
 from portal.stripe_gateway import StripeGateway
+from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.cleeng")
 
@@ -78,7 +86,6 @@ TOPIC_JOBS = {
     "paymentDetailsDeactivated": "cleeng_detach",
 }
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
-_alert_session = new_session(2)
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -209,11 +216,9 @@ def _minor(value, currency: str, name: str, *, exact: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise UpstreamError(f"Cleeng order has an invalid {name}", transient=False)
     try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
+        amount = plain_decimal(value)  # ASCII digits, bounded: never 1e308 or another script
+    except MoneyError:
         raise UpstreamError(f"Cleeng order has an invalid {name}", transient=False) from None
-    if not amount.is_finite() or amount < 0:
-        raise UpstreamError(f"Cleeng order has an invalid {name}", transient=False)
     scaled = amount.scaleb(exponent(currency))
     if exact and scaled != scaled.to_integral_value():
         raise UpstreamError(
@@ -228,8 +233,8 @@ def _percent(rate) -> str | None:
     if rate is None or isinstance(rate, bool):
         return None
     try:
-        percent = (Decimal(str(rate)) * 100).normalize()
-    except InvalidOperation:
+        percent = (plain_decimal(rate) * 100).normalize()
+    except MoneyError:
         return None
     return f"{percent:f}" if percent.is_finite() and percent >= 0 else None
 
@@ -237,11 +242,12 @@ def _percent(rate) -> str | None:
 def _timestamp(value) -> datetime | None:
     """`expirationDate`: Unix seconds (or an ISO 8601 text)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        return datetime.fromtimestamp(value, UTC) if 0 <= value <= MAX_TIMESTAMP else None
     if isinstance(value, str) and value.strip():
         text = value.strip()
-        if text.isdigit():
-            return datetime.fromtimestamp(int(text), UTC)
+        if text.isascii() and text.isdigit():
+            seconds = int(text[:20])
+            return datetime.fromtimestamp(seconds, UTC) if seconds <= MAX_TIMESTAMP else None
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -945,8 +951,11 @@ def _key_tail(attempt: CleengPayment) -> str:
 
 
 def _check_return_url(settings: dict, url: str) -> None:
+    try:
+        host = check_url(url, allow_http="always").host
+    except UnsafeUrl as exc:
+        raise ConfigError(f"PORTAL_CLEENG_RETURN_URL is refused: {exc}") from None
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
     allowed = set(settings["REDIRECT_HOSTS"])
     if settings["SANDBOX"]:
         allowed.add((urlsplit(settings["PUBLIC_URL"]).hostname or "").lower())
@@ -997,7 +1006,8 @@ def give_up_event(services, job, error: str) -> None:
     url = services.settings["ALERT_WEBHOOK_URL"]
     if url:
         try:
-            _alert_session.post(
+            outbound.post(
+                services.settings,
                 url,
                 json={"text": f"Checkout portal: {message}", "platform": PLATFORM},
                 timeout=(3.05, 10),
@@ -1170,7 +1180,7 @@ def webhook():
         log.warning("Cleeng webhook refused: missing or bad signature")
         return _refused(401, "bad_signature", "invalid signature")
     try:
-        event = json.loads(payload)
+        event = jsonlimits.loads(payload)
     except ValueError:
         event = None
     if (

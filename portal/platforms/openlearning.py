@@ -16,6 +16,7 @@ A learner who is already enrolled counts as enrolled.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -23,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -45,15 +46,16 @@ from joserfc.jws import JWSRegistry
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal import jobs, timeline
+from portal import jobs, jsonlimits, timeline
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
 from portal.models import Order, OrderState, UsedToken, utcnow
-from portal.money import MoneyError, normalise_currency, to_minor
+from portal.money import MAX_TIMESTAMP, MoneyError, normalise_currency, to_minor
 from portal.platforms import Outcome, Platform
+from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.openlearning")
 
@@ -395,6 +397,13 @@ class TokenVerifier:
             raise TokenRefused("missing", "no jwt form field")
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenRefused("malformed", f"token of {len(token)} characters")
+        for segment in token.split(".")[:2]:  # the header and the claims, before any parsing
+            try:
+                decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+            except ValueError:
+                raise TokenRefused("malformed", "a token segment is not base64url") from None
+            if jsonlimits.depth(decoded) > jsonlimits.MAX_DEPTH:
+                raise TokenRefused("malformed", "the token's JSON is nested too deep")
         claims = self._signed_claims(token)
         self._check_registered_claims(claims)
         return self._read_claims(claims, redirect_allowed)
@@ -416,6 +425,16 @@ class TokenVerifier:
         raise AssertionError("unreachable")
 
     def _check_registered_claims(self, claims: dict) -> None:
+        for name in ("exp", "nbf", "iat"):
+            # Bounded before anything converts them: exp 1e30 is no date, and a float's
+            # fraction is no second (RFC 7519 NumericDate, held to integers here).
+            value = claims.get(name)
+            if value is None and name != "exp":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TokenRefused("claims", f"claim {name!r} is missing or not a number")
+            if not 0 <= value <= MAX_TIMESTAMP or value != int(value):
+                raise TokenRefused("claims", f"claim {name!r} is not a time: {str(value)[:24]}")
         registry = jwt.JWTClaimsRegistry(
             leeway=self.leeway,
             exp={"essential": True},
@@ -448,10 +467,14 @@ class TokenVerifier:
         except MoneyError as exc:
             raise TokenRefused("price", str(exc)) from None
         amount_minor = _amount(claims, currency)
-        redirect_url = _text(claims, "redirect_url")
-        scheme = urlsplit(redirect_url).scheme
-        if scheme != "https" and not (self.allow_http_redirects and scheme == "http"):
-            raise TokenRefused("redirect", f"redirect_url scheme {scheme!r}")
+        try:
+            _text(claims, "redirect_url")  # present and a string; checked as sent, untrimmed
+            redirect_url = check_url(
+                claims["redirect_url"],
+                allow_http="loopback" if self.allow_http_redirects else "never",
+            ).url
+        except UnsafeUrl as exc:
+            raise TokenRefused("redirect", f"redirect_url refused: {exc}") from None
         if not redirect_allowed(redirect_url):
             raise TokenRefused("redirect", f"redirect_url {redirect_url!r} is not allow-listed")
         course = class_id = program = None

@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, request
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
-from portal.money import MoneyError, format_money, normalise_currency
+from portal.money import MAX_MINOR, MoneyError, format_money, normalise_currency
 from portal.platforms import Outcome, Platform
 
 PURCHASE_ID = re.compile(r"[0-9a-z]{1,64}")
@@ -93,7 +93,7 @@ def _int(purchase: dict, name: str, *, default=None, minimum=0) -> int | None:
     value = purchase.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_MINOR:
         raise UpstreamError(f"Skilljar purchase has an invalid {name}", transient=False)
     return value
 

@@ -24,6 +24,7 @@ from flask import (
 from portal.api import keys, webhooks_out
 from portal.api.errors import ApiError
 from portal.money import MoneyError, to_minor
+from portal.outbound import allow_loopback
 
 bp = Blueprint("sandbox_merchant", __name__, url_prefix="/sandbox")
 
@@ -54,6 +55,7 @@ def demo_key() -> dict:
         allowed_hosts=[urlsplit(public).hostname],
         brand_name="Demo Supplies Ltd",
         webhook_url=public + url_for("sandbox_merchant.receive_webhook"),
+        loopback_ok=allow_loopback(_settings()),
     )
     saved = {"secret": made.secret, "webhook_secret": made.endpoint.secret, "created": 0}
     _store().put("merchant_key", DEMO_KEY, saved)
