@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 
-from portal import jobs, timeline
+from portal import alerts, jobs, timeline
 from portal.branding.cache import Recent
 from portal.db import db
 from portal.http import UpstreamError
@@ -858,21 +858,18 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
                 session=session,
             )
             if amount_total != expected_total or currency != order.currency:
-                timeline.record(
-                    order.id,
-                    "alert",
-                    "amount charged differs from the order",
-                    {"charged": amount_total, "expected": expected_total, "currency": currency},
-                    session=session,
-                )
-                log.error(
-                    "order %s charged %s %s, expected %s %s",
-                    order.reference,
-                    amount_total,
-                    currency,
-                    expected_total,
-                    order.currency,
-                    extra={"order_id": order.id},
+                alerts.raise_alert(
+                    session,
+                    order,
+                    "amount_mismatch",
+                    f"amount charged differs from the order: {amount_total} {currency} charged, "
+                    f"{expected_total} {order.currency} expected",
+                    key=str(order.id),
+                    detail={
+                        "charged": amount_total,
+                        "expected": expected_total,
+                        "currency": currency,
+                    },
                 )
             jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
     if won:

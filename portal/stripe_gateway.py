@@ -245,6 +245,17 @@ class StripeGateway:
             options={"idempotency_key": idempotency_key},
         )
 
+    def list_refunds(self, payment_intent_id: str, *, order_id: int | None = None) -> list[dict]:
+        """Every refund of a PaymentIntent, across pages (newest first, as Stripe lists)."""
+        params: dict = {"payment_intent": payment_intent_id, "limit": 100}
+        found: list[dict] = []
+        while True:
+            page = self._call("refunds.list", order_id, self.client.v1.refunds.list, params=params)
+            found.extend(page["data"])
+            if not page.get("has_more") or not page["data"]:
+                return found
+            params = {**params, "starting_after": page["data"][-1]["id"]}
+
     # --- authorise now, capture later (the merchant API) --------------------------------------
 
     def capture_payment_intent(

@@ -110,10 +110,14 @@ def review(reference):
 
 @bp.get("/orders/<reference>/cancelled")
 def cancelled(reference):
-    """Stripe's cancel_url: the learner chose "back" on the payment page."""
+    """Stripe's cancel_url: the learner chose "back" on the payment page. For a platform whose
+    customers go straight back to it (the merchant API's cancel_url), the order is cancelled and
+    the customer sent on at once; otherwise the review page is shown again."""
     order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
+    if services().platform(order.platform).back_leaves:
+        return _follow(checkout.cancel_order(services(), order.reference))
     return render_order_review(order, cancelled=True)
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
-from portal import checkout, jobs, mail, timeline
+from portal import checkout, jobs, mail, refunds, timeline
 from portal.api import webhooks_out
 from portal.api.errors import ApiError, not_found
 from portal.db import db
@@ -31,7 +31,6 @@ PLATFORM = "merchant"
 MAX_TOTAL = 99_999_999  # Stripe's largest amount for most currencies (eight digits)
 UNPAID = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
 HELD = (OrderState.PAID, OrderState.FULFILLED)  # authorised (manual capture) or paid
-REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
 
 
 # --- how the API shows an order ----------------------------------------------------------------
@@ -433,71 +432,41 @@ def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
 
 
 def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
+    """A refund through the one refund service (`portal.refunds`), as the console makes them:
+    the same rules, the same record, the same `platform_refund` job (which emits
+    `order.refunded` to the merchant's endpoints)."""
     order = _settle_fulfilment(services, load_for_key(key, body["order"], param="order"))
-    captured = captured_amount(order)
-    if order.state not in REFUNDABLE or not captured or not order.stripe_payment_intent_id:
-        raise ApiError(
-            409,
-            "order_not_refundable",
-            f"Only a captured order can be refunded; this one is {status_of(order)}.",
-            "order",
-        )
     already = order.amount_refunded_minor or 0
-    remaining = captured - already
-    amount = body.get("amount", remaining)
-    if remaining <= 0 or amount > remaining:
-        raise ApiError(
-            400,
-            "amount_too_large",
-            f"Refunds add up to at most what was captured: {remaining} is left to refund.",
-            "amount",
-        )
+    amount = body.get("amount", refunds.remaining_minor(order))
     reason = body.get("reason")
     # With the client's idempotency key a retry is the same refund; without one, the same amount
     # on the same refunded-so-far is (as for a double click in the console).
     suffix = f"key-{request_key}" if request_key else f"{already}-{amount}"
     try:
-        stripe_refund = services.stripe.refund(
-            order.stripe_payment_intent_id,
+        stripe_refund, recorded = refunds.refund(
+            services,
+            order,
             amount,
-            f"{order.reference}-refund-{suffix}"[:255],
-            order_id=order.id,
-            metadata={"order_reference": order.reference, "reason": (reason or "")[:500]},
+            idempotency_key=f"{order.reference}-refund-{suffix}",
+            source="api",
+            reason=reason,
+            metadata={"reason": (reason or "")[:500]},
         )
+    except refunds.RefundRefused as exc:
+        if exc.code in {"amount_too_large", "nothing_left", "amount_invalid"}:
+            raise ApiError(400, "amount_too_large", exc.message, "amount") from exc
+        if exc.code == "partial_refund_not_allowed":
+            raise ApiError(409, "order_not_refundable", exc.message, "amount") from exc
+        raise ApiError(
+            409,
+            "order_not_refundable",
+            f"Only a captured order can be refunded; this one is {status_of(order)}.",
+            "order",
+        ) from exc
     except UpstreamError as exc:
         raise _upstream(exc, "The refund failed") from exc
-    with db.transaction() as session:
-        current = session.scalar(
-            select(Order.amount_refunded_minor).where(Order.id == order.id).with_for_update()
-        )
-        # Stripe's charge.refunded webhook may have recorded this refund already.
-        refunded = current if current >= already + amount else current + amount
-        refunded = min(refunded, captured)
-        new_state = OrderState.REFUNDED if refunded >= captured else OrderState.PARTIALLY_REFUNDED
-        checkout.transition(
-            session, order.id, REFUNDABLE, new_state, amount_refunded_minor=refunded
-        )
-        timeline.record(
-            order.id,
-            "payment",
-            f"refunded {amount} through the merchant API",
-            {"refund": stripe_refund.get("id"), "refunded_total": refunded, "reason": reason},
-            session=session,
-        )
-        refund_object = {
-            "id": stripe_refund.get("id"),
-            "amount": amount,
-            "reason": reason,
-            "status": stripe_refund.get("status") or "succeeded",
-        }
-        webhooks_out.emit(
-            session,
-            services.settings,
-            order,
-            "order.refunded",
-            discriminator=str(stripe_refund.get("id")),
-            extra={"refund": refund_object},
-        )
+    if recorded.job_key:
+        jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
     order = checkout.reload(order)
     return {
         "id": stripe_refund.get("id"),
@@ -506,7 +475,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
         "amount": amount,
         "currency": order.currency.lower(),
         "reason": reason,
-        "status": refund_object["status"],
+        "status": stripe_refund.get("status") or "succeeded",
         "created": _iso(utcnow()),
     }
 

@@ -3,8 +3,10 @@
 
 Fulfil emits `order.paid` (automatic capture) or `order.authorized` (manual capture: the merchant
 captures on shipment) and queues the customer's receipt; cancel emits `order.cancelled` (or
-`order.expired` for a link nobody paid in time); a console refund emits `order.refunded`. The
-webhooks themselves are jobs, so a merchant's outage is retried, never lost.
+`order.expired` for a link nobody paid in time); every refund, whoever made it, emits
+`order.refunded`; a failed delayed payment `order.payment_failed`; a dispute `order.disputed` and
+`order.dispute_closed` (with its outcome). The webhooks themselves are jobs, so a merchant's
+outage is retried, never lost.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from portal.platforms import CheckoutOptions, Outcome, Platform
 class MerchantPlatform(Platform):
     name = "merchant"
     label = "Merchant API"
+    back_leaves = True  # Stripe's Back: straight to the merchant's cancel_url
 
     def __init__(self, settings: dict, recorder=None):
         self.settings = settings
@@ -61,8 +64,49 @@ class MerchantPlatform(Platform):
             detail={"event": event_id},
         )
 
-    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
-        """A refund made in the operator console."""
+    refund_effects = {  # noqa: RUF012 - read only
+        "full": "The merchant's endpoints receive order.refunded; the order becomes refunded.",
+        "partial": "The merchant's endpoints receive order.refunded with this amount; the order "
+        "becomes partially_refunded.",
+    }
+
+    def refund(
+        self,
+        order,
+        amount_minor: int,
+        *,
+        refunded_at: datetime | None = None,
+        refund: dict | None = None,
+    ) -> Outcome:
+        """Any refund (the API, the console, Stripe's dashboard, a lost dispute): `order.refunded`
+        with the refund; its event id comes from the refund id, so a retry is the same event."""
+        from portal.api import webhooks_out
+
+        refund = refund or {}
+        refund_id = refund.get("id") or f"total-{order.amount_refunded_minor}"
+        with db.transaction() as session:
+            event_id = webhooks_out.emit(
+                session,
+                self.settings,
+                order,
+                "order.refunded",
+                discriminator=str(refund_id),
+                extra={
+                    "refund": {
+                        "id": refund.get("id"),
+                        "amount": amount_minor,
+                        "reason": refund.get("reason"),
+                        "source": refund.get("source"),
+                        "status": "succeeded",
+                    }
+                },
+            )
+        return Outcome(
+            redirect_url=None, note="merchant told: order.refunded", detail={"event": event_id}
+        )
+
+    def payment_failed(self, order, reason: str) -> Outcome:
+        """A delayed payment (a bank debit) failed after checkout: `order.payment_failed`."""
         from portal.api import webhooks_out
 
         with db.transaction() as session:
@@ -70,10 +114,37 @@ class MerchantPlatform(Platform):
                 session,
                 self.settings,
                 order,
-                "order.refunded",
-                discriminator=f"console-{order.amount_refunded_minor}",
-                extra={"refund": {"amount": amount_minor, "reason": "refunded by an operator"}},
+                "order.payment_failed",
+                extra={"failure": {"message": reason}},
             )
         return Outcome(
-            redirect_url=None, note="merchant told: order.refunded", detail={"event": event_id}
+            redirect_url=None,
+            note="merchant told: order.payment_failed",
+            detail={"event": event_id},
+        )
+
+    def dispute(self, order, dispute: dict) -> Outcome:
+        """`order.disputed` when a dispute opens, `order.dispute_closed` with its outcome."""
+        from portal.api import webhooks_out
+
+        event = "order.disputed" if dispute["outcome"] is None else "order.dispute_closed"
+        body = {
+            "id": dispute["id"],
+            "amount": dispute["amount_minor"],
+            "currency": dispute["currency"].lower(),
+            "reason": dispute["reason"],
+            "status": dispute["status"],
+            "outcome": dispute["outcome"],
+        }
+        with db.transaction() as session:
+            event_id = webhooks_out.emit(
+                session,
+                self.settings,
+                order,
+                event,
+                discriminator=dispute["id"],
+                extra={"dispute": body},
+            )
+        return Outcome(
+            redirect_url=None, note=f"merchant told: {event}", detail={"event": event_id}
         )

@@ -529,6 +529,32 @@ def _refund(params: dict, key: str | None, digest: str):
     return refund
 
 
+@bp.get("/v1/refunds")
+def list_refunds():
+    """A PaymentIntent's (or a charge's) refunds, newest first, as Stripe lists them."""
+    params = decode_form(request.args.items(multi=True))
+    limit = min(int(params.get("limit", 10)), 100)
+    wanted = {k: params[k] for k in ("payment_intent", "charge") if params.get(k)}
+    found = [
+        r
+        for r in _store().list("refund")
+        if all(r.get(name) == value for name, value in wanted.items())
+    ]
+    found.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
+    after = params.get("starting_after")
+    if after:
+        ids = [r["id"] for r in found]
+        found = found[ids.index(after) + 1 :] if after in ids else []
+    return jsonify(
+        {
+            "object": "list",
+            "url": "/v1/refunds",
+            "has_more": len(found) > limit,
+            "data": found[:limit],
+        }
+    )
+
+
 @bp.get("/v1/refunds/<refund_id>")
 def retrieve_refund(refund_id):
     refund = _store().get("refund", refund_id)
