@@ -591,6 +591,6 @@ def test_a_refund_on_a_platform_without_a_refund_api_says_so(console, mocked):
     ) in text
     assert reload(order).state == OrderState.REFUNDED
     assert [c.request.url for c in mocked.calls] == [REFUNDS_URL]
-    (alert,) = [e for e in events(order, "alert")]
+    (alert,) = events(order, "alert")
     assert alert.detail["alert"] == "refund_not_taken"
     assert "refund of $78.40 on OpenLearning" in alert.message
