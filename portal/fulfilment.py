@@ -33,6 +33,7 @@ def alert(services, order: Order, message: str) -> None:
                 json={
                     "text": f"Checkout portal: order {order.reference} ({order.platform} "
                     f"{order.platform_ref}) needs attention: {message}",
+                    "kind": "needs_attention",
                     "order": order.reference,
                     "platform": order.platform,
                     "platform_ref": order.platform_ref,

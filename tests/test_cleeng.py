@@ -899,6 +899,7 @@ def test_refund_goes_through_stripe_then_cleeng(app, client, mocked):
         "payment_intent": "pi_2",
         "amount": "1210",
         "metadata[cleeng_payment_id]": "1536331076",
+        "metadata[portal_platform_told]": "1",
     }
     (patch,) = sent(mocked, "PATCH", f"{PAYMENTS_URL}/1536331076")
     assert patch.headers["X-Publisher-Token"] == "cleeng-unit-token"
