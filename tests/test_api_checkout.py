@@ -286,7 +286,8 @@ def test_automatic_capture_sends_no_capture_method(client, api, mocked):
 def test_get_order_and_change_items_before_payment(api):
     order = create(api).json["order"]
     fetched = api.get(f"/orders/{order['id']}")
-    assert fetched.json == order
+    # The order as created, plus its payments and refunds (none yet).
+    assert fetched.json == {**order, "payments": [], "refunds": []}
     changed = api.patch(
         f"/orders/{order['id']}",
         {"items": [{"name": "Seat licence", "unit_amount": 4900, "quantity": 10}]},

@@ -111,6 +111,43 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
     }
 
 
+def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> dict:
+    """The order with its payments and refunds (`GET /orders/{id}`): what the Smartpay seed's
+    "list an order's payments" gives, and every refund whoever made it."""
+    body = serialize_order(order, livemode=livemode, settings=settings)
+    currency = order.currency.lower()
+    payments = []
+    if order.stripe_payment_intent_id and order.paid_at is not None:
+        authorised_only = body["status"] == "authorized" or (
+            order.capture_method == "manual" and order.amount_captured_minor is None
+        )
+        payments.append(
+            {
+                "id": order.stripe_payment_intent_id,
+                "amount": (
+                    order.amount_authorized_minor or 0
+                    if authorised_only
+                    else captured_amount(order) or 0
+                ),
+                "currency": currency,
+                "status": "authorized" if authorised_only else "succeeded",
+                "created": _iso(order.paid_at),
+            }
+        )
+    body["payments"] = payments
+    body["refunds"] = [
+        {
+            "id": refund.stripe_id,
+            "amount": refund.amount_minor,
+            "currency": refund.currency.lower(),
+            "status": refund.status,
+            "created": _iso(refund.created_at),
+        }
+        for refund in refunds.for_order(order.id)
+    ]
+    return body
+
+
 def serialize_session(services, key: ApiKey, order: Order) -> dict:
     return {
         "id": order.platform_ref,
