@@ -11,6 +11,7 @@ Events that arrive twice, or closed before created, change nothing the second ti
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from portal import alerts, jobs, refunds, timeline
 from portal.db import db
@@ -48,12 +49,7 @@ def _row(session, order: Order, obj: dict) -> tuple[Dispute, bool]:
 
 
 def _lock(session, order_id: int) -> Order:
-    return session.scalar(
-        select(Order)
-        .where(Order.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    return refunds.lock_order(session, order_id)
 
 
 def _queue(session, order: Order, row: Dispute, stage: str) -> None:
@@ -66,7 +62,24 @@ def _queue(session, order: Order, row: Dispute, stage: str) -> None:
     )
 
 
+def _once(apply):
+    """Run `apply`; if a concurrent recording of the same dispute committed first (SQLite has no
+    row lock to wait on), run it again: it then finds the dispute recorded."""
+    try:
+        return apply()
+    except IntegrityError:
+        return apply()
+
+
 def opened(order: Order, obj: dict, event_id: str) -> str:
+    return _once(lambda: _opened(order, obj, event_id))
+
+
+def closed(order: Order, obj: dict, event_id: str) -> str:
+    return _once(lambda: _closed(order, obj, event_id))
+
+
+def _opened(order: Order, obj: dict, event_id: str) -> str:
     with db.transaction() as session:
         order = _lock(session, order.id)
         row, new = _row(session, order, obj)
@@ -93,7 +106,7 @@ def opened(order: Order, obj: dict, event_id: str) -> str:
     return "dispute recorded"
 
 
-def closed(order: Order, obj: dict, event_id: str) -> str:
+def _closed(order: Order, obj: dict, event_id: str) -> str:
     status = str(obj.get("status") or "")
     outcome = "won" if status in WON else "lost" if status == "lost" else None
     if outcome is None:

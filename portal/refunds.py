@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from portal import alerts, jobs, timeline
 from portal.checkout import transition
@@ -151,13 +152,21 @@ def record(
     also=None,
 ) -> Recorded:
     """Record one refund (a Stripe Refund object, or a lost dispute's stand-in) exactly once."""
-    with db.transaction() as session:
-        recorded = record_in(
-            session, order_id, stripe_refund, source=source, reason=reason, charged=charged
-        )
-        if also is not None:
-            also(session, recorded)
-    return recorded
+    for attempt in (1, 2):
+        try:
+            with db.transaction() as session:
+                recorded = record_in(
+                    session, order_id, stripe_refund, source=source, reason=reason, charged=charged
+                )
+                if also is not None:
+                    also(session, recorded)
+            return recorded
+        except IntegrityError:
+            # A concurrent recording of the same refund committed first (SQLite has no row lock
+            # to wait on): look again, and find it recorded.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def record_in(
@@ -172,13 +181,7 @@ def record_in(
     """`record` inside the caller's transaction."""
     refund_id = str(stripe_refund["id"])
     amount = int(stripe_refund.get("amount") or 0)
-    # The order's row lock orders every recording of the same order, whoever makes it.
-    order = session.scalar(
-        select(Order)
-        .where(Order.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    order = lock_order(session, order_id)
     already = (order.amount_refunded_minor or 0) if order is not None else 0
     existing = session.scalar(select(Refund).where(Refund.stripe_id == refund_id))
     if existing is not None or order is None:
@@ -256,6 +259,16 @@ def record_in(
             },
         )
     return Recorded(refund_id, amount, total, str(new_state), True, job_key)
+
+
+def lock_order(session, order_id: int) -> Order | None:
+    """The order, locked for the rest of the transaction: every recording of the same order's
+    money, whoever makes it, waits for the one before. A write comes first, so that SQLite
+    (which has no row locks) takes its write lock before anything is read."""
+    session.execute(update(Order).where(Order.id == order_id).values(updated_at=Order.updated_at))
+    return session.scalar(
+        select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
+    )
 
 
 def _created(stripe_refund: dict) -> datetime:

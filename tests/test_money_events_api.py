@@ -168,3 +168,52 @@ def test_get_order_lists_payments_and_every_refund(app, client, api, mocked, rec
     refunded = [e for e in receiver.events if e["type"] == "order.refunded"]
     assert sorted(e["data"]["refund"]["id"] for e in refunded) == ["re_api", "re_dash"]
     assert {e["data"]["refund"]["source"] for e in refunded} == {"api", "stripe"}
+
+
+def test_the_same_refund_recorded_at_once_by_two_paths_counts_once(app, api, mocked):
+    """The console (or API) and Stripe's charge.refunded recording one refund at the same
+    moment: one row, one amount, one platform job (PostgreSQL runs this on real row locks)."""
+    import threading
+
+    from sqlalchemy import select
+
+    from portal import refunds
+    from portal.models import Job
+
+    order = api.post("/checkout-sessions", session_body()).json["order"]
+    row = authorise(app, mocked, order["id"], manual=False, stripe_base=STRIPE_BASE)
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+    stripe_refund = {"id": "re_race", "amount": 1500, "status": "succeeded"}
+    other = {"id": "re_other", "amount": 500, "status": "succeeded"}
+
+    def record(refund, source):
+        try:
+            barrier.wait(5)
+            results.append(refunds.record(row.id, refund, source=source))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=record, args=(stripe_refund, "api")),
+        threading.Thread(target=record, args=(stripe_refund, "stripe")),
+        threading.Thread(target=record, args=(stripe_refund, "stripe")),
+        threading.Thread(target=record, args=(other, "stripe")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted((r.refund_id, r.new) for r in results) == [
+        ("re_other", True),
+        ("re_race", False),
+        ("re_race", False),
+        ("re_race", True),
+    ]
+    assert order_row(order["id"]).amount_refunded_minor == 2000
+    with db.reader() as session:
+        keys = session.scalars(
+            select(Job.dedupe_key).where(Job.kind == "platform_refund").order_by(Job.dedupe_key)
+        ).all()
+    assert keys == ["platform_refund:re_other", "platform_refund:re_race"]
