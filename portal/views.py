@@ -116,7 +116,7 @@ def cancelled(reference):
     order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
-    if services().platform(order.platform).back_leaves:
+    if services().platform(order.platform).back_leaves(order):
         return _follow(checkout.cancel_order(services(), order.reference))
     return render_order_review(order, cancelled=True)
 

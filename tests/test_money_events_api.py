@@ -217,3 +217,14 @@ def test_the_same_refund_recorded_at_once_by_two_paths_counts_once(app, api, moc
             select(Job.dedupe_key).where(Job.kind == "platform_refund").order_by(Job.dedupe_key)
         ).all()
     assert keys == ["platform_refund:re_other", "platform_refund:re_race"]
+
+
+def test_back_on_stripe_without_a_cancel_url_shows_the_review_page_again(app, api, mocked):
+    body = session_body(mode="link")  # a pay link may come without a cancel_url
+    del body["cancel_url"]
+    created = api.post("/checkout-sessions", body)
+    assert created.status_code == 200, created.json
+    order = created.json["order"]
+    page = app.test_client().get(f"/orders/{order['id']}/cancelled")
+    assert page.status_code == 200
+    assert order_row(order["id"]).state == OrderState.OPEN

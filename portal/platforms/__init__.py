@@ -40,9 +40,6 @@ class CheckoutOptions:
 class Platform(ABC):
     name: str = ""
     label: str = ""
-    # Stripe's "Back" cancels the order and returns the customer to the platform at once (the
-    # platform decides what to offer), instead of showing the review page again.
-    back_leaves: bool = False
     # What a full and a partial refund do on the platform, for the console's refund form.
     refund_effects: dict[str, str] = {}  # noqa: RUF012 - read only, replaced per class
 
@@ -57,6 +54,11 @@ class Platform(ABC):
     @abstractmethod
     def cancel(self, order) -> Outcome:
         """Tell the platform the learner gave up; returns where to send them."""
+
+    def back_leaves(self, order) -> bool:
+        """Whether Stripe's "Back" cancels the order and returns the customer to the platform at
+        once (the platform decides what to offer), instead of showing the review page again."""
+        return False
 
     def checkout_options(self, order) -> CheckoutOptions:
         """How to make this order's Checkout Session; may raise portal.checkout.CheckoutError."""

@@ -20,11 +20,14 @@ from portal.platforms import CheckoutOptions, Outcome, Platform
 class MerchantPlatform(Platform):
     name = "merchant"
     label = "Merchant API"
-    back_leaves = True  # Stripe's Back: straight to the merchant's cancel_url
 
     def __init__(self, settings: dict, recorder=None):
         self.settings = settings
         self.services = None  # set by portal.api.init_app: superseding calls Stripe
+
+    def back_leaves(self, order) -> bool:
+        """Stripe's Back goes straight to the merchant's cancel_url, when the merchant gave one."""
+        return bool((order.platform_data or {}).get("cancel_url"))
 
     def checkout_options(self, order) -> CheckoutOptions:
         manual = order.capture_method == "manual"
