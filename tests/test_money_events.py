@@ -368,6 +368,18 @@ def test_cleeng_dashboard_refund_is_reported_once_under_faults(server):
     assert (patch["status"], patch["amount"], patch["refundType"]) == ("refunded", 5.0, "refund")
     assert reload(order).state == OrderState.PARTIALLY_REFUNDED
 
+    # The rest, in full, while Cleeng is down again.
+    server.control(cleeng_fault_rate=1)
+    dashboard(server, f"charges/{charge['id']}/refund", amount="")
+    assert deliver_events(server)["charge.refunded"] == f"order {OrderState.REFUNDED}"
+    run_worker(server)
+    server.control(cleeng_fault_rate=0)
+    run_worker(server)
+    run_worker(server)
+    patches = cleeng_patches(server, payment["id"])
+    assert [p["amount"] for p in patches] == [5.0, 7.1]
+    assert server.store.get("cleeng.payment", str(payment["id"]))["status"] == "refunded"
+
 
 def test_a_refund_cleeng_asked_for_is_not_reported_back_to_it(server):
     browser = requests.Session()

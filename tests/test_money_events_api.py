@@ -228,3 +228,38 @@ def test_back_on_stripe_without_a_cancel_url_shows_the_review_page_again(app, ap
     page = app.test_client().get(f"/orders/{order['id']}/cancelled")
     assert page.status_code == 200
     assert order_row(order["id"]).state == OrderState.OPEN
+
+
+def test_a_dashboard_refund_reaches_a_failing_merchant_endpoint_once(
+    app, client, api, mocked, receiver
+):
+    order = api.post("/checkout-sessions", session_body()).json["order"]
+    authorise(app, mocked, order["id"], manual=False, stripe_base=STRIPE_BASE)
+    run_queued(app, "webhook_delivery")
+    intent = f"pi_{order['id'][-8:]}"
+    full = order_row(order["id"]).amount_paid_minor
+    mocked.get(
+        f"{STRIPE_BASE}/v1/refunds",
+        json={
+            "object": "list",
+            "data": [{"id": "re_dash", "amount": full, "status": "succeeded", "created": 1}],
+            "has_more": False,
+        },
+    )
+    charge = {"id": "ch_1", "object": "charge", "amount": full, "payment_intent": intent}
+    deliver(client, build_event("charge.refunded", {**charge, "amount_refunded": full}))
+    deliver(client, build_event("charge.refunded", {**charge, "amount_refunded": full}))
+    assert order_row(order["id"]).state == OrderState.REFUNDED
+    receiver.fail_next = 2  # the merchant's endpoint is down for two attempts
+    for _ in range(4):
+        run_queued(app, "platform_refund")
+        run_queued(app, "webhook_delivery")
+    assert receiver.types() == ["order.paid", "order.refunded"]
+    assert receiver.events[-1]["data"]["refund"] == {
+        "id": "re_dash",
+        "amount": full,
+        "reason": None,
+        "source": "stripe",
+        "status": "succeeded",
+    }
+    assert receiver.events[-1]["data"]["object"]["status"] == "refunded"
