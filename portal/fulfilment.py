@@ -70,7 +70,12 @@ def run_fulfil(services, job) -> None:
         values = {"fulfilled_at": utcnow(), "failure_reason": None}
         if redirect:
             values["redirect_url"] = redirect
-        if transition(session, order.id, OrderState.PAID, OrderState.FULFILLED, **values):
+        # Part of the payment went back before the platform confirmed (a refund in Stripe's
+        # dashboard): the learner has the purchase, and the order says part was refunded.
+        fulfilled = (
+            OrderState.PARTIALLY_REFUNDED if order.amount_refunded_minor else OrderState.FULFILLED
+        )
+        if transition(session, order.id, OrderState.PAID, fulfilled, **values):
             timeline.record(
                 order.id,
                 "job",

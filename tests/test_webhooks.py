@@ -471,6 +471,21 @@ def test_charge_refunded_is_recorded_full_or_partial(
         }
         page = client.get(f"/orders/{order.reference}/status")
         assert "refunded" in page.text
+    else:
+        # Fulfilled as usual, then Skilljar hears of the partial refund (refund_cents only).
+        mocked.get(PURCHASE_URL, json={"id": "p1abc", "state": "CREATED"})
+        mocked.post(
+            FULFIL_URL,
+            json={"redirect_url": THANKS, "purchase": {"id": "p1abc", "state": "SUCCESS"}},
+        )
+        mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "SUCCESS", "refund_cents": 2000})
+        run_worker(app, mocked)
+        run_worker(app, mocked)
+        row = order_row(order)
+        assert (row.state, row.amount_refunded_minor) == (OrderState.PARTIALLY_REFUNDED, 2000)
+        calls = [c for c in skilljar_calls(mocked) if c.request.method != "GET"]
+        assert [c.request.method for c in calls] == ["POST", "PUT"]
+        assert json.loads(calls[1].request.body) == {"refund_cents": 2000}
 
 
 def test_a_second_partial_refund_updates_the_amount(client, mocked, checkout_session):
