@@ -182,6 +182,16 @@ def _role_map(value) -> dict[str, str]:
 
 
 # name (without the PORTAL_ prefix) -> (default, parser). `None` default means "no value".
+RECEIPT_SENDERS = ("portal", "stripe", "platform", "none")  # see portal/receipts.py
+
+
+def _receipt_sender(value) -> str:
+    chosen = str(value).strip().lower()
+    if chosen not in RECEIPT_SENDERS:
+        raise ValueError(f"must be one of {', '.join(RECEIPT_SENDERS)}, not {value!r}")
+    return chosen
+
+
 SETTINGS: dict[str, tuple[object, object]] = {
     "SECRET_KEY": (None, str),
     "DATABASE_URL": (None, str),
@@ -256,6 +266,11 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "PAY_LINK_DAYS": (7, _int),  # an unpaid checkout session (link or redirect) expires after
     "SMTP_URL": (None, _smtp_url),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
     "MAIL_FROM": ("Checkout <no-reply@localhost>", str),
+    # Who sends each platform source's receipts and notices (portal/receipts.py).
+    "SKILLJAR_RECEIPTS": ("portal", _receipt_sender),
+    "OPENLEARNING_RECEIPTS": ("portal", _receipt_sender),
+    "CLEENG_RECEIPTS": ("portal", _receipt_sender),
+    "MERCHANT_RECEIPTS": ("portal", _receipt_sender),
     # Learner pages' Content-Security-Policy: extra origins are an admin's deployment setting.
     "CSP_SCRIPT_ORIGINS": ((), _origins),  # e.g. an analytics script
     "CSP_IMG_ORIGINS": ((), _origins),

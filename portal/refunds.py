@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from portal import alerts, jobs, timeline
+from portal import alerts, jobs, mail, receipts, timeline
 from portal.checkout import transition
 from portal.db import db
 from portal.http import UpstreamError
@@ -320,6 +320,19 @@ def run_platform_refund(services, job) -> None:
             outcome.detail,
             session=session,
         )
+        if receipts.portal_sends(services.settings, order):
+            mail.queue(
+                session,
+                "refund_issued",
+                order,
+                to=order.customer_email,
+                key=str(job.payload.get("refund") or job.id),
+                notice={
+                    "amount_minor": amount,
+                    "refunded_minor": order.amount_refunded_minor or 0,
+                    "full": order.state == OrderState.REFUNDED,
+                },
+            )
         if outcome.alert:
             # The platform has no way to take it: an operator must (remove access by hand).
             alerts.raise_alert(

@@ -64,6 +64,7 @@ class CheckoutRequest:
     # Optional, for merchants who authorise now and capture on shipment:
     capture_method: str | None = None  # "manual": authorise only (capture later or cancel)
     incremental_authorization: bool = False  # ask for an authorisation that can be raised
+    receipt_email: str | None = None  # Stripe emails its receipt there (portal/receipts.py)
 
 
 class StripeGateway:
@@ -172,6 +173,11 @@ class StripeGateway:
         }
         if request.customer_email:
             params["customer_email"] = request.customer_email
+        if request.receipt_email:
+            params["payment_intent_data"] = {
+                **params["payment_intent_data"],
+                "receipt_email": request.receipt_email,
+            }
         if request.automatic_tax:
             params["automatic_tax"] = {"enabled": True}
             params["billing_address_collection"] = "required"

@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from portal import checkout, i18n
+from portal import checkout, i18n, receipts
 from portal.branding.render import render_learner
 from portal.db import db
 from portal.models import Order, OrderState
@@ -72,6 +72,7 @@ def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
             promo_saving=promo_saving,
             cancelled=cancelled,
             total_minor=order.amount_minor + quote.amount_minor,
+            receipt_by=receipts.sender(settings, order),
         ),
         status,
     )

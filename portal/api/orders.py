@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
-from portal import checkout, jobs, mail, refunds, timeline
+from portal import checkout, jobs, mail, receipts, refunds, timeline
 from portal.api import webhooks_out
 from portal.api.errors import ApiError, not_found
 from portal.db import db
@@ -405,7 +405,8 @@ def capture(services, key: ApiKey, reference: str, amount: int | None, request_k
                 session=session,
             )
             webhooks_out.emit(session, services.settings, order, "order.captured")
-            mail.queue(session, "receipt", order, to=order.customer_email)
+            if receipts.portal_sends(services.settings, order):
+                mail.queue(session, "receipt", order, to=order.customer_email)
     return checkout.reload(order)
 
 

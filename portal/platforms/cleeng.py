@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs
+from portal import jobs, receipts
 from portal.branding.render import render_learner
 from portal.checkout import (
     CheckoutError,
@@ -1047,6 +1047,7 @@ def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
             locale=order.locale or learner_locale(),
             data=review_data(order.platform_data or {}),
             cancelled=cancelled,
+            receipt_by=receipts.sender(current_app.config["PORTAL"], order),
         ),
         status,
     )

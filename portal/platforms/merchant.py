@@ -38,7 +38,6 @@ class MerchantPlatform(Platform):
         )
 
     def fulfil(self, order, *, retry: bool = False) -> Outcome:
-        from portal import mail
         from portal.api import orders, webhooks_out
 
         manual = order.capture_method == "manual"
@@ -47,20 +46,34 @@ class MerchantPlatform(Platform):
         event = "order.authorized" if manual else "order.paid"
         with db.transaction() as session:
             event_id = webhooks_out.emit(session, self.settings, order, event)
-            if not manual and order.customer_email:
-                mail.queue(session, "receipt", order, to=order.customer_email)
-        # The customer goes on to the merchant's success_url (kept on the order at creation).
+        # The customer's receipt is queued with the fulfilment (portal.receipts decides who
+        # sends it). The customer goes on to the merchant's success_url (kept on the order).
         return Outcome(
             redirect_url=None, note=f"merchant told: {event}", detail={"event": event_id}
         )
 
     def cancel(self, order) -> Outcome:
+        from portal import mail, receipts
         from portal.api import webhooks_out
 
         data = order.platform_data or {}
         event = "order.expired" if data.get("expired") else "order.cancelled"
         with db.transaction() as session:
             event_id = webhooks_out.emit(session, self.settings, order, event)
+            # A pay link the customer never paid: tell them it no longer works (the Credit Key
+            # seed notifies the customer of a cancellation).
+            if (
+                data.get("mode") == "link"
+                and order.paid_at is None
+                and receipts.portal_sends(self.settings, order)
+            ):
+                mail.queue(
+                    session,
+                    "pay_link_cancelled",
+                    order,
+                    to=order.customer_email,
+                    notice={"expired": bool(data.get("expired"))},
+                )
         return Outcome(
             redirect_url=data.get("cancel_url"),
             note=f"merchant told: {event}",
