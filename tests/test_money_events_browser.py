@@ -102,3 +102,36 @@ def test_a_demo_user_refunds_and_loses_a_dispute_from_the_sandbox_dashboard(
     context.close()
     worker.stopping.set()
     running.join(10)
+
+
+EMAIL_SAMPLES = [
+    ("email/receipt.html", "email-receipt-html", "en"),
+    ("email/refund_issued.html", "email-refund-partial-html", "en"),
+    ("email/refund_issued.html", "email-refund-full-html", "fr"),
+    ("email/payment_failed.html", "email-payment-failed-html", "en"),
+    ("email/pay_link_cancelled.html", "email-pay-link-cancelled-html", "en"),
+]
+
+
+def test_each_new_email_as_a_marketer_previews_it(chromium, sandbox_server):  # noqa: F811
+    server = sandbox_server()
+    created = server.app.test_cli_runner().invoke(
+        args=["portal", "create-user", "mk@example.com", "--role", "marketer", "--password-stdin"],
+        input=PASSWORD + "\n",
+    )
+    assert created.exit_code == 0, created.output
+    context = chromium.new_context(viewport={"width": 700, "height": 900})
+    page = context.new_page()
+    sign_in(page, server.url, "mk@example.com")
+    for template, state, lang in EMAIL_SAMPLES:
+        response = page.goto(
+            f"{server.url}/admin/branding/templates/{template}/preview?state={state}&lang={lang}"
+        )
+        assert response.status == 200, (template, state)
+        shot(page, f"{state}-{lang}")
+    page.goto(
+        f"{server.url}/admin/branding/templates/email/refund_issued.html/preview"
+        "?state=email-refund-full-html&lang=fr"
+    )
+    expect(page.locator("body")).to_contain_text("Votre commande est désormais entièrement")
+    context.close()
