@@ -561,8 +561,9 @@ def update_items(services, key: ApiKey, reference: str, items: list[dict]) -> di
         return _updated(
             services, key, changed, f"Capture will take {cart.total_minor} of the authorised hold."
         )
-    percent = services.settings["AUTH_INCREASE_LIMIT_PERCENT"]
-    if percent and cart.total_minor - authorized <= authorized * percent // 100:
+    from portal.platforms.merchant import increase_limit
+
+    if cart.total_minor - authorized <= increase_limit(services.settings, order, authorized):
         try:
             services.stripe.increment_authorization(
                 order.stripe_payment_intent_id,

@@ -17,6 +17,17 @@ from portal.db import db
 from portal.platforms import CheckoutOptions, Outcome, Platform
 
 
+def increase_limit(settings: dict, order, authorized: int | None = None) -> int:
+    """How much an authorised total may grow and be raised in place (minor units): the absolute
+    cap for the order's currency (`PORTAL_AUTH_INCREASE_LIMIT`, the seed's $100), or the
+    percentage of the hold (`PORTAL_AUTH_INCREASE_LIMIT_PERCENT`), whichever is larger."""
+    absolute = settings["AUTH_INCREASE_LIMIT"].get(order.currency, 0)
+    percent = settings["AUTH_INCREASE_LIMIT_PERCENT"]
+    if authorized is None:
+        return max(absolute, percent)  # before the hold exists: whether any increase can be
+    return max(absolute, authorized * percent // 100)
+
+
 class MerchantPlatform(Platform):
     name = "merchant"
     label = "Merchant API"
@@ -34,7 +45,7 @@ class MerchantPlatform(Platform):
         return CheckoutOptions(
             tax_included=True,  # the merchant's items are the price; its own system does tax
             capture_method="manual" if manual else None,
-            incremental_authorization=manual and self.settings["AUTH_INCREASE_LIMIT_PERCENT"] > 0,
+            incremental_authorization=manual and increase_limit(self.settings, order) > 0,
         )
 
     def fulfil(self, order, *, retry: bool = False) -> Outcome:
