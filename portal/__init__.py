@@ -255,7 +255,17 @@ def create_app(config: dict | None = None) -> Flask:
         settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads)
     )
 
-    from portal import checkout, cli, errors, fulfilment, views, webhooks  # noqa: F401 - jobs
+    from portal import (  # noqa: F401 - job kinds register at import
+        alerts,
+        checkout,
+        cli,
+        disputes,
+        errors,
+        fulfilment,
+        refunds,
+        views,
+        webhooks,
+    )
     from portal.platforms import cleeng, openlearning, skilljar
     from portal.services import build_services
 

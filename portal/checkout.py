@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 
-from portal import jobs, timeline
+from portal import alerts, jobs, receipts, timeline
 from portal.branding.cache import Recent
 from portal.db import db
 from portal.http import UpstreamError
@@ -690,6 +690,9 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         setup_future_usage=options.setup_future_usage,
         capture_method=options.capture_method,
         incremental_authorization=options.incremental_authorization,
+        receipt_email=(
+            order.customer_email if receipts.sender(services.settings, order) == "stripe" else None
+        ),
     )
     # The create call's timeline event is written with the state change that follows it (on
     # PostgreSQL in the same statement). If the call fails, or that write does, it is written alone.
@@ -858,21 +861,18 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
                 session=session,
             )
             if amount_total != expected_total or currency != order.currency:
-                timeline.record(
-                    order.id,
-                    "alert",
-                    "amount charged differs from the order",
-                    {"charged": amount_total, "expected": expected_total, "currency": currency},
-                    session=session,
-                )
-                log.error(
-                    "order %s charged %s %s, expected %s %s",
-                    order.reference,
-                    amount_total,
-                    currency,
-                    expected_total,
-                    order.currency,
-                    extra={"order_id": order.id},
+                alerts.raise_alert(
+                    session,
+                    order,
+                    "amount_mismatch",
+                    f"amount charged differs from the order: {amount_total} {currency} charged, "
+                    f"{expected_total} {order.currency} expected",
+                    key=str(order.id),
+                    detail={
+                        "charged": amount_total,
+                        "expected": expected_total,
+                        "currency": currency,
+                    },
                 )
             jobs.enqueue(session, "fulfil", f"fulfil:{order.id}", order_id=order.id)
     if won:

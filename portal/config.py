@@ -97,6 +97,28 @@ def _tax_rates(value) -> dict[str, Decimal]:
     return rates
 
 
+def _amounts(value) -> dict[str, int]:
+    """`USD:100,EUR:90.50` -> {"USD": 10000, "EUR": 9050}: an amount per currency, in its minor
+    units; `none` for no amount in any currency."""
+    from portal.money import MoneyError, normalise_currency, to_minor
+
+    if isinstance(value, dict):
+        return {normalise_currency(k): int(v) for k, v in value.items()}
+    if str(value).strip().lower() == "none":
+        return {}
+    amounts: dict[str, int] = {}
+    for item in str(value).split(","):
+        if not item.strip():
+            continue
+        code, _, amount = item.partition(":")
+        try:
+            currency = normalise_currency(code)
+            amounts[currency] = to_minor(amount.strip(), currency)
+        except MoneyError as exc:
+            raise ValueError(f"{item.strip()!r}: {exc}") from None
+    return amounts
+
+
 def _secrets(value) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(value)
@@ -193,6 +215,16 @@ def _role_map(value) -> dict[str, str]:
 
 
 # name (without the PORTAL_ prefix) -> (default, parser). `None` default means "no value".
+RECEIPT_SENDERS = ("portal", "stripe", "platform", "none")  # see portal/receipts.py
+
+
+def _receipt_sender(value) -> str:
+    chosen = str(value).strip().lower()
+    if chosen not in RECEIPT_SENDERS:
+        raise ValueError(f"must be one of {', '.join(RECEIPT_SENDERS)}, not {value!r}")
+    return chosen
+
+
 SETTINGS: dict[str, tuple[object, object]] = {
     "SECRET_KEY": (None, str),
     "DATABASE_URL": (None, str),
@@ -265,10 +297,18 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "OIDC_ROLE_MAP": ({}, _role_map),
     # The merchant API (portal/api), pay-by-link email (portal/mail.py).
     "AUTH_CAPTURE_DAYS": (7, _int),  # authorised, not captured after this many days: cancelled
+    # An increase of an authorised total up to this much (per currency; the Credit Key seed's
+    # $100) raises the hold in place; more sends the customer a new pay link to approve.
+    "AUTH_INCREASE_LIMIT": ({"USD": 10000}, _amounts),
     "AUTH_INCREASE_LIMIT_PERCENT": (0, _int),  # increase an authorisation in place up to this
     "PAY_LINK_DAYS": (7, _int),  # an unpaid checkout session (link or redirect) expires after
     "SMTP_URL": (None, _smtp_url),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
     "MAIL_FROM": ("Checkout <no-reply@localhost>", str),
+    # Who sends each platform source's receipts and notices (portal/receipts.py).
+    "SKILLJAR_RECEIPTS": ("portal", _receipt_sender),
+    "OPENLEARNING_RECEIPTS": ("portal", _receipt_sender),
+    "CLEENG_RECEIPTS": ("portal", _receipt_sender),
+    "MERCHANT_RECEIPTS": ("portal", _receipt_sender),
     # Learner pages' Content-Security-Policy: extra origins are an admin's deployment setting.
     "CSP_SCRIPT_ORIGINS": ((), _origins),  # e.g. an analytics script
     "CSP_IMG_ORIGINS": ((), _origins),

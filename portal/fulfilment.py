@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from portal import jobs, outbound, timeline
+from portal import jobs, mail, outbound, receipts, timeline
 from portal.checkout import reload, sync_session, transition
 from portal.db import db
 from portal.http import UpstreamError
@@ -33,6 +33,7 @@ def alert(services, order: Order, message: str) -> None:
                 json={
                     "text": f"Checkout portal: order {order.reference} ({order.platform} "
                     f"{order.platform_ref}) needs attention: {message}",
+                    "kind": "needs_attention",
                     "order": order.reference,
                     "platform": order.platform,
                     "platform_ref": order.platform_ref,
@@ -69,7 +70,12 @@ def run_fulfil(services, job) -> None:
         values = {"fulfilled_at": utcnow(), "failure_reason": None}
         if redirect:
             values["redirect_url"] = redirect
-        if transition(session, order.id, OrderState.PAID, OrderState.FULFILLED, **values):
+        # Part of the payment went back before the platform confirmed (a refund in Stripe's
+        # dashboard): the learner has the purchase, and the order says part was refunded.
+        fulfilled = (
+            OrderState.PARTIALLY_REFUNDED if order.amount_refunded_minor else OrderState.FULFILLED
+        )
+        if transition(session, order.id, OrderState.PAID, fulfilled, **values):
             timeline.record(
                 order.id,
                 "job",
@@ -77,6 +83,14 @@ def run_fulfil(services, job) -> None:
                 outcome.detail,
                 session=session,
             )
+            # The learner's receipt, when the portal is the one to send it (an authorisation
+            # gets its receipt when it is captured).
+            if (
+                order.capture_method != "manual"
+                and (order.amount_paid_minor or 0) > 0
+                and receipts.portal_sends(services.settings, order)
+            ):
+                mail.queue(session, "receipt", order, to=order.customer_email)
 
 
 def give_up_fulfil(services, job, error: str) -> None:
@@ -109,9 +123,16 @@ def run_payment_failed(services, job) -> None:
     if order is None or order.state != OrderState.PAYMENT_FAILED:
         return
     outcome = services.platform(order.platform).payment_failed(order, job.payload.get("reason", ""))
-    timeline.record(
-        order.id, "job", outcome.note or "platform told: payment failed", outcome.detail
-    )
+    with db.transaction() as session:
+        timeline.record(
+            order.id,
+            "job",
+            outcome.note or "platform told: payment failed",
+            outcome.detail,
+            session=session,
+        )
+        if receipts.portal_sends(services.settings, order):
+            mail.queue(session, "payment_failed", order, to=order.customer_email)
 
 
 def give_up_quietly(services, job, error: str) -> None:

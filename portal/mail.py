@@ -36,17 +36,36 @@ from portal.models import ApiKey, BrandAssignment, Order, utcnow
 SUBJECTS = {
     "pay_link": N_("%(brand)s: your order is ready to pay"),
     "receipt": N_("%(brand)s: receipt for your order"),
+    "refund_issued": N_("%(brand)s: your refund"),
+    "payment_failed": N_("%(brand)s: your payment did not go through"),
+    "pay_link_cancelled": N_("%(brand)s: your pay link can no longer be used"),
 }
+# What a notice adds to its message (refund_issued, payment_failed, pay_link_cancelled); every
+# key is always there for the strict templates.
+NOTICE = {"amount_minor": 0, "refunded_minor": 0, "full": False, "expired": False}
 
 
-def queue(session, template: str, order: Order, *, to: str, cc: str | None = None) -> None:
-    """Send `template` about `order` once, from the job queue, in the caller's transaction."""
+def queue(
+    session,
+    template: str,
+    order: Order,
+    *,
+    to: str,
+    cc: str | None = None,
+    key: str | None = None,
+    notice: dict | None = None,
+) -> None:
+    """Send `template` about `order` once (once per `key`, for a message an order can get more
+    than once, such as one per refund), from the job queue, in the caller's transaction."""
+    payload = {"template": template, "to": to, "cc": cc}
+    if notice is not None:
+        payload["notice"] = {**NOTICE, **notice}
     jobs.enqueue(
         session,
         "mail",
-        f"mail:{template}:{order.id}",
+        f"mail:{template}:{order.id}" + (f":{key}" if key else ""),
         order_id=order.id,
-        payload={"template": template, "to": to, "cc": cc},
+        payload=payload,
     )
 
 
@@ -67,10 +86,11 @@ def items(order: Order) -> list[dict]:
     ]
 
 
-def message_context(settings: dict, order: Order) -> dict:
+def message_context(settings: dict, order: Order, notice: dict | None = None) -> dict:
     """The values a message template reads besides the globals (`order`, `brand`, `fmt`...)."""
     manual = order.capture_method == "manual"
     return {
+        "notice": {**NOTICE, **(notice or {})},
         "items": items(order),
         "reference": (order.platform_data or {}).get("reference") or None,
         "pay_url": settings["PUBLIC_URL"].rstrip("/") + f"/orders/{order.reference}",
@@ -112,12 +132,12 @@ def _assigned_to_key(key_id: int) -> bool:
 
 
 def render(
-    settings: dict, template: str, order: Order, brand: tuple[dict, dict]
+    settings: dict, template: str, order: Order, brand: tuple[dict, dict], notice=None
 ) -> tuple[str, str, str]:
     """(subject, text, html) of a message about `order`, in the order's language (else
     PORTAL_DEFAULT_LOCALE), with `brand` from `brand_of`."""
     locale = order.locale or settings["DEFAULT_LOCALE"]
-    context = message_context(settings, order)
+    context = message_context(settings, order, notice)
     parts = {
         kind: render_learner_email(
             f"email/{template}.{kind}",
@@ -249,7 +269,7 @@ def run_mail(services, job) -> None:
         return
     brand = brand_of(order, settings, key)
     template = job.payload["template"]
-    subject, text, html = render(settings, template, order, brand)
+    subject, text, html = render(settings, template, order, brand, job.payload.get("notice"))
     to, cc = job.payload["to"], job.payload.get("cc")
     message = build_message(
         settings, to=to, cc=cc, subject=subject, text=text, html=html, brand=brand[0]["name"]

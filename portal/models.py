@@ -216,6 +216,41 @@ class StripeEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Refund(Base):
+    """Money given back on an order, one row per Stripe refund id (or per lost dispute, which
+    counts as a full refund): whoever started it (the console, the merchant API, Stripe's
+    dashboard, a platform), it is recorded, and reported to the platform, once."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stripe_id: Mapped[str] = mapped_column(String(255), unique=True)  # re_... or dp_... (lost)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))  # succeeded | pending | lost (dispute)
+    source: Mapped[str] = mapped_column(String(16))  # console | api | stripe | platform | dispute
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Dispute(Base):
+    """A Stripe dispute (chargeback) on an order's payment: opened, then closed won or lost."""
+
+    __tablename__ = "disputes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stripe_id: Mapped[str] = mapped_column(String(255), unique=True)  # dp_...
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))  # Stripe's dispute status
+    outcome: Mapped[str | None] = mapped_column(String(16))  # won | lost, once closed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class UsedToken(Base):
     """JWT ids already accepted (OpenLearning): each `jti` opens one order, once."""
 

@@ -64,6 +64,7 @@ class CheckoutRequest:
     # Optional, for merchants who authorise now and capture on shipment:
     capture_method: str | None = None  # "manual": authorise only (capture later or cancel)
     incremental_authorization: bool = False  # ask for an authorisation that can be raised
+    receipt_email: str | None = None  # Stripe emails its receipt there (portal/receipts.py)
 
 
 class StripeGateway:
@@ -172,6 +173,11 @@ class StripeGateway:
         }
         if request.customer_email:
             params["customer_email"] = request.customer_email
+        if request.receipt_email:
+            params["payment_intent_data"] = {
+                **params["payment_intent_data"],
+                "receipt_email": request.receipt_email,
+            }
         if request.automatic_tax:
             params["automatic_tax"] = {"enabled": True}
             params["billing_address_collection"] = "required"
@@ -244,6 +250,17 @@ class StripeGateway:
             params=params,
             options={"idempotency_key": idempotency_key},
         )
+
+    def list_refunds(self, payment_intent_id: str, *, order_id: int | None = None) -> list[dict]:
+        """Every refund of a PaymentIntent, across pages (newest first, as Stripe lists)."""
+        params: dict = {"payment_intent": payment_intent_id, "limit": 100}
+        found: list[dict] = []
+        while True:
+            page = self._call("refunds.list", order_id, self.client.v1.refunds.list, params=params)
+            found.extend(page["data"])
+            if not page.get("has_more") or not page["data"]:
+                return found
+            params = {**params, "starting_after": page["data"][-1]["id"]}
 
     # --- authorise now, capture later (the merchant API) --------------------------------------
 

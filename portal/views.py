@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from portal import checkout, i18n
+from portal import checkout, i18n, receipts
 from portal.branding.render import render_learner
 from portal.db import db
 from portal.models import Order, OrderState
@@ -72,6 +72,7 @@ def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
             promo_saving=promo_saving,
             cancelled=cancelled,
             total_minor=order.amount_minor + quote.amount_minor,
+            receipt_by=receipts.sender(settings, order),
         ),
         status,
     )
@@ -110,10 +111,14 @@ def review(reference):
 
 @bp.get("/orders/<reference>/cancelled")
 def cancelled(reference):
-    """Stripe's cancel_url: the learner chose "back" on the payment page."""
+    """Stripe's cancel_url: the learner chose "back" on the payment page. For a platform whose
+    customers go straight back to it (the merchant API's cancel_url), the order is cancelled and
+    the customer sent on at once; otherwise the review page is shown again."""
     order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
+    if services().platform(order.platform).back_leaves(order):
+        return _follow(checkout.cancel_order(services(), order.reference))
     return render_order_review(order, cancelled=True)
 
 

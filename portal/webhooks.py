@@ -17,10 +17,10 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from portal import checkout, jsonlimits, timeline
+from portal import checkout, disputes, jsonlimits, refunds, timeline
 from portal.db import db
 from portal.http import UpstreamError
-from portal.models import Order, OrderState, StripeEvent, utcnow
+from portal.models import Order, StripeEvent, utcnow
 
 log = logging.getLogger("portal.webhooks")
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -34,7 +34,10 @@ SESSION_EVENTS = {
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
 }
-HANDLED = SESSION_EVENTS | {"charge.refunded", "charge.dispute.created"}
+DISPUTE_EVENTS = {"charge.dispute.created", "charge.dispute.closed"}
+HANDLED = SESSION_EVENTS | DISPUTE_EVENTS | {"charge.refunded"}
+# Refunds that moved money (or are about to): a failed or cancelled one gave nothing back.
+COUNTED_REFUNDS = {"succeeded", "pending", "requires_action"}
 
 
 @dataclass(frozen=True)
@@ -144,53 +147,41 @@ def handle_event(services, event) -> tuple[str, int | None]:
         order = _order_by_payment_intent(obj.get("payment_intent"))
         if order is None:
             return "ignored: not our charge", None
-        refunded = int(obj.get("amount_refunded") or 0)
-        # What was taken: a manual capture can take less than was authorised (`amount`).
+        # The event tells that refunds happened, not which (Stripe no longer embeds a charge's
+        # refunds): ask Stripe for the payment's refunds and record each one not seen yet. A
+        # refund made here (console, API) is already recorded, so it is not reported again.
+        listed = services.stripe.list_refunds(order.stripe_payment_intent_id, order_id=order.id)
         captured = obj.get("amount_captured")
-        charged = int(captured if captured is not None else obj.get("amount") or 0)
-        full = refunded >= charged
-        new_state = OrderState.REFUNDED if full else OrderState.PARTIALLY_REFUNDED
-        with db.transaction() as session:
-            # Only forward: Stripe sends each refund's event with the charge's total so far, and
-            # an older event that arrives late must not lower what is recorded.
-            moved = checkout.transition(
-                session,
+        charged = captured if captured is not None else obj.get("amount")
+        new = []
+        for stripe_refund in sorted(listed, key=lambda r: (r.get("created") or 0, r["id"])):
+            if stripe_refund.get("status") not in COUNTED_REFUNDS:
+                continue
+            recorded = refunds.record(
                 order.id,
-                [
-                    OrderState.PAID,
-                    OrderState.FULFILLED,
-                    OrderState.FULFIL_FAILED,
-                    OrderState.PARTIALLY_REFUNDED,
-                ],
-                new_state,
-                where=Order.amount_refunded_minor < refunded,
-                amount_refunded_minor=refunded,
+                stripe_refund,
+                source="stripe",
+                charged=int(charged) if charged is not None else None,
             )
-            timeline.record(
-                order.id,
-                "webhook",
-                event.type,
-                {"event": event.id, "amount_refunded": refunded, "applied": moved},
-                session=session,
-            )
-        if not moved:
-            return "no change: the recorded refund total is already as high", order.id
-        return f"order {new_state}", order.id
-    if event.type == "charge.dispute.created":
+            if recorded.new:
+                new.append(recorded)
+        timeline.record(
+            order.id,
+            "webhook",
+            event.type,
+            {"event": event.id, "new_refunds": [r.refund_id for r in new]},
+        )
+        if not new:
+            return "no change: every refund is already recorded", order.id
+        return f"order {new[-1].state}", order.id
+    if event.type in DISPUTE_EVENTS:
         order = _order_by_payment_intent(obj.get("payment_intent"))
-        if order is None:
+        if order is None or not isinstance(obj.get("id"), str):
             return "ignored: not our charge", None
-        with db.transaction() as session:
-            session.get(Order, order.id).disputed = True
-            timeline.record(
-                order.id,
-                "alert",
-                "dispute opened",
-                {"event": event.id, "reason": obj.get("reason"), "amount": obj.get("amount")},
-                session=session,
-            )
-        log.error("ALERT order %s: dispute opened", order.reference, extra={"order_id": order.id})
-        return "dispute recorded", order.id
+        timeline.record(order.id, "webhook", event.type, {"event": event.id})
+        if event.type == "charge.dispute.created":
+            return disputes.opened(order, obj, event.id), order.id
+        return disputes.closed(order, obj, event.id), order.id
     return "ignored: event type not handled", None
 
 

@@ -26,6 +26,10 @@ cat <<MSG
                                       $PORTAL_PUBLIC_URL/sandbox/merchant
                                       $PORTAL_PUBLIC_URL/sandbox/mail
 
+  After a purchase, Stripe's dashboard: refund it (all or part) or have it disputed (then won
+  or lost); the platform, the console and the alerts follow:
+                                      $PORTAL_PUBLIC_URL/sandbox/stripe/dashboard
+
   Sandbox home (sessions, API calls): $PORTAL_PUBLIC_URL/sandbox/
   Health check:                       $PORTAL_PUBLIC_URL/healthz
 

@@ -338,33 +338,33 @@ def test_a_skilljar_outage_after_the_refund_is_retried_by_the_queue(console, moc
 
 
 def test_the_webhook_recording_the_refund_first_is_not_counted_twice(console, mocked, monkeypatch):
-    """charge.refunded can arrive (and set Stripe's running total) before our own update."""
+    """The console refund's own charge.refunded can be recorded (by its Stripe refund id)
+    before the console's own update: the refund counts once and is reported once."""
     order = make_order(state=OrderState.FULFILLED)
+    from portal import refunds
     from portal.stripe_gateway import StripeGateway
 
     original = StripeGateway.refund
 
     def refund_then_webhook(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
-        with db.transaction() as session:
-            from portal.checkout import transition
-
-            transition(
-                session,
-                order.id,
-                [OrderState.FULFILLED],
-                OrderState.PARTIALLY_REFUNDED,
-                amount_refunded_minor=1000,
-            )
+        recorded = refunds.record(order.id, result, source="stripe")
+        assert recorded.new
         return result
 
     monkeypatch.setattr(StripeGateway, "refund", refund_then_webhook)
     mocked.post(REFUNDS_URL, json=stripe_refund(1000))
-    mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "REFUNDED"})
+    mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "SUCCESS", "refund_cents": 1000})
     client = console("operator")
-    flashed(client, act(client, order, "refund", amount="10.00", reason="webhook race"))
+    text = flashed(client, act(client, order, "refund", amount="10.00", reason="webhook race"))
+    assert "Skilljar was told" in text
     after = reload(order)
     assert (after.state, after.amount_refunded_minor) == (OrderState.PARTIALLY_REFUNDED, 1000)
+    puts = requests_to(mocked, PURCHASE_URL, "PUT")
+    assert [json.loads(p.body) for p in puts] == [{"refund_cents": 1000}]
+    with db.reader() as session:
+        keys = session.scalars(select(Job.dedupe_key).where(Job.kind == "platform_refund")).all()
+    assert keys == ["platform_refund:re_test_1"]
 
 
 # --- cancel ------------------------------------------------------------------------------------
@@ -536,7 +536,8 @@ def test_refunds_through_the_sandbox_reach_stripe_and_skilljar(sandbox_server, f
     assert "Skilljar was told" in text
 
     purchase = server.store.get("skilljar.purchase", purchase_id)
-    assert (purchase["state"], purchase["refund_cents"]) == ("REFUNDED", 1000)
+    # A partial refund: Skilljar hears refund_cents only, the purchase stays SUCCESS.
+    assert (purchase["state"], purchase["refund_cents"]) == ("SUCCESS", 1000)
     intent = server.store.get("payment_intent", order.stripe_payment_intent_id)
     charge = server.store.get("charge", intent["latest_charge"])
     assert (charge["amount_refunded"], charge["refunded"]) == (1000, False)
@@ -584,6 +585,12 @@ def test_a_refund_on_a_platform_without_a_refund_api_says_so(console, mocked):
     mocked.post(REFUNDS_URL, json=stripe_refund(7840))
     client = console("operator")
     text = flashed(client, act(client, order, "refund", amount="78.40", reason="no API there"))
-    assert "Refunded $78.40 (Stripe refund re_test_1). OpenLearning has no refund" in text
+    assert (
+        "Refunded $78.40 (Stripe refund re_test_1). OpenLearning cannot take refunds: an "
+        "operator must remove the learner&#39;s access by hand"
+    ) in text
     assert reload(order).state == OrderState.REFUNDED
     assert [c.request.url for c in mocked.calls] == [REFUNDS_URL]
+    (alert,) = events(order, "alert")
+    assert alert.detail["alert"] == "refund_not_taken"
+    assert "refund of $78.40 on OpenLearning" in alert.message

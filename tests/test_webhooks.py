@@ -411,9 +411,33 @@ def charge(amount_refunded: int) -> dict:
     }
 
 
+REFUNDS_URL = f"{STRIPE_BASE}/v1/refunds"
+
+
+def stripe_refund(refund_id: str, amount: int, created: int = 1_700_000_000, **fields) -> dict:
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "charge": "ch_test_1",
+        "currency": "usd",
+        "payment_intent": "pi_test_1",
+        "metadata": {},
+        "status": "succeeded",
+        "created": created,
+        **fields,
+    }
+
+
+def refunds_listed(mocked, *refunds: dict) -> None:
+    """What Stripe answers to `GET /v1/refunds?payment_intent=pi_test_1` (newest first)."""
+    body = {"object": "list", "data": list(reversed(refunds)), "has_more": False}
+    mocked.upsert("GET", REFUNDS_URL, json=body)
+
+
 @pytest.mark.parametrize(
     ("refunded", "state"),
-    [(7840, OrderState.REFUNDED), (2000, OrderState.PARTIALLY_REFUNDED)],
+    [(7840, OrderState.REFUNDED), (2000, OrderState.PAID)],
 )
 def test_charge_refunded_is_recorded_full_or_partial(
     app, client, mocked, checkout_session, refunded, state
@@ -421,9 +445,12 @@ def test_charge_refunded_is_recorded_full_or_partial(
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
     deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    refunds_listed(mocked, stripe_refund("re_1", refunded))
     response = deliver(client, build_event("charge.refunded", charge(refunded)))
     assert response.status_code == 200
     row = order_row(order)
+    # Refunded in full before the platform was told: the order is refunded. In part: the learner
+    # paid and keeps the course, so the order still goes on to be fulfilled.
     assert row.state == state
     assert row.amount_refunded_minor == refunded
     with db.reader() as session:
@@ -431,37 +458,74 @@ def test_charge_refunded_is_recorded_full_or_partial(
             select(OrderEvent.message).where(OrderEvent.order_id == order.id)
         ).all()
     assert "charge.refunded" in messages
-    # Refunded before the platform was told: the queued fulfilment does not enrol the learner.
-    run_worker(app, mocked)
-    assert skilljar_calls(mocked) == []
-    page = client.get(f"/orders/{order.reference}/status")
-    assert "refunded" in page.text
+    if state == OrderState.REFUNDED:
+        # The queued fulfilment does not enrol the learner; Skilljar hears of the refund.
+        mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "REFUNDED"})
+        run_worker(app, mocked)
+        calls = skilljar_calls(mocked)
+        assert [c.request.method for c in calls] == ["PUT"]
+        assert json.loads(calls[0].request.body) == {
+            "refund_cents": 7840,
+            "refunded_at": "2023-11-14T22:13:20Z",
+            "state": "REFUNDED",
+        }
+        page = client.get(f"/orders/{order.reference}/status")
+        assert "refunded" in page.text
+    else:
+        # Fulfilled as usual, then Skilljar hears of the partial refund (refund_cents only).
+        mocked.get(PURCHASE_URL, json={"id": "p1abc", "state": "CREATED"})
+        mocked.post(
+            FULFIL_URL,
+            json={"redirect_url": THANKS, "purchase": {"id": "p1abc", "state": "SUCCESS"}},
+        )
+        mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "SUCCESS", "refund_cents": 2000})
+        run_worker(app, mocked)
+        run_worker(app, mocked)
+        row = order_row(order)
+        assert (row.state, row.amount_refunded_minor) == (OrderState.PARTIALLY_REFUNDED, 2000)
+        calls = [c for c in skilljar_calls(mocked) if c.request.method != "GET"]
+        assert [c.request.method for c in calls] == ["POST", "PUT"]
+        assert json.loads(calls[1].request.body) == {"refund_cents": 2000}
 
 
 def test_a_second_partial_refund_updates_the_amount(client, mocked, checkout_session):
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
     deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    first = stripe_refund("re_1", 1000, 1_700_000_000)
+    refunds_listed(mocked, first)
     deliver(client, build_event("charge.refunded", charge(1000)))
+    refunds_listed(mocked, first, stripe_refund("re_2", 6840, 1_700_000_100))
     deliver(client, build_event("charge.refunded", charge(7840)))
     row = order_row(order)
     assert row.state == OrderState.REFUNDED
     assert row.amount_refunded_minor == 7840
 
 
-def test_an_older_refund_event_arriving_late_does_not_lower_the_total(
-    client, mocked, checkout_session
-):
+def test_an_older_refund_event_arriving_late_changes_nothing(client, mocked, checkout_session):
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
     deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    refunds_listed(mocked, stripe_refund("re_1", 1000), stripe_refund("re_2", 2000, 1_700_000_100))
     deliver(client, build_event("charge.refunded", charge(3000)))
     late = deliver(client, build_event("charge.refunded", charge(1000)))
     assert late.status_code == 200
     assert "no change" in late.get_json()["outcome"]
     row = order_row(order)
-    assert row.state == OrderState.PARTIALLY_REFUNDED
     assert row.amount_refunded_minor == 3000
+    with db.reader() as session:
+        jobs = session.scalars(select(Job.dedupe_key).where(Job.kind == "platform_refund")).all()
+    assert sorted(jobs) == ["platform_refund:re_1", "platform_refund:re_2"]
+
+
+def test_failed_refunds_are_not_counted(client, mocked, checkout_session):
+    order = paying_order()
+    mocked.get(SESSION_URL, json=paid(checkout_session, order))
+    deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    refunds_listed(mocked, stripe_refund("re_1", 7840, status="failed"))
+    response = deliver(client, build_event("charge.refunded", charge(7840)))
+    assert "no change" in response.get_json()["outcome"]
+    assert order_row(order).amount_refunded_minor == 0
 
 
 def test_refunding_all_that_was_captured_is_a_full_refund(client, mocked, checkout_session):
@@ -469,6 +533,7 @@ def test_refunding_all_that_was_captured_is_a_full_refund(client, mocked, checko
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
     deliver(client, build_event("checkout.session.completed", paid(checkout_session, order)))
+    refunds_listed(mocked, stripe_refund("re_1", 5000))
     deliver(client, build_event("charge.refunded", {**charge(5000), "amount_captured": 5000}))
     row = order_row(order)
     assert row.state == OrderState.REFUNDED
@@ -499,8 +564,9 @@ def test_dispute_is_recorded_and_alerts_operators(client, mocked, checkout_sessi
         alert = session.scalar(
             select(OrderEvent).where(OrderEvent.order_id == order.id, OrderEvent.kind == "alert")
         )
-    assert alert.message == "dispute opened"
+    assert alert.message.startswith("dispute opened for $78.40 (fraudulent)")
     assert alert.detail["reason"] == "fraudulent"
+    assert alert.detail["alert"] == "dispute_opened"
     assert any(r.levelno == logging.ERROR and order.reference in r.message for r in caplog.records)
 
 

@@ -4,27 +4,25 @@ the order's state, changes it with a compare-and-set, writes an "operator" event
 timeline and an audit entry, and never calls out while a database transaction is open. Nothing
 here reads `request`: the views pass an `Actor`.
 
-The job kind `platform_refund` tells the platform about a refund through the job queue, so a
-platform outage is retried rather than lost.
+Refunds go through the one refund service (`portal.refunds`), shared with the merchant API and
+Stripe's `charge.refunded`; its `platform_refund` job tells the platform, retried from the queue.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal import checkout, jobs, timeline
+from portal import checkout, jobs, refunds, timeline
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.admin.auth import hash_password, normalise_email, password_problem
 from portal.api import webhooks_out
 from portal.checkout import CheckoutError, transition
 from portal.db import db
-from portal.fulfilment import give_up_quietly
 from portal.http import UpstreamError, redact_url
 from portal.models import JobState, Order, OrderState, Role, User, WebhookEndpoint, utcnow
 from portal.money import format_money
@@ -33,15 +31,7 @@ from portal.platforms import Platform
 log = logging.getLogger("portal.admin")
 
 RETRYABLE = (OrderState.PAID, OrderState.FULFIL_FAILED)
-REFUNDABLE = (
-    OrderState.PAID,
-    OrderState.FULFILLED,
-    OrderState.FULFIL_FAILED,
-    OrderState.PARTIALLY_REFUNDED,
-)
-# A partial refund leaves the learner enrolled: only for an order the platform has confirmed.
-# (A paid order still waiting for the platform would never be fulfilled once it left `paid`.)
-PARTIALLY_REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
+REFUNDABLE = refunds.REFUNDABLE  # one refund service: its rules, whoever asks
 CANCELLABLE = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
 
 
@@ -95,7 +85,7 @@ def offers(order: Order) -> dict[str, bool]:
     refundable = (
         order.state in REFUNDABLE
         and bool(order.stripe_payment_intent_id)
-        and (order.amount_paid_minor or 0) > (order.amount_refunded_minor or 0)
+        and refunds.remaining_minor(order) > 0
     )
     return {
         "retry": order.state in RETRYABLE,
@@ -167,7 +157,7 @@ def refund(
     *,
     expected_refunded: int | None = None,
 ) -> ActionResult:
-    """Refund through Stripe, record it on the order, and queue telling the platform.
+    """Refund through the refund service (Stripe, the order, the platform job), as an operator.
 
     `expected_refunded` is what the operator saw refunded already: if it has changed, the refund
     is refused (someone else refunded, or this is a repeated submit). Two submits that race each
@@ -175,9 +165,7 @@ def refund(
     """
     action = "orders.refund"
     order = _order(reference)
-    paid = order.amount_paid_minor or 0
     already = order.amount_refunded_minor or 0
-    remaining = paid - already
     detail = {"amount_minor": amount_minor, "reason": reason}
     if expected_refunded is not None and expected_refunded != already:
         _refuse(
@@ -188,47 +176,48 @@ def refund(
             "refunded now. Check the order and refund again if you still need to.",
             **detail,
         )
-    if order.state not in REFUNDABLE or not order.stripe_payment_intent_id:
-        _refuse(
+    try:
+        refunds.check(order, amount_minor)
+    except refunds.RefundRefused as exc:
+        _refuse(actor, action, order, exc.message, **detail)
+
+    def note(session, recorded: refunds.Recorded) -> None:
+        refund_detail = {
+            **detail,
+            "refund": recorded.refund_id,
+            "refunded_total": recorded.total_minor,
+        }
+        _note(
+            session,
+            order,
+            actor,
+            "refund",
+            f"refunded {_money(order, amount_minor)} through Stripe: {reason}",
+            **refund_detail,
+        )
+        audit.record(
             actor,
             action,
-            order,
-            f"This order cannot be refunded: it is {order.state}"
-            + ("" if order.stripe_payment_intent_id else " and has no Stripe payment")
-            + ".",
-            **detail,
+            target=order.reference,
+            order_id=order.id,
+            detail=refund_detail,
+            session=session,
         )
-    if remaining <= 0:
-        _refuse(actor, action, order, "Nothing is left to refund on this order.", **detail)
-    if not 0 < amount_minor <= remaining:
-        _refuse(
-            actor,
-            action,
-            order,
-            f"The amount must be more than zero and at most {_money(order, remaining)}, what is "
-            "left of the payment.",
-            **detail,
-        )
-    if amount_minor < remaining and order.state not in PARTIALLY_REFUNDABLE:
-        _refuse(
-            actor,
-            action,
-            order,
-            "A partial refund needs a fulfilled order: this one is "
-            f"{order.state}. Refund it in full, or fulfil it first.",
-            **detail,
-        )
+
     # Same order, same refunded-so-far, same amount: the same refund (a double click, two
     # operators doing the same thing). Stripe answers the second request with the first refund.
-    idempotency_key = f"{order.reference}-refund-{already}-{amount_minor}"
     try:
-        stripe_refund = services.stripe.refund(
-            order.stripe_payment_intent_id,
+        stripe_refund, recorded = refunds.refund(
+            services,
+            order,
             amount_minor,
-            idempotency_key,
-            order_id=order.id,
-            metadata={"order_reference": order.reference},
+            idempotency_key=f"{order.reference}-refund-{already}-{amount_minor}",
+            source="console",
+            reason=reason,
+            also=note,
         )
+    except refunds.RefundRefused as exc:
+        _refuse(actor, action, order, exc.message, **detail)
     except UpstreamError as exc:
         audit.record(
             actor,
@@ -245,48 +234,7 @@ def refund(
             {"action": "refund", "actor": actor.email, "error": str(exc), **detail},
         )
         raise ActionRefused(f"Stripe did not refund: {exc}") from exc
-
-    refunded_at = utcnow()
-    with db.transaction() as session:
-        current = session.scalar(
-            select(Order.amount_refunded_minor).where(Order.id == order.id).with_for_update()
-        )
-        # The charge.refunded webhook may have recorded this refund already (it sets Stripe's
-        # running total); another operator's refund may have landed in between (add ours to it).
-        total = already + amount_minor
-        refunded = current if current >= total else current + amount_minor
-        refunded = min(refunded, paid)
-        new_state = OrderState.REFUNDED if refunded >= paid else OrderState.PARTIALLY_REFUNDED
-        transition(session, order.id, REFUNDABLE, new_state, amount_refunded_minor=refunded)
-        refund_detail = {**detail, "refund": stripe_refund.get("id"), "refunded_total": refunded}
-        _note(
-            session,
-            order,
-            actor,
-            "refund",
-            f"refunded {_money(order, amount_minor)} through Stripe: {reason}",
-            **refund_detail,
-        )
-        jobs.enqueue(
-            session,
-            "platform_refund",
-            f"platform_refund:{order.id}:{refunded}",
-            order_id=order.id,
-            payload={
-                "amount_minor": amount_minor,
-                "refund": stripe_refund.get("id"),
-                "refunded_at": refunded_at.isoformat(),
-            },
-        )
-        audit.record(
-            actor,
-            action,
-            target=order.reference,
-            order_id=order.id,
-            detail=refund_detail,
-            session=session,
-        )
-    key = f"platform_refund:{order.id}:{refunded}"
+    key = f"platform_refund:{recorded.refund_id}"
     jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
     job = jobs.job_state(key)
     platform = services.platform(order.platform)
@@ -295,27 +243,19 @@ def refund(
     if type(platform).refund is Platform.refund:
         return ActionResult(f"{message} {label} has no refund to be told about.")
     if job is not None and job.state == JobState.DONE:
+        after = checkout.reload(order)
+        if refunds.alert_raised(after.id, recorded.refund_id):
+            return ActionResult(
+                f"{message} {label} cannot take refunds: an operator must remove the "
+                "learner's access by hand (see the alert on this order).",
+                ok=False,
+            )
         return ActionResult(f"{message} {label} was told.")
     error = job.last_error if job is not None and job.last_error else "no answer yet"
     return ActionResult(
         f"{message} {label} has not confirmed yet ({error}); the job queue keeps trying.",
         ok=False,
     )
-
-
-def run_platform_refund(services, job) -> None:
-    with db.reader() as session:
-        order = session.get(Order, job.order_id)
-    if order is None or order.state not in (OrderState.REFUNDED, OrderState.PARTIALLY_REFUNDED):
-        return
-    refunded_at = datetime.fromisoformat(job.payload["refunded_at"])
-    outcome = services.platform(order.platform).refund(
-        order, int(job.payload["amount_minor"]), refunded_at=refunded_at
-    )
-    timeline.record(order.id, "job", outcome.note or "platform told: refunded", outcome.detail)
-
-
-jobs.register("platform_refund", run_platform_refund, give_up=give_up_quietly)
 
 
 # --- cancel ------------------------------------------------------------------------------------

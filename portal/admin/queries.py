@@ -32,6 +32,7 @@ from portal.money import to_decimal
 PER_PAGE = 50
 ATTENTION_AFTER = timedelta(minutes=5)  # paid but not fulfilled for longer than this
 ATTENTION_LIMIT = 20
+MONEY_ALERTS_FOR = timedelta(days=14)  # the attention list shows money alerts this recent
 
 
 @dataclass
@@ -313,6 +314,9 @@ class Dashboard:
     disputed_count: int
     calls: list[CallStats] = field(default_factory=list)
     backlog: list[Backlog] = field(default_factory=list)
+    # (alert event, order): disputes opened or lost, amount mismatches, refunds not taken.
+    money_alerts: list[tuple[OrderEvent, Order]] = field(default_factory=list)
+    money_alerts_count: int = 0
 
 
 def _window(session, label: str, since: datetime) -> Window:
@@ -372,10 +376,24 @@ def attention(session, now: datetime) -> dict:
         count = session.scalar(select(func.count(Order.id)).where(*conditions)) or 0
         return list(items), count
 
+    money = (
+        OrderEvent.kind == "alert",
+        OrderEvent.created_at >= now - MONEY_ALERTS_FOR,
+        OrderEvent.detail["alert"].as_string().is_not(None),
+    )
+    alerts = session.execute(
+        select(OrderEvent, Order)
+        .join(Order, Order.id == OrderEvent.order_id)
+        .where(*money)
+        .order_by(OrderEvent.id.desc())
+        .limit(ATTENTION_LIMIT)
+    ).all()
+    alerts_count = session.scalar(select(func.count(OrderEvent.id)).where(*money)) or 0
     return {
         "unfulfilled": listing(stalled, Order.paid_at),
         "fulfil_failed": listing(failed, Order.updated_at.desc()),
         "disputed": listing(disputed, Order.updated_at.desc()),
+        "money_alerts": ([tuple(row) for row in alerts], alerts_count),
     }
 
 
@@ -447,6 +465,8 @@ def dashboard(now: datetime | None = None) -> Dashboard:
         disputed_count=needs["disputed"][1],
         calls=call_stats(week),
         backlog=job_backlog(now),
+        money_alerts=needs["money_alerts"][0],
+        money_alerts_count=needs["money_alerts"][1],
     )
 
 

@@ -367,6 +367,7 @@ def _action_page(action: str, order: Order, form, status: int = 200):
         order=order,
         form=form,
         remaining=remaining,
+        refund_effects=services().platform(order.platform).refund_effects,
     ), status
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from portal import checkout, jobs, mail, timeline
+from portal import checkout, jobs, mail, receipts, refunds, timeline
 from portal.api import webhooks_out
 from portal.api.errors import ApiError, not_found
 from portal.db import db
@@ -31,7 +31,6 @@ PLATFORM = "merchant"
 MAX_TOTAL = 99_999_999  # Stripe's largest amount for most currencies (eight digits)
 UNPAID = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
 HELD = (OrderState.PAID, OrderState.FULFILLED)  # authorised (manual capture) or paid
-REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
 
 
 # --- how the API shows an order ----------------------------------------------------------------
@@ -110,6 +109,43 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
         "replaced_by": data.get("replaced_by"),
         "replaces": data.get("replaces"),
     }
+
+
+def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> dict:
+    """The order with its payments and refunds (`GET /orders/{id}`): what the Smartpay seed's
+    "list an order's payments" gives, and every refund whoever made it."""
+    body = serialize_order(order, livemode=livemode, settings=settings)
+    currency = order.currency.lower()
+    payments = []
+    if order.stripe_payment_intent_id and order.paid_at is not None:
+        authorised_only = body["status"] == "authorized" or (
+            order.capture_method == "manual" and order.amount_captured_minor is None
+        )
+        payments.append(
+            {
+                "id": order.stripe_payment_intent_id,
+                "amount": (
+                    order.amount_authorized_minor or 0
+                    if authorised_only
+                    else captured_amount(order) or 0
+                ),
+                "currency": currency,
+                "status": "authorized" if authorised_only else "succeeded",
+                "created": _iso(order.paid_at),
+            }
+        )
+    body["payments"] = payments
+    body["refunds"] = [
+        {
+            "id": refund.stripe_id,
+            "amount": refund.amount_minor,
+            "currency": refund.currency.lower(),
+            "status": refund.status,
+            "created": _iso(refund.created_at),
+        }
+        for refund in refunds.for_order(order.id)
+    ]
+    return body
 
 
 def serialize_session(services, key: ApiKey, order: Order) -> dict:
@@ -369,7 +405,8 @@ def capture(services, key: ApiKey, reference: str, amount: int | None, request_k
                 session=session,
             )
             webhooks_out.emit(session, services.settings, order, "order.captured")
-            mail.queue(session, "receipt", order, to=order.customer_email)
+            if receipts.portal_sends(services.settings, order):
+                mail.queue(session, "receipt", order, to=order.customer_email)
     return checkout.reload(order)
 
 
@@ -433,71 +470,41 @@ def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
 
 
 def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
+    """A refund through the one refund service (`portal.refunds`), as the console makes them:
+    the same rules, the same record, the same `platform_refund` job (which emits
+    `order.refunded` to the merchant's endpoints)."""
     order = _settle_fulfilment(services, load_for_key(key, body["order"], param="order"))
-    captured = captured_amount(order)
-    if order.state not in REFUNDABLE or not captured or not order.stripe_payment_intent_id:
-        raise ApiError(
-            409,
-            "order_not_refundable",
-            f"Only a captured order can be refunded; this one is {status_of(order)}.",
-            "order",
-        )
     already = order.amount_refunded_minor or 0
-    remaining = captured - already
-    amount = body.get("amount", remaining)
-    if remaining <= 0 or amount > remaining:
-        raise ApiError(
-            400,
-            "amount_too_large",
-            f"Refunds add up to at most what was captured: {remaining} is left to refund.",
-            "amount",
-        )
+    amount = body.get("amount", refunds.remaining_minor(order))
     reason = body.get("reason")
     # With the client's idempotency key a retry is the same refund; without one, the same amount
     # on the same refunded-so-far is (as for a double click in the console).
     suffix = f"key-{request_key}" if request_key else f"{already}-{amount}"
     try:
-        stripe_refund = services.stripe.refund(
-            order.stripe_payment_intent_id,
+        stripe_refund, recorded = refunds.refund(
+            services,
+            order,
             amount,
-            f"{order.reference}-refund-{suffix}"[:255],
-            order_id=order.id,
-            metadata={"order_reference": order.reference, "reason": (reason or "")[:500]},
+            idempotency_key=f"{order.reference}-refund-{suffix}",
+            source="api",
+            reason=reason,
+            metadata={"reason": (reason or "")[:500]},
         )
+    except refunds.RefundRefused as exc:
+        if exc.code in {"amount_too_large", "nothing_left", "amount_invalid"}:
+            raise ApiError(400, "amount_too_large", exc.message, "amount") from exc
+        if exc.code == "partial_refund_not_allowed":
+            raise ApiError(409, "order_not_refundable", exc.message, "amount") from exc
+        raise ApiError(
+            409,
+            "order_not_refundable",
+            f"Only a captured order can be refunded; this one is {status_of(order)}.",
+            "order",
+        ) from exc
     except UpstreamError as exc:
         raise _upstream(exc, "The refund failed") from exc
-    with db.transaction() as session:
-        current = session.scalar(
-            select(Order.amount_refunded_minor).where(Order.id == order.id).with_for_update()
-        )
-        # Stripe's charge.refunded webhook may have recorded this refund already.
-        refunded = current if current >= already + amount else current + amount
-        refunded = min(refunded, captured)
-        new_state = OrderState.REFUNDED if refunded >= captured else OrderState.PARTIALLY_REFUNDED
-        checkout.transition(
-            session, order.id, REFUNDABLE, new_state, amount_refunded_minor=refunded
-        )
-        timeline.record(
-            order.id,
-            "payment",
-            f"refunded {amount} through the merchant API",
-            {"refund": stripe_refund.get("id"), "refunded_total": refunded, "reason": reason},
-            session=session,
-        )
-        refund_object = {
-            "id": stripe_refund.get("id"),
-            "amount": amount,
-            "reason": reason,
-            "status": stripe_refund.get("status") or "succeeded",
-        }
-        webhooks_out.emit(
-            session,
-            services.settings,
-            order,
-            "order.refunded",
-            discriminator=str(stripe_refund.get("id")),
-            extra={"refund": refund_object},
-        )
+    if recorded.job_key:
+        jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
     order = checkout.reload(order)
     return {
         "id": stripe_refund.get("id"),
@@ -506,7 +513,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
         "amount": amount,
         "currency": order.currency.lower(),
         "reason": reason,
-        "status": refund_object["status"],
+        "status": stripe_refund.get("status") or "succeeded",
         "created": _iso(utcnow()),
     }
 
@@ -554,8 +561,9 @@ def update_items(services, key: ApiKey, reference: str, items: list[dict]) -> di
         return _updated(
             services, key, changed, f"Capture will take {cart.total_minor} of the authorised hold."
         )
-    percent = services.settings["AUTH_INCREASE_LIMIT_PERCENT"]
-    if percent and cart.total_minor - authorized <= authorized * percent // 100:
+    from portal.platforms.merchant import increase_limit
+
+    if cart.total_minor - authorized <= increase_limit(services.settings, order, authorized):
         try:
             services.stripe.increment_authorization(
                 order.stripe_payment_intent_id,

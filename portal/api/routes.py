@@ -174,7 +174,7 @@ def create_checkout_session(key, body, request_key):
 @endpoint()
 def get_order(key, body, request_key, order_id):
     order = orders.load_for_key(key, _order_id(order_id))
-    return orders.serialize_order(order, livemode=key.live, settings=services().settings)
+    return orders.serialize_order_detail(order, livemode=key.live, settings=services().settings)
 
 
 @bp.patch("/orders/<order_id>")

@@ -33,6 +33,9 @@ EVENT_TYPES = (
     "order.cancelled",
     "order.expired",
     "order.refunded",
+    "order.payment_failed",
+    "order.disputed",
+    "order.dispute_closed",
     "order.updated",
     "link.sent",
 )

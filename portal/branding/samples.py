@@ -266,7 +266,7 @@ MERCHANT_ITEMS = [
 ]
 
 
-def _email(key, label, template, order, *, reference, manual) -> Sample:
+def _email(key, label, template, order, *, reference, manual, notice=None) -> Sample:
     listed = order["platform_data"].get("items") or []
     items = [
         {
@@ -296,6 +296,13 @@ def _email(key, label, template, order, *, reference, manual) -> Sample:
             "link_days": 7,
             "manual": manual,
             "charged_minor": (order["amount_captured_minor"] or 0) if manual else paid,
+            "notice": {
+                "amount_minor": 0,
+                "refunded_minor": 0,
+                "full": False,
+                "expired": False,
+                **(notice or {}),
+            },
         },
     )
 
@@ -365,6 +372,40 @@ def _email_samples() -> list[Sample]:
                 receipt,
                 reference="SO-1001",
                 manual=False,
+            ),
+            _email(
+                f"email-refund-partial-{kind}",
+                f"Email, refund issued ({shown}): part of a course purchase",
+                f"email/refund_issued.{kind}",
+                _paid(state="partially_refunded", amount_refunded_minor=3920),
+                reference=None,
+                manual=False,
+                notice={"amount_minor": 3920, "refunded_minor": 3920},
+            ),
+            _email(
+                f"email-refund-full-{kind}",
+                f"Email, refund issued ({shown}): refunded in full",
+                f"email/refund_issued.{kind}",
+                _paid(state="refunded", amount_refunded_minor=7840),
+                reference=None,
+                manual=False,
+                notice={"amount_minor": 7840, "refunded_minor": 7840, "full": True},
+            ),
+            _email(
+                f"email-payment-failed-{kind}",
+                f"Email, delayed payment failed ({shown})",
+                f"email/payment_failed.{kind}",
+                sample_order(state="payment_failed"),
+                reference=None,
+                manual=False,
+            ),
+            _email(
+                f"email-pay-link-cancelled-{kind}",
+                f"Email, pay link cancelled ({shown})",
+                f"email/pay_link_cancelled.{kind}",
+                link,
+                reference="SO-1001",
+                manual=True,
             ),
         ]
     return samples

@@ -19,6 +19,8 @@ class Outcome:
     redirect_url: str | None
     note: str = ""
     detail: dict = field(default_factory=dict)
+    # Set when the platform cannot take this news itself and an operator must act (an alert).
+    alert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class CheckoutOptions:
 class Platform(ABC):
     name: str = ""
     label: str = ""
+    # What a full and a partial refund do on the platform, for the console's refund form.
+    refund_effects: dict[str, str] = {}  # noqa: RUF012 - read only, replaced per class
 
     @abstractmethod
     def fulfil(self, order, *, retry: bool = False) -> Outcome:
@@ -51,6 +55,11 @@ class Platform(ABC):
     def cancel(self, order) -> Outcome:
         """Tell the platform the learner gave up; returns where to send them."""
 
+    def back_leaves(self, order) -> bool:
+        """Whether Stripe's "Back" cancels the order and returns the customer to the platform at
+        once (the platform decides what to offer), instead of showing the review page again."""
+        return False
+
     def checkout_options(self, order) -> CheckoutOptions:
         """How to make this order's Checkout Session; may raise portal.checkout.CheckoutError."""
         return CheckoutOptions()
@@ -59,9 +68,24 @@ class Platform(ABC):
         """A delayed payment failed after checkout; by default there is nothing to tell."""
         return Outcome(redirect_url=None, note="nothing to report")
 
-    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
+    def refund(
+        self,
+        order,
+        amount_minor: int,
+        *,
+        refunded_at: datetime | None = None,
+        refund: dict | None = None,
+    ) -> Outcome:
         """Money went back to the learner (`amount_minor` now; `order.amount_refunded_minor` in
-        all). By default there is nothing to tell."""
+        all; the order's state says whether it is all refunded now). `refund`: the refund's `id`,
+        `reason` and `source` (console, api, stripe, platform, dispute). By default there is
+        nothing to tell."""
+        return Outcome(redirect_url=None, note="nothing to report")
+
+    def dispute(self, order, dispute: dict) -> Outcome:
+        """A dispute on the order's payment opened (`dispute["outcome"]` is None) or closed
+        (`"won"` or `"lost"`; a lost dispute also reaches `refund` as a full refund). `dispute`
+        has `id, amount_minor, currency, reason, status, outcome`. By default nothing to tell."""
         return Outcome(redirect_url=None, note="nothing to report")
 
 

@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs, jsonlimits, outbound
+from portal import jobs, jsonlimits, outbound, receipts
 from portal.branding.render import render_learner
 from portal.checkout import (
     CheckoutError,
@@ -661,8 +661,21 @@ class CleengPlatform(Platform):
             note="nothing to tell Cleeng: an unpaid order expires by itself",
         )
 
-    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
-        """An operator refunded (part of) an initial payment in the console: tell Cleeng."""
+    refund_effects = {  # noqa: RUF012 - read only
+        "full": "Cleeng: the payment is reported refunded (refundType refund, the amount).",
+        "partial": "Cleeng: the payment is reported refunded for this amount.",
+    }
+
+    def refund(
+        self,
+        order,
+        amount_minor: int,
+        *,
+        refunded_at: datetime | None = None,
+        refund: dict | None = None,
+    ) -> Outcome:
+        """A refund of (part of) an initial payment, whoever made it (the console, Stripe's
+        dashboard, a lost dispute): tell Cleeng, as a `refunded` payment update."""
         payment = _payment_for_order(order.id)
         if payment is None or payment.cleeng_payment_id is None:
             raise UpstreamError("no Cleeng payment is recorded for this order", transient=False)
@@ -893,7 +906,11 @@ class CleengPlatform(Platform):
                 amount,
                 f"cleeng-refund-{key.removeprefix('cleeng:')[:40]}",
                 order_id=payment.order_id,
-                metadata={"cleeng_payment_id": payment.cleeng_payment_id or ""},
+                # Cleeng asked: its charge.refunded must not report the refund back to it.
+                metadata={
+                    "cleeng_payment_id": payment.cleeng_payment_id or "",
+                    "portal_platform_told": "1",
+                },
             )
         self._report_refund(payment, amount, reason, order_id=payment.order_id)
         return f"payment {payment.cleeng_payment_id} refunded"
@@ -1040,6 +1057,7 @@ def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
             locale=order.locale or learner_locale(),
             data=review_data(order.platform_data or {}),
             cancelled=cancelled,
+            receipt_by=receipts.sender(current_app.config["PORTAL"], order),
         ),
         status,
     )

@@ -53,7 +53,7 @@ from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
 from portal.models import Order, OrderState, UsedToken, utcnow
-from portal.money import MAX_TIMESTAMP, MoneyError, normalise_currency, to_minor
+from portal.money import MAX_TIMESTAMP, MoneyError, format_money, normalise_currency, to_minor
 from portal.platforms import Outcome, Platform
 from portal.urls import UnsafeUrl, check_url
 
@@ -626,6 +626,42 @@ class OpenLearningPlatform(Platform):
     def cancel(self, order) -> Outcome:
         return Outcome(
             redirect_url=order.redirect_url, note="nothing to tell OpenLearning: no enrolment made"
+        )
+
+    refund_effects = {  # noqa: RUF012 - read only
+        "full": "OpenLearning has no refund API: you will be alerted to remove the learner "
+        "from the class or program by hand.",
+        "partial": "OpenLearning has no refund API: an alert records it; access normally stays.",
+    }
+
+    def refund(
+        self,
+        order,
+        amount_minor: int,
+        *,
+        refunded_at: datetime | None = None,
+        refund: dict | None = None,
+    ) -> Outcome:
+        """OpenLearning has no refund or unenrol API: the operator is alerted with what they need
+        to remove the learner's access by hand (the user, the class or program, the amount)."""
+        data = order.platform_data or {}
+        user = data.get("user") or "unknown"
+        if data.get("program"):
+            target = f"program {data['program']}"
+        else:
+            target = f"class {data.get('class') or 'unknown'}"
+        amount = format_money(amount_minor, order.currency, "en")
+        full = order.state == OrderState.REFUNDED
+        action = "remove their access by hand" if full else "partial refund: access normally stays"
+        return Outcome(
+            redirect_url=None,
+            note=f"OpenLearning has no refund API: operator alerted ({amount})",
+            detail={"user": user, "target": target, "amount_minor": amount_minor},
+            alert=(
+                f"refund of {amount} on OpenLearning: learner {user} in {target} "
+                f"({'refunded in full' if full else 'refunded in part'}): {action}; OpenLearning "
+                "has no refund API"
+            ),
         )
 
 

@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, request
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
+from portal.models import OrderState
 from portal.money import MAX_MINOR, MoneyError, format_money, normalise_currency
 from portal.platforms import Outcome, Platform
 
@@ -190,21 +191,57 @@ class SkilljarPlatform(Platform):
         body = {"state": "FAILED", "error_msg": (reason or "The payment failed.")[:500]}
         return self._fulfill(order, body, "payment failed")
 
-    def refund(self, order, amount_minor: int, *, refunded_at: datetime | None = None) -> Outcome:
-        """Skilljar has no partial refund state: the purchase becomes REFUNDED with the refunded
-        total so far in `refund_cents`. Sending the running total makes a repeat harmless."""
-        refunded_at = (refunded_at or datetime.now(UTC)).astimezone(UTC)
-        fields = {
-            "refund_cents": order.amount_refunded_minor,
-            "refunded_at": refunded_at.isoformat().replace("+00:00", "Z"),
-            "state": "REFUNDED",
-        }
+    refund_effects = {  # noqa: RUF012 - read only
+        "full": "Skilljar: the purchase becomes REFUNDED (with refunded_at and refund_cents); "
+        "the learner loses access.",
+        "partial": "Skilljar: only refund_cents changes; the purchase stays SUCCESS and the "
+        "learner keeps the course.",
+    }
+
+    def refund(
+        self,
+        order,
+        amount_minor: int,
+        *,
+        refunded_at: datetime | None = None,
+        refund: dict | None = None,
+    ) -> Outcome:
+        """Refunded in full (the order is `refunded`): the purchase becomes `REFUNDED` with
+        `refunded_at` and `refund_cents`. Refunded in part: only `refund_cents` changes and the
+        purchase stays `SUCCESS` (the learner keeps the course). `refund_cents` is always the
+        running total, so a repeat, or two refunds reported out of order, end the same."""
+        full = order.state == OrderState.REFUNDED
+        fields: dict = {"refund_cents": order.amount_refunded_minor}
+        if full:
+            refunded_at = (refunded_at or datetime.now(UTC)).astimezone(UTC)
+            fields["refunded_at"] = refunded_at.isoformat().replace("+00:00", "Z")
+            fields["state"] = "REFUNDED"
         data = self.client.update_purchase(order.platform_ref, fields, order_id=order.id)
+        total = format_money(order.amount_refunded_minor, order.currency)
         return Outcome(
             redirect_url=None,
-            note="Skilljar told: "
-            f"{format_money(order.amount_refunded_minor, order.currency)} refunded in all",
+            note=f"Skilljar told: {total} refunded in all"
+            + ("" if full else " (partial: the purchase stays SUCCESS)"),
             detail={"state": data.get("state"), "refund_cents": data.get("refund_cents")},
+        )
+
+    def dispute(self, order, dispute: dict) -> Outcome:
+        """Skilljar's v1 purchase states have no "disputed"; `FLAGGED` is the one that says the
+        purchase is in question without claiming the money came back (`REFUNDED`) or never came
+        (`FAILED`). Opened: `FLAGGED`. Won: back to `SUCCESS`. Lost: nothing here, the lost
+        dispute reaches `refund` as a full refund (`REFUNDED`)."""
+        if dispute["outcome"] == "lost":
+            return Outcome(
+                redirect_url=None, note="Skilljar: a lost dispute is reported as a refund"
+            )
+        if dispute["outcome"] == "won" and order.state == OrderState.REFUNDED:
+            return Outcome(redirect_url=None, note="Skilljar: the order is refunded; left as it is")
+        state = "FLAGGED" if dispute["outcome"] is None else "SUCCESS"
+        data = self.client.update_purchase(order.platform_ref, {"state": state}, order_id=order.id)
+        return Outcome(
+            redirect_url=None,
+            note=f"Skilljar told: purchase {state} (dispute {dispute['outcome'] or 'opened'})",
+            detail={"state": data.get("state"), "dispute": dispute["id"]},
         )
 
 

@@ -175,6 +175,8 @@ def receive_webhook():
             "type": event["type"],
             "order": event["data"]["object"]["id"],
             "status": event["data"]["object"]["status"],
+            # What the event adds to the order: the refund, the dispute, the failure.
+            "detail": {k: v for k, v in event["data"].items() if k != "object"},
             "created": int(time.time()),
         },
     )

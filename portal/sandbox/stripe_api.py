@@ -20,10 +20,19 @@ from datetime import date
 
 import requests
 import typing_extensions
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy.exc import IntegrityError
 
-from portal.money import format_money, normalise_currency
+from portal.money import MoneyError, format_money, normalise_currency, to_minor
 
 log = logging.getLogger("portal.sandbox.stripe")
 bp = Blueprint("sandbox_stripe", __name__, url_prefix="/sandbox/stripe")
@@ -529,6 +538,32 @@ def _refund(params: dict, key: str | None, digest: str):
     return refund
 
 
+@bp.get("/v1/refunds")
+def list_refunds():
+    """A PaymentIntent's (or a charge's) refunds, newest first, as Stripe lists them."""
+    params = decode_form(request.args.items(multi=True))
+    limit = min(int(params.get("limit", 10)), 100)
+    wanted = {k: params[k] for k in ("payment_intent", "charge") if params.get(k)}
+    found = [
+        r
+        for r in _store().list("refund")
+        if all(r.get(name) == value for name, value in wanted.items())
+    ]
+    found.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
+    after = params.get("starting_after")
+    if after:
+        ids = [r["id"] for r in found]
+        found = found[ids.index(after) + 1 :] if after in ids else []
+    return jsonify(
+        {
+            "object": "list",
+            "url": "/v1/refunds",
+            "has_more": len(found) > limit,
+            "data": found[:limit],
+        }
+    )
+
+
 @bp.get("/v1/refunds/<refund_id>")
 def retrieve_refund(refund_id):
     refund = _store().get("refund", refund_id)
@@ -664,6 +699,90 @@ def pay(session_id):
     _store().put("checkout.session", session_id, session)
     send_event("checkout.session.completed", session)
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+# --- a dashboard: what an operator does in Stripe's own dashboard ---------------------------------
+
+
+@bp.get("/dashboard")
+def dashboard():
+    """Recent payments with Stripe's dashboard actions: refund (all or part), and disputes (the
+    card holder's bank opens one; it is then won or lost). Each sends the real webhook events."""
+    store = _store()
+    charges = [c for c in store.list("charge") if c.get("paid")][:20]
+    disputes = {d["charge"]: d for d in reversed(store.list("dispute"))}
+    return render_template(
+        "sandbox/stripe_dashboard.html",
+        charges=charges,
+        disputes=disputes,
+        notice=request.args.get("notice"),
+    )
+
+
+def _back(notice: str):
+    return redirect(url_for("sandbox_stripe.dashboard", notice=notice), 303)
+
+
+@bp.post("/dashboard/charges/<charge_id>/refund")
+def dashboard_refund(charge_id):
+    """A refund made in the dashboard: `charge.refunded`, as for one made through the API."""
+    charge = _store().get("charge", charge_id)
+    if charge is None:
+        abort(404)
+    params: dict = {"charge": charge_id}
+    raw = (request.form.get("amount") or "").strip()
+    if raw:
+        try:
+            params["amount"] = to_minor(raw, charge["currency"])
+        except MoneyError as exc:
+            return _back(f"Not refunded: {exc}")
+    try:
+        with _refund_lock:
+            refund = _refund(params, None, "")
+    except StripeInputError as exc:
+        return _back(f"Not refunded: {exc.message}")
+    send_event("charge.refunded", _store().get("charge", charge_id))
+    return _back(f"Refunded {_money(refund['amount'], refund['currency'])} ({refund['id']}).")
+
+
+@bp.post("/dashboard/charges/<charge_id>/dispute")
+def dashboard_dispute(charge_id):
+    """The card holder's bank disputes the payment: `charge.dispute.created`."""
+    charge = _store().get("charge", charge_id)
+    if charge is None:
+        abort(404)
+    dispute = {
+        "id": new_id("dp"),
+        "object": "dispute",
+        "amount": charge.get("amount_captured", charge["amount"]) - charge["amount_refunded"],
+        "currency": charge["currency"],
+        "charge": charge_id,
+        "payment_intent": charge["payment_intent"],
+        "reason": request.form.get("reason") or "fraudulent",
+        "status": "needs_response",
+        "created": int(time.time()),
+    }
+    charge["disputed"] = True
+    _store().write([("dispute", dispute["id"], dispute), ("charge", charge_id, charge)])
+    send_event("charge.dispute.created", dispute)
+    return _back(f"Dispute {dispute['id']} opened.")
+
+
+@bp.post("/dashboard/disputes/<dispute_id>/close")
+def dashboard_close_dispute(dispute_id):
+    """The bank decides: `charge.dispute.closed` with status `won` or `lost`."""
+    dispute = _store().get("dispute", dispute_id)
+    outcome = request.form.get("outcome")
+    if dispute is None:
+        abort(404)
+    if outcome not in {"won", "lost"}:
+        return _back("Choose won or lost.")
+    if dispute["status"] in {"won", "lost"}:
+        return _back(f"Dispute {dispute_id} is already {dispute['status']}.")
+    dispute["status"] = outcome
+    _store().put("dispute", dispute_id, dispute)
+    send_event("charge.dispute.closed", dispute)
+    return _back(f"Dispute {dispute_id} {outcome}.")
 
 
 # --- webhooks -------------------------------------------------------------------------------------

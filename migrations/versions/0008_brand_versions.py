@@ -1,7 +1,7 @@
 """brand_versions: drafts and history of brand settings; template_overrides.brand_id: an
 override for one brand (issue 23)
 
-Revision ID: 0008_23
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-07 04:45:00.000000
 """
@@ -9,7 +9,7 @@ Create Date: 2026-12-07 04:45:00.000000
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_23"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None

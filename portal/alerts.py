@@ -1,0 +1,89 @@
+"""Operator alerts about money: a dispute opened or lost, an amount charged that differs from the
+order, a refund a platform could not take. Each one is an ERROR log line, an "alert" event on the
+order's timeline (the console's attention list reads these) and a durable `operator_alert` job
+that POSTs the alert to `PORTAL_ALERT_WEBHOOK_URL`, retried like any other job, so an alert
+raised while the chat tool is down still arrives.
+
+Alerts are raised inside the caller's transaction: an alert exists iff what it tells of committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from portal import jobs, timeline
+from portal.db import db
+from portal.http import UpstreamError, new_session
+from portal.models import Order
+
+log = logging.getLogger("portal.alerts")
+_session = new_session(4)
+
+# The kinds operators are alerted about (the attention list and the webhook body name them).
+KINDS = {
+    "dispute_opened": "Dispute opened",
+    "dispute_lost": "Dispute lost",
+    "amount_mismatch": "Amount charged differs from the order",
+    "refund_not_taken": "Refund the platform could not take",
+}
+
+
+def raise_alert(session, order: Order, kind: str, message: str, *, key: str, detail=None) -> None:
+    """Record and queue one alert, in `session`. `key` names the happening (a dispute id, a refund
+    id): raising the same alert twice sends it once."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown alert kind {kind}")
+    detail = {"alert": kind, **(detail or {})}
+    log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
+    timeline.record(order.id, "alert", message, detail, session=session)
+    jobs.enqueue(
+        session,
+        "operator_alert",
+        f"alert:{kind}:{key}"[:190],
+        order_id=order.id,
+        payload={"kind": kind, "message": message, "detail": detail},
+    )
+
+
+def body(order: Order, kind: str, message: str, detail: dict) -> dict:
+    return {
+        "text": f"Checkout portal: order {order.reference} ({order.platform} "
+        f"{order.platform_ref}) needs attention: {KINDS[kind]}: {message}",
+        "kind": kind,
+        "order": order.reference,
+        "platform": order.platform,
+        "platform_ref": order.platform_ref,
+        "state": str(order.state),
+        "detail": detail,
+    }
+
+
+def run_operator_alert(services, job) -> None:
+    url = services.settings["ALERT_WEBHOOK_URL"]
+    if not url:
+        return  # the log line and the timeline carry it
+    with db.reader() as session:
+        order = session.get(Order, job.order_id)
+    if order is None:
+        return
+    payload = job.payload
+    try:
+        response = _session.post(
+            url,
+            json=body(order, payload["kind"], payload["message"], payload.get("detail") or {}),
+            timeout=(3.05, 10),
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the hook is worth a retry
+        raise UpstreamError(f"alert webhook unreachable: {exc}", transient=True) from exc
+    if response.status_code >= 300:
+        raise UpstreamError(
+            f"alert webhook answered HTTP {response.status_code}",
+            transient=response.status_code >= 500 or response.status_code == 429,
+        )
+
+
+def give_up_alert(services, job, error: str) -> None:
+    log.error("alert %s for order %s could not be sent: %s", job.dedupe_key, job.order_id, error)
+
+
+jobs.register("operator_alert", run_operator_alert, give_up=give_up_alert)
