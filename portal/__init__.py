@@ -251,9 +251,19 @@ def create_app(config: dict | None = None) -> Flask:
 
     threads = serving_threads()
     set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
-    db.configure(
-        settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads)
-    )
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        db.configure(
+            settings["DATABASE_URL"],
+            pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads),
+        )
+    except ArgumentError as exc:  # not a URL, or a database SQLAlchemy has no dialect for
+        raise ConfigError(f"PORTAL_DATABASE_URL is malformed: {exc}") from None
+    except ImportError as exc:  # a dialect whose driver is not installed
+        raise ConfigError(
+            f"PORTAL_DATABASE_URL names a database driver that is not installed: {exc}"
+        ) from None
 
     from portal import checkout, cli, errors, fulfilment, views, webhooks  # noqa: F401 - jobs
     from portal.platforms import cleeng, openlearning, skilljar
