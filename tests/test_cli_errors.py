@@ -108,7 +108,8 @@ def test_demo_users_one_per_role_and_idempotent(make_app):
     assert {u.role for u in users.values()} == {"admin", "operator", "marketer"}
     for user in users.values():
         password = f"demo-{user.role}-password"
-        assert f"{user.email}" in first.output and password in first.output
+        assert user.email in first.output
+        assert password in first.output
         assert verify_password(user.password_hash, password)
     # A restart runs it again: the same accounts, the same passwords, nothing added. An account
     # someone changed in the console is put back.
