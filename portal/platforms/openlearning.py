@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from flask import Blueprint, request
+from flask import Blueprint, redirect, request, url_for
 from joserfc import jwt
 from joserfc.errors import (
     DecodeError,
@@ -46,7 +46,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, timeline
-from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
+from portal.checkout import CheckoutError, OrderDraft, find_order, open_order, view_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
@@ -685,8 +685,7 @@ def enrol_page():
 def enrol():
     """OpenLearning's External Enrolment URL: a cross-site form POST with `jwt`, authenticated by
     the token's signature instead of a CSRF token."""
-    from portal.branding.render import render_learner
-    from portal.views import learner_locale, render_review, services, show_order
+    from portal.views import learner_locale, services, show_order
 
     portal = services()
     platform: OpenLearningPlatform = portal.platform(PLATFORM)
@@ -741,14 +740,28 @@ def enrol():
             )
     else:
         timeline.record(order.id, "note", "OpenLearning enrolment token posted again")
+    # Every answer to the POST is a 303 to a page the browser GETs: Back from Stripe's page then
+    # shows that page again, never the browser's "Confirm Form Resubmission". The reference in
+    # those addresses is the order's capability, as on every learner page (status, return).
     if order.state == OrderState.FULFILLED:
-        locale = order.locale or learner_locale()
-        return render_learner(
-            "openlearning/already_enrolled.html",
-            order=order,
-            locale=locale,
-            continue_url=portal.allowed_redirect(order.redirect_url),
-        )
+        return redirect(url_for("openlearning.enrolled", reference=order.reference), code=303)
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
-    return render_review(order)
+    return redirect(url_for("orders.review", reference=order.reference), code=303)
+
+
+@bp.get("/orders/<reference>/enrolled")
+def enrolled(reference):
+    """ "You're already enrolled": where a Join now for a course the learner has paid for lands."""
+    from portal.branding.render import render_learner
+    from portal.views import learner_locale, services, view_reference
+
+    order = view_order(view_reference(reference))
+    if order.platform != PLATFORM or order.state != OrderState.FULFILLED:
+        return redirect(url_for("orders.review", reference=order.reference), code=303)
+    return render_learner(
+        "openlearning/already_enrolled.html",
+        order=order,
+        locale=order.locale or learner_locale(),
+        continue_url=services().allowed_redirect(order.redirect_url),
+    )
