@@ -9,7 +9,6 @@ import base64
 import json
 import re
 from urllib.parse import urljoin
-from urllib.parse import urljoin
 
 import pytest
 import requests
