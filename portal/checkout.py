@@ -690,6 +690,10 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         setup_future_usage=options.setup_future_usage,
         capture_method=options.capture_method,
         incremental_authorization=options.incremental_authorization,
+        quantity=order.quantity or 1,
+        # A price with its tax inside cannot be split into list price less discount: one line.
+        list_unit_minor=None if options.tax_included else order.list_unit_minor,
+        promo_code=None if options.tax_included else order.promo_code,
     )
     # The create call's timeline event is written with the state change that follows it (on
     # PostgreSQL in the same statement). If the call fails, or that write does, it is written alone.

@@ -9,7 +9,15 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import test_browser as shared
-from tests.test_browser import DESKTOP, PAY_BUTTON, PHONE, STRIPE_URL, screenshot
+from tests.test_browser import (
+    DESKTOP,
+    PAY_BUTTON,
+    PHONE,
+    STRIPE_URL,
+    assert_fits_horizontally,
+    screenshot,
+    start_purchase,
+)
 
 browser = shared.browser
 portal = shared.portal
@@ -67,3 +75,22 @@ def test_back_from_stripe_after_openlearning_join_shows_the_review_again(
     page.get_by_role("button", name=PAY_BUTTON).click()
     page.wait_for_url(STRIPE_URL)
     screenshot(page, f"first-hour-openlearning-back-{'phone' if viewport == PHONE else 'desktop'}")
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_stripe_page_shows_the_seats_and_the_promo_as_the_review_did(portal, new_page, viewport):
+    server = portal()
+    page = new_page(viewport)
+    start_purchase(page, server, offer="data-team", quantity=2, promo="launch20")
+    expect(page.locator("main")).to_contain_text("€192.00")
+    page.get_by_role("button", name=PAY_BUTTON).click()
+    page.wait_for_url(STRIPE_URL)
+    lines = page.locator("#line-items")
+    expect(lines).to_contain_text("Qty 2 · €120.00 each")
+    expect(lines).to_contain_text("LAUNCH20")
+    expect(lines).to_contain_text("−€48.00")
+    expect(lines).to_contain_text("Total due")
+    expect(lines).to_contain_text("€192.00")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Pay €192.00")
+    assert_fits_horizontally(page)
+    screenshot(page, f"first-hour-stripe-line-items-{'phone' if viewport == PHONE else 'desktop'}")

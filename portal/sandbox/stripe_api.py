@@ -320,10 +320,12 @@ def build_session(params: dict) -> dict:
             {
                 "description": (price.get("product_data") or {}).get("name", ""),
                 "quantity": quantity,
+                "unit_amount": unit_amount,
                 "amount_total": unit_amount * quantity,
                 "currency": currency,
             }
         )
+    discount, discounts, discount_name = _session_discount(params, subtotal, currency)
     automatic_tax = (params.get("automatic_tax") or {}).get("enabled") == "true"
     session_id = new_id("cs")
     public = _settings()["PUBLIC_URL"]
@@ -338,8 +340,9 @@ def build_session(params: dict) -> dict:
         "expires_at": expires_at,
         "currency": currency,
         "amount_subtotal": subtotal,
-        "amount_total": subtotal,
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "amount_total": subtotal - discount,
+        "total_details": {"amount_discount": discount, "amount_shipping": 0, "amount_tax": 0},
+        "discounts": discounts,
         "automatic_tax": {"enabled": automatic_tax, "status": None},
         "client_reference_id": params.get("client_reference_id"),
         "customer_email": params.get("customer_email"),
@@ -353,8 +356,99 @@ def build_session(params: dict) -> dict:
         "cancel_url": params.get("cancel_url"),
         "url": f"{public}/sandbox/stripe/pay/{session_id}",
         "sandbox_line_items": items,
+        "sandbox_discount_name": discount_name,
         "sandbox_payment_method_options": params.get("payment_method_options") or {},
     }
+
+
+def _session_discount(params: dict, subtotal: int, currency: str | None):
+    """The amount `discounts` takes off the subtotal (a coupon's amount_off or percent_off), and
+    the session's `discounts` as Stripe answers them. Stripe takes one discount per session, and
+    never together with allow_promotion_codes."""
+    wanted = params.get("discounts") or []
+    if not wanted:
+        return 0, [], None
+    if params.get("allow_promotion_codes"):
+        raise StripeInputError(
+            "You may only specify one of these parameters: allow_promotion_codes, discounts.",
+            "discounts",
+        )
+    if len(wanted) > 1:
+        raise StripeInputError("You may only specify one discount.", "discounts")
+    (item,) = wanted
+    if "coupon" not in item:
+        raise StripeInputError(
+            "The sandbox has no promotion codes: pass a coupon.", "discounts[0][promotion_code]"
+        )
+    coupon = _store().get("coupon", item["coupon"])
+    if coupon is None:
+        raise StripeInputError(
+            f"No such coupon: '{item['coupon']}'", "discounts[0][coupon]", code="resource_missing"
+        )
+    if not coupon["valid"]:
+        raise StripeInputError("This coupon is no longer valid.", "discounts[0][coupon]")
+    if coupon["amount_off"] is not None:
+        if coupon["currency"] != currency:
+            raise StripeInputError(
+                "The coupon's currency must match the session's.", "discounts[0][coupon]"
+            )
+        amount = min(coupon["amount_off"], subtotal)
+    else:
+        amount = subtotal * int(coupon["percent_off"]) // 100
+    return amount, [{"coupon": coupon["id"], "promotion_code": None}], coupon["name"]
+
+
+@bp.post("/v1/coupons")
+def create_coupon():
+    from stripe.params._coupon_create_params import CouponCreateParams
+
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        previous = _store().remembered(key)
+        if previous is not None:
+            return current_app.response_class(
+                previous.response, status=previous.status, mimetype="application/json"
+            )
+    check_params(params, CouponCreateParams, "")
+    amount_off = params.get("amount_off")
+    percent_off = params.get("percent_off")
+    if (amount_off is None) == (percent_off is None):
+        raise StripeInputError("Coupons take one of amount_off and percent_off.", "amount_off")
+    if amount_off is not None and not params.get("currency"):
+        raise StripeInputError("A coupon with amount_off needs a currency.", "currency")
+    if amount_off is not None and not (amount_off.isdigit() and int(amount_off) > 0):
+        raise StripeInputError("Invalid integer: amount_off", "amount_off")
+    name = params.get("name")
+    if name is not None and len(name) > 40:
+        raise StripeInputError("Coupon names are at most 40 characters.", "name")
+    coupon = {
+        "id": new_id("co"),
+        "object": "coupon",
+        "amount_off": int(amount_off) if amount_off is not None else None,
+        "percent_off": float(percent_off) if percent_off is not None else None,
+        "currency": params.get("currency"),
+        "duration": params.get("duration", "once"),
+        "max_redemptions": int(params["max_redemptions"]) if "max_redemptions" in params else None,
+        "name": name,
+        "metadata": params.get("metadata") or {},
+        "times_redeemed": 0,
+        "valid": True,
+        "livemode": False,
+        "created": int(time.time()),
+    }
+    store = _store()
+    try:
+        store.write(
+            [("coupon", coupon["id"], coupon)],
+            remember=(key, "", coupon, 200) if key else None,
+        )
+    except IntegrityError:
+        previous = store.remembered(key)
+        return current_app.response_class(
+            previous.response, status=previous.status, mimetype="application/json"
+        )
+    return jsonify(coupon)
 
 
 @bp.get("/v1/checkout/sessions/<session_id>")
@@ -606,12 +700,14 @@ def pay(session_id):
         return _page(session, problem, form, 402)
     country = (form.get("country") or "US").upper()
     tax = 0
+    discounted = session["amount_subtotal"] - session["total_details"]["amount_discount"]
     if session["automatic_tax"]["enabled"]:
-        tax = session["amount_subtotal"] * SANDBOX_TAX.get(country, 0) // 100
+        tax = discounted * SANDBOX_TAX.get(country, 0) // 100
         session["automatic_tax"]["status"] = "complete"
     intent_id = new_id("pi")
     charge_id = new_id("ch")
-    total = session["amount_subtotal"] + tax
+    total = discounted + tax
+    _redeem_coupons(session)
     number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
     _store().put(
         "payment_intent",
@@ -664,6 +760,17 @@ def pay(session_id):
     _store().put("checkout.session", session_id, session)
     send_event("checkout.session.completed", session)
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+def _redeem_coupons(session: dict) -> None:
+    for discount in session.get("discounts") or []:
+        coupon = _store().get("coupon", discount["coupon"])
+        if coupon is None:
+            continue
+        coupon["times_redeemed"] += 1
+        if coupon["max_redemptions"] and coupon["times_redeemed"] >= coupon["max_redemptions"]:
+            coupon["valid"] = False
+        _store().put("coupon", coupon["id"], coupon)
 
 
 # --- webhooks -------------------------------------------------------------------------------------
