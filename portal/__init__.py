@@ -175,6 +175,8 @@ def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None
         settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
     if not settings["CLEENG_RETURN_URL"]:
         settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
+    if not settings["BRAND_HOME_URL"]:
+        settings["BRAND_HOME_URL"] = public + "/sandbox/"
     from portal.sandbox.openlearning_api import apply_sandbox_key
 
     apply_sandbox_key(settings, instance_path)

@@ -94,3 +94,16 @@ def test_stripe_page_shows_the_seats_and_the_promo_as_the_review_did(portal, new
     expect(page.get_by_role("heading", level=1)).to_have_text("Pay €192.00")
     assert_fits_horizontally(page)
     screenshot(page, f"first-hour-stripe-line-items-{'phone' if viewport == PHONE else 'desktop'}")
+
+
+def test_error_page_links_to_the_brands_home(portal, new_page):
+    server = portal()
+    page = new_page(PHONE)
+    answer = page.goto(server.url + "/skilljar/checkout?purchase_id=nosuchpurchase")
+    assert answer.status in {400, 404, 502}
+    link = page.locator("main a.button")
+    expect(link).to_have_text(re.compile(r"^Back to "))
+    assert_fits_horizontally(page)
+    screenshot(page, "first-hour-error-page-link")
+    link.click()
+    page.wait_for_url(server.url + "/sandbox/")

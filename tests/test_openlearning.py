@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
@@ -1025,3 +1026,52 @@ def test_enrolled_page_of_an_unpaid_order_sends_to_its_review_and_unknown_is_404
     assert unpaid.headers["Location"].endswith(f"/orders/{reference}")
     assert client.get("/openlearning/orders/ord_doesnotexist123/enrolled").status_code == 404
     assert client.get("/openlearning/orders/not-a-reference/enrolled").status_code == 404
+
+
+# --- error pages link to the course page when the token says where it is ----------------------
+
+
+def back_link(html: str) -> tuple[str, str] | None:
+    found = re.search(r'<a class="button secondary" href="([^"]+)">([^<]+)</a>', html)
+    return (found.group(1), found.group(2)) if found else None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"exp": int(time.time()) - 3600}, id="expired"),
+        pytest.param({"aud": "another-institution"}, id="wrong-audience"),
+        pytest.param({"price": "-1"}, id="bad-price"),
+    ],
+)
+def test_refused_genuine_token_links_back_to_its_course_page(client, overrides):
+    page = client.post("/openlearning/enrol", data={"jwt": sign(claims(**overrides))})
+    assert 400 <= page.status_code < 500
+    assert back_link(page.text) == (COURSE_URL, "Back to openlearning.com")
+
+
+def test_used_token_links_back_to_its_course_page(client):
+    token_claims = claims()
+    with db.transaction() as session:  # spent, on no order the portal could show instead
+        session.add(
+            UsedToken(
+                jti=token_claims["jti"],
+                issuer="openlearning",
+                order_id=None,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        )
+    page = client.post("/openlearning/enrol", data={"jwt": sign(token_claims)})
+    assert page.status_code == 400
+    assert title(page.text) == "This enrolment request was already used"
+    assert back_link(page.text) == (COURSE_URL, "Back to openlearning.com")
+
+
+def test_forged_or_off_list_course_page_is_never_linked(make_app):
+    client = make_app(**OL_SETTINGS, BRAND_HOME_URL="https://brand.test/").test_client()
+    forged = sign(claims(exp=int(time.time()) - 3600), key=OTHER_RSA_KEY)
+    page = client.post("/openlearning/enrol", data={"jwt": forged})
+    assert back_link(page.text) == ("https://brand.test", "Back to brand.test")
+    elsewhere = sign(claims(exp=int(time.time()) - 3600, redirect_url="https://evil.test/x"))
+    page = client.post("/openlearning/enrol", data={"jwt": elsewhere})
+    assert back_link(page.text) == ("https://brand.test", "Back to brand.test")

@@ -145,7 +145,13 @@ def _error(status: int) -> Sample:
         f"Error {status}: {title}",
         template,
         None,
-        {"status": status, "title": title, "message": message, "back_url": None},
+        {
+            "status": status,
+            "title": title,
+            "message": message,
+            "back_url": "https://academy.example.com/",
+            "back_label": "academy.example.com",
+        },
     )
 
 

@@ -192,6 +192,7 @@ class TokenRefused(Exception):
         self.reason = reason
         self.detail = detail
         self.status, self.title, self.message = REFUSALS[reason]
+        self.back_url: str | None = None  # the course page, when the token is genuine
 
 
 class KeySourceUnavailable(Exception):
@@ -396,8 +397,15 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenRefused("malformed", f"token of {len(token)} characters")
         claims = self._signed_claims(token)
-        self._check_registered_claims(claims)
-        return self._read_claims(claims, redirect_allowed)
+        try:
+            self._check_registered_claims(claims)
+            return self._read_claims(claims, redirect_allowed)
+        except TokenRefused as refusal:
+            # Signed by OpenLearning: its course page is where the error page links (when
+            # allow-listed: the error page checks).
+            redirect_url = claims.get("redirect_url")
+            refusal.back_url = redirect_url if isinstance(redirect_url, str) else None
+            raise
 
     def _signed_claims(self, token: str) -> dict:
         for attempt in (1, 2):
@@ -707,7 +715,9 @@ def enrol():
         token = platform.verifier.verify(raw_token, portal.allowed_redirect)
     except TokenRefused as refusal:
         log.warning("OpenLearning token refused (%s): %s", refusal.reason, refusal.detail)
-        raise CheckoutError(refusal.status, refusal.title, refusal.message) from None
+        raise CheckoutError(
+            refusal.status, refusal.title, refusal.message, back_url=refusal.back_url
+        ) from None
     except KeySourceUnavailable as exc:
         log.error("OpenLearning token not checked: %s", exc)
         raise CheckoutError(
@@ -726,7 +736,7 @@ def enrol():
         # since the look-up above (the order commits before the token does): look again.
         order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
         if order is None:
-            raise CheckoutError(*REFUSALS["used"])
+            raise CheckoutError(*REFUSALS["used"], back_url=token.redirect_url)
     if order is None:
         order = open_order(token.draft(learner_locale()))
         _remember_token(token, order)
