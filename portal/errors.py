@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-
 from urllib.parse import urlsplit
 
 from flask import current_app, jsonify, request
