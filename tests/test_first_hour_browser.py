@@ -107,3 +107,85 @@ def test_error_page_links_to_the_brands_home(portal, new_page):
     screenshot(page, "first-hour-error-page-link")
     link.click()
     page.wait_for_url(server.url + "/sandbox/")
+
+
+# --- sandbox polish -------------------------------------------------------------------------
+
+
+def test_academy_banner_keeps_the_purchase_state_in_its_sentence_at_360px(portal, new_page):
+    server = portal()
+    page = new_page(PHONE)
+    start_purchase(page, server)
+    page.get_by_role("button", name=PAY_BUTTON).click()
+    page.wait_for_url(STRIPE_URL)
+    page.get_by_role("link", name=re.compile("cancel payment")).click()
+    page.get_by_role("button", name="Return to the course without paying").click()
+    page.wait_for_url(re.compile(r"/sandbox/skilljar/academy\?returned=[0-9a-z]+$"))
+    banner = page.get_by_role("status")
+    expect(banner).to_contain_text("CANCELLED")
+    state = banner.locator("strong")
+    assert state.evaluate("el => getComputedStyle(el).display") == "inline"
+    # "Purchase … is CANCELLED." reads as one sentence: the state is not on a line of its own.
+    box = state.bounding_box()
+    sentence = banner.locator("p").bounding_box()
+    assert box["width"] < sentence["width"] - 20
+    assert_fits_horizontally(page)
+    screenshot(page, "first-hour-academy-banner-phone")
+
+
+def test_cleeng_return_page_fits_360px(portal, new_page):
+    from tests.test_browser import EXPIRY, GOOD_CARD
+    from tests.test_cleeng_browser import subscribe
+
+    server = portal()
+    page = new_page(PHONE)
+    page.goto(subscribe(server, "S100000001_NL"))
+    page.get_by_role("button", name=re.compile(r"^(Pay|Start)")).click()
+    page.wait_for_url(re.compile(r"/sandbox/stripe/"))
+    page.get_by_label("Email").fill("ada@example.com")
+    page.get_by_label("Card number").fill(GOOD_CARD)
+    page.get_by_label("Expiry").fill(EXPIRY)
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name=re.compile(r"^(Pay|Save)")).click()
+    page.wait_for_url(re.compile(r"/sandbox/cleeng/return\?orderId="), timeout=30_000)
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    assert_fits_horizontally(page)
+    screenshot(page, "first-hour-cleeng-return-phone")
+
+
+def test_caught_mail_shows_the_brands_logo(portal, new_page):
+    from portal.admin.audit import Actor
+    from portal.branding.brands import BrandInput
+    from portal.branding.operations import save_brand
+    from portal.jobs import Worker
+    from tests.test_branding import PNG
+
+    server = portal()
+    with server.app.app_context():
+        save_brand(
+            Actor(None, "marketer@example.com"),
+            BrandInput(
+                name="Demo Supplies",
+                primary="#1d4ed8",
+                text="#111827",
+                background="#ffffff",
+                accent="#1d4ed8",
+                logo=PNG,
+                logo_type="image/png",
+                is_default=True,
+            ),
+        )
+    page = new_page(DESKTOP)
+    page.goto(server.url + "/sandbox/merchant")
+    page.get_by_label("Quantity").fill("2")
+    page.get_by_role("button", name=re.compile("Send")).first.click()
+    expect(page.get_by_role("status").first).to_contain_text("Pay link")
+    Worker(server.services, poll_seconds=0).run(once=True)  # the mail job
+    page.goto(server.url + "/sandbox/mail")
+    page.get_by_role("link", name=re.compile("pay", re.I)).first.click()
+    page.get_by_role("link", name="See the HTML version").click()
+    logo = page.locator("img").first
+    expect(logo).to_have_attribute("alt", re.compile("^Demo Supplies"))
+    page.wait_for_load_state("load")
+    assert logo.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert page.problems == []

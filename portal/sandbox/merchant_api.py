@@ -201,11 +201,13 @@ def mail_message(mail_id):
 
 @bp.get("/mail/<mail_id>/html")
 def mail_html(mail_id):
-    """The HTML part as the customer's mail program shows it (its own inline styles; no script,
-    no remote content)."""
+    """The HTML part as the customer's mail program shows it (its own inline styles; no script;
+    images only from the portal itself, as the brand's logo is, once the reader allows them)."""
     response = current_app.make_response(_message(mail_id)["html"])
+    public = urlsplit(_settings()["PUBLIC_URL"])
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+        "default-src 'none'; style-src 'unsafe-inline'; "
+        f"img-src data: 'self' {public.scheme}://{public.netloc}; frame-ancestors 'self'"
     )
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
