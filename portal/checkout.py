@@ -812,8 +812,51 @@ def _authorised(services, order: Order, stripe_session) -> bool:
     return intent.get("status") == "requires_capture"
 
 
+def _present(value):
+    """`value` without its empty parts (None, "", [], {}), or None when nothing is left."""
+    if isinstance(value, dict):
+        kept = {k: v for k, v in ((k, _present(v)) for k, v in value.items()) if v is not None}
+        return kept or None
+    if isinstance(value, list):
+        kept = [v for v in (_present(v) for v in value) if v is not None]
+        return kept or None
+    return None if value in (None, "") else value
+
+
+def collected_details(stripe_session: dict) -> tuple[str | None, dict | None]:
+    """What Stripe Checkout collected from the payer: their email (lower-case), and the rest
+    as the order keeps it: name, phone, billing address, tax ids, shipping, invoice id."""
+    customer = stripe_session.get("customer_details") or {}
+    email = str(customer.get("email") or "").strip().lower() or None
+    shipping = (stripe_session.get("collected_information") or {}).get("shipping_details") or (
+        stripe_session.get("shipping_details")
+    )
+    invoice = stripe_session.get("invoice")
+    if isinstance(invoice, dict):
+        invoice = invoice.get("id")
+    details = _present(
+        {
+            "name": customer.get("name"),
+            "phone": customer.get("phone"),
+            "address": customer.get("address"),
+            "tax_exempt": customer.get("tax_exempt")
+            if customer.get("tax_exempt") != "none"
+            else None,
+            "tax_ids": [
+                {"type": t.get("type"), "value": t.get("value")}
+                for t in customer.get("tax_ids") or []
+                if isinstance(t, dict)
+            ],
+            "shipping": shipping if isinstance(shipping, dict) else None,
+            "invoice": {"id": invoice} if isinstance(invoice, str) else None,
+        }
+    )
+    return email, details
+
+
 def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
     """`-> paid` compare-and-set; the winner queues the one fulfilment job. Returns True if won."""
+    payer_email, details = collected_details(stripe_session)
     amount_total = stripe_session.get("amount_total") or 0  # null for a setup-mode session
     total_details = stripe_session.get("total_details") or {}
     tax_paid = total_details.get("amount_tax") or 0
@@ -847,6 +890,8 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
             amount_authorized_minor=(
                 amount_total if order.capture_method == "manual" else order.amount_authorized_minor
             ),
+            payer_email=payer_email,
+            checkout_details=details,
         )
         if won:
             timeline.record(
