@@ -694,6 +694,12 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         # A price with its tax inside cannot be split into list price less discount: one line.
         list_unit_minor=None if options.tax_included else order.list_unit_minor,
         promo_code=None if options.tax_included else order.promo_code,
+        billing_address_collection=options.billing_address_collection,
+        shipping_countries=options.shipping_countries,
+        tax_id_collection=options.tax_id_collection,
+        invoice_creation=options.invoice_creation,
+        allow_promotion_codes=options.allow_promotion_codes,
+        phone_number_collection=options.phone_number_collection,
     )
     # The create call's timeline event is written with the state change that follows it (on
     # PostgreSQL in the same statement). If the call fails, or that write does, it is written alone.
@@ -854,9 +860,30 @@ def collected_details(stripe_session: dict) -> tuple[str | None, dict | None]:
     return email, details
 
 
+def _with_invoice(services, order: Order, details: dict | None) -> dict | None:
+    """The Stripe invoice of the payment, with its number and links (the buyer's PDF), when the
+    session made one. Stripe unreachable: the id alone, the links are on Stripe's dashboard."""
+    invoice = (details or {}).get("invoice")
+    if not invoice:
+        return details
+    try:
+        found = services.stripe.retrieve_invoice(invoice["id"], order_id=order.id)
+    except UpstreamError:
+        return details
+    links = _present(
+        {
+            "number": found.get("number"),
+            "url": found.get("hosted_invoice_url"),
+            "pdf": found.get("invoice_pdf"),
+        }
+    )
+    return {**details, "invoice": {**invoice, **(links or {})}}
+
+
 def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
     """`-> paid` compare-and-set; the winner queues the one fulfilment job. Returns True if won."""
     payer_email, details = collected_details(stripe_session)
+    details = _with_invoice(services, order, details)
     amount_total = stripe_session.get("amount_total") or 0  # null for a setup-mode session
     total_details = stripe_session.get("total_details") or {}
     tax_paid = total_details.get("amount_tax") or 0
@@ -868,6 +895,9 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
     expected_total = order.amount_minor + (
         tax_paid if order.tax_mode == "stripe" else order.tax_minor
     )
+    if stripe_session.get("allow_promotion_codes"):
+        # A promotion code the buyer entered on Stripe's page: Stripe's discount, not a gap.
+        expected_total -= total_details.get("amount_discount") or 0
     currency = (stripe_session.get("currency") or "").upper()
     with db.transaction() as session:
         won = transition(

@@ -69,6 +69,13 @@ class CheckoutRequest:
     quantity: int = 1
     list_unit_minor: int | None = None
     promo_code: str | None = None
+    # What Checkout collects from a business buyer (see portal.platforms.CheckoutOptions).
+    billing_address_collection: str | None = None
+    shipping_countries: tuple[str, ...] = ()
+    tax_id_collection: bool = False
+    invoice_creation: bool = False
+    allow_promotion_codes: bool = False
+    phone_number_collection: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,9 @@ class StripeGateway:
             params["billing_address_collection"] = "required"
         params = _capture_params(params, request)
         params = _saved_card_params(params, request)
+        params = _collection_params(params, request)
         if lines.discount_minor and request.mode == "payment":
+            params.pop("allow_promotion_codes", None)  # Stripe takes one or the other
             coupon = self.create_coupon(
                 request, lines.discount_minor, order_id=order_id, record=record
             )
@@ -250,6 +259,15 @@ class StripeGateway:
             max_redemptions=1,
             name=(request.promo_code or "")[:40],
             metadata={"order_reference": request.order_reference},
+        )
+
+    def retrieve_invoice(self, invoice_id: str, *, order_id: int | None = None):
+        return self._call(
+            "invoices.retrieve",
+            order_id,
+            self.client.raw_request,
+            "get",
+            f"/v1/invoices/{quote(invoice_id, safe='')}",
         )
 
     def retrieve_session(self, session_id: str, *, order_id: int | None = None):
@@ -497,6 +515,31 @@ def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:
     if "customer" in params:
         setup["customer"] = params["customer"]
     return setup
+
+
+def _collection_params(params: dict, request: CheckoutRequest) -> dict:
+    """What Checkout collects from a business buyer: billing and shipping address, tax id,
+    phone, promotion codes, and a Stripe invoice for the payment (payment mode only)."""
+    if request.mode != "payment":
+        return params
+    if request.billing_address_collection and "billing_address_collection" not in params:
+        params["billing_address_collection"] = request.billing_address_collection
+    if request.shipping_countries:
+        params["shipping_address_collection"] = {
+            "allowed_countries": list(request.shipping_countries)
+        }
+    if request.tax_id_collection:
+        params["tax_id_collection"] = {"enabled": True}
+    if request.phone_number_collection:
+        params["phone_number_collection"] = {"enabled": True}
+    if request.allow_promotion_codes:
+        params["allow_promotion_codes"] = True
+    if request.invoice_creation:
+        params["invoice_creation"] = {
+            "enabled": True,
+            "invoice_data": {"metadata": dict(params["metadata"])},
+        }
+    return params
 
 
 def _capture_params(params: dict, request: CheckoutRequest) -> dict:

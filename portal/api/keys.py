@@ -51,6 +51,7 @@ def create_key(
     allowed_hosts: list[str] | tuple[str, ...] = (),
     brand_name: str | None = None,
     webhook_url: str | None = None,
+    checkout_options: dict | None = None,
 ) -> NewKey:
     secret = ("sk_live_" if live else "sk_test_") + secrets.token_urlsafe(32)
     hosts = sorted({normalise_host(h) for h in allowed_hosts})
@@ -62,6 +63,7 @@ def create_key(
             live=live,
             brand_name=brand_name,
             allowed_hosts=hosts,
+            checkout_options=checkout_options or None,
         )
         session.add(key)
         session.flush()

@@ -41,6 +41,8 @@ def sample_order(**fields) -> dict:
         "tax_minor": 0,
         "customer_email": "learner@example.com",
         "customer_name": "Grace Hopper",
+        "payer_email": None,
+        "checkout_details": None,
         "locale": None,
         "platform_data": {},
         "stripe_session_id": None,

@@ -123,6 +123,19 @@ def send_link():
     }
     if form.get("sales_rep_email"):
         body["sales_rep_email"] = form["sales_rep_email"]
+    options = {
+        "tax_id_collection": bool(form.get("tax_id_collection")),
+        "invoice_creation": bool(form.get("invoice_creation")),
+        "allow_promotion_codes": bool(form.get("promotion_codes")),
+        "phone_number_collection": bool(form.get("phone")),
+    }
+    if form.get("billing_required"):
+        options["billing_address_collection"] = "required"
+    if form.get("shipping"):
+        options["shipping_address_countries"] = ["GB", "IE", "FR", "DE", "NL", "US"]
+    options = {name: value for name, value in options.items() if value}
+    if options:
+        body["checkout_options"] = options
     status, answer = call_api("POST", "/checkout-sessions", body)
     if status != 200:
         flash(f"The API said {status}: {answer['error']['message']}")
