@@ -55,7 +55,9 @@ def create_api_key(
     countries = sorted({c.strip().upper() for c in shipping_countries})
     for country in countries:
         if len(country) != 2 or not country.isalpha():
-            raise click.BadParameter(f"{country!r} is not a country code", "--shipping-country")
+            raise click.BadParameter(
+                f"{country!r} is not a country code", param_hint="--shipping-country"
+            )
     options = {
         "billing_address_collection": billing_address,
         "shipping_address_countries": countries,
