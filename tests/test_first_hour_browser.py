@@ -189,3 +189,41 @@ def test_caught_mail_shows_the_brands_logo(portal, new_page):
     page.wait_for_load_state("load")
     assert logo.evaluate("img => img.complete && img.naturalWidth > 0")
     assert page.problems == []
+
+
+def test_a_b2b_pay_link_session_with_tax_id_and_invoice(portal, new_page):
+    """The demo ERP's pay link with the B2B options: Stripe's page asks for the tax id and the
+    billing address and says an invoice comes; the hosted invoice shows the tax id."""
+    server = portal()
+    page = new_page(PHONE)
+    page.goto(server.url + "/sandbox/merchant")
+    page.get_by_label("Quantity").fill("3")
+    page.get_by_label("How the customer pays").select_option("redirect")
+    page.get_by_label("Authorise now, capture on shipment").uncheck()
+    page.get_by_label("The buyer's tax ID (and billing address)").check()
+    page.get_by_label("A Stripe invoice (PDF)").check()
+    page.get_by_role("button", name=re.compile("Send|Create|Pay", re.I)).first.click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Review your order")
+    page.get_by_role("button", name=PAY_BUTTON).click()
+    page.wait_for_url(STRIPE_URL)
+    page.get_by_label("Tax ID", exact=True).fill("GB123456789")
+    page.get_by_label("Tax ID type").select_option("gb_vat")
+    page.locator("#billing_line1").fill("1 Analytical Row")
+    page.locator("#billing_city").fill("London")
+    page.locator("#billing_postal_code").fill("EC1A 1BB")
+    page.locator("#billing_country").fill("GB")
+    expect(page.locator("#invoice-note")).to_be_visible()
+    assert_fits_horizontally(page)
+    screenshot(page, "first-hour-b2b-stripe-tax-id-invoice-phone")
+    from tests.test_browser import EXPIRY, GOOD_CARD
+
+    page.get_by_label("Card number").fill(GOOD_CARD)
+    page.get_by_label("Expiry").fill(EXPIRY)
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name="Pay", exact=True).click()
+    page.wait_for_url(re.compile(r"/sandbox/merchant/thank-you"))
+    (invoice,) = server.store.list("invoice")
+    page.goto(invoice["hosted_invoice_url"])
+    expect(page.locator("#invoice-details")).to_contain_text("GB123456789")
+    assert_fits_horizontally(page)
+    screenshot(page, "first-hour-b2b-invoice-phone")
