@@ -24,21 +24,20 @@ import html
 import logging
 import re
 import secrets
-import time
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
 from urllib.parse import quote, urlencode
 
-from flask import current_app, g, request, session, url_for
+from flask import current_app, request, url_for
+from flask_wtf.csrf import generate_csrf
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
 
-from portal import i18n, signing
+from portal import i18n
 from portal.branding import brands
 from portal.branding import cache as branding_cache
-from portal.branding.cache import Recent
 from portal.branding.environment import (
     TEMPLATES_DIR,
     fixed_environment,
@@ -116,36 +115,6 @@ def money_formatter(currency: str, locale: str):
     return fmt
 
 
-# Signed CSRF tokens by the session's raw token, each reused for up to SIGNED_REUSE_SECONDS:
-# Flask-WTF signs afresh (with the time) on every page, though a token signed a minute ago is
-# as good for WTF_CSRF_TIME_LIMIT less a minute. A learner back on a page skips the signing.
-SIGNED_REUSE_SECONDS = 60.0
-_signed_tokens = Recent(1024)  # ~0.5 MB at most: the learners of the last minute or so
-
-
-def _csrf_token() -> str:
-    """The signed form token, as Flask-WTF's generate_csrf makes it (a raw token kept in the
-    session under `csrf_token`, signed with WTF_CSRF_SECRET_KEY or SECRET_KEY and Flask-WTF's
-    salt, kept in `g.csrf_token` for the rest of the request), which its CSRFProtect checks on
-    the POST. Made here on portal.signing's serializer, built once per key, where
-    generate_csrf builds one and derives its key on every call."""
-    token = g.get("csrf_token")
-    if token is not None:
-        return token
-    raw = session.get("csrf_token")
-    key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
-    if raw is not None:
-        kept = _signed_tokens.get((key, raw))
-        if kept is not None and time.monotonic() - kept[1] < SIGNED_REUSE_SECONDS:
-            g.csrf_token = kept[0]
-            return kept[0]
-    else:
-        raw = session["csrf_token"] = signing.new_raw_form_token()
-    token = g.csrf_token = signing.form_token_serializer(key).dumps(raw)
-    _signed_tokens.put((key, raw), (token, time.monotonic()))
-    return token
-
-
 def request_locale(settings: dict) -> str:
     return i18n.negotiate(None, request.accept_languages, settings["DEFAULT_LOCALE"])
 
@@ -157,7 +126,7 @@ def page_context(
     order: dict | None,
     context: dict,
     preview: bool = False,
-    csrf_token=_csrf_token,
+    csrf_token=generate_csrf,
 ) -> dict:
     settings = current_app.config["PORTAL"]
     language = i18n.language_for(locale)
@@ -253,42 +222,35 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
 def render_learner(name: str, *, order: Order | None = None, locale: str | None = None, **context):
     """The HTML of learner page `name` for `order` (or none, for error pages). An order's pages
     are kept rendered (portal.branding.cache.RenderedPages) with a mark where the CSRF token
-    goes; each learner's own token is put in on the way out."""
+    goes; each learner's own token (Flask-WTF's `generate_csrf`) is put in on the way out."""
     settings = current_app.config["PORTAL"]
     locale = locale or (order.locale if order is not None else None) or request_locale(settings)
     brand = brands.brand_for(order, settings, url_for)
     pages = branding_cache.pages() if order is not None else None
     marks: list[bool] = []
-    # An order read with its row version (checkout.view_order) is named in the page's key by
-    # that version instead of by all its columns, which are only gathered to render the page.
-    version = getattr(order, "row_version", None) if pages is not None else None
     page = page_context(
         brand=brand,
         locale=locale,
-        order=order_data(order) if order is not None and version is None else None,
+        order=order_data(order) if order is not None else None,
         context=context,
-        csrf_token=_csrf_token if pages is None else _marking(marks),
+        csrf_token=generate_csrf if pages is None else _marking(marks),
     )
     language = i18n.language_for(locale)
     env = live_environment(language)
     overrides = published_overrides()
     key = None
     if pages is not None:
-        row = ("order row", order.reference, version) if version is not None else None
-        key = page_key(name, language, page, overrides, row)
+        key = page_key(name, language, page, overrides)
         kept = pages.get(key)
         if kept is not None:
             return _with_csrf(kept)
-    if version is not None:
-        page["order"] = order_data(order)
-        page["fmt"] = money_formatter(order.currency, locale)
     html, fell_back = _render(env, name, page, overrides, order)
     if key is None or fell_back:
         return _with_csrf(html)
     if html.count(CSRF_MARK) != len(marks):
         # The token did not go into the page exactly as it came (an override changed or reused
         # it): the page is not kept, and renders with the real token.
-        page["csrf_token"] = _csrf_token
+        page["csrf_token"] = generate_csrf
         return _render(env, name, page, overrides, order)[0]
     pages.put(key, html)
     return _with_csrf(html)
@@ -308,16 +270,15 @@ def _marking(marks: list[bool]):
 
 
 def _with_csrf(html: str) -> str:
-    return html.replace(CSRF_MARK, _csrf_token()) if CSRF_MARK in html else html
+    return html.replace(CSRF_MARK, generate_csrf()) if CSRF_MARK in html else html
 
 
-def page_key(name: str, language: str, page: dict, overrides: dict, row=None) -> bytes:
+def page_key(name: str, language: str, page: dict, overrides: dict) -> bytes:
     """A digest of everything a page is rendered from but the callables (url_for, fmt and
-    csrf_token depend only on what is digested, and the request's script root); `row` names
-    the order's row and version when its columns are not in `page`."""
+    csrf_token depend only on what is digested, and the request's script root)."""
     data = [(k, v) for k, v in page.items() if not callable(v)]
     live = sorted((template, identity) for template, (identity, _source) in overrides.items())
-    text = repr((name, language, request.script_root, live, data, row))
+    text = repr((name, language, request.script_root, live, data))
     return hashlib.blake2b(text.encode(), digest_size=20).digest()
 
 
