@@ -12,11 +12,14 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, func, insert, select, update
+from cachetools import TTLCache
+from flask import current_app, has_app_context
+from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import jobs, timeline
@@ -131,6 +134,79 @@ def load_order(reference: str) -> Order:
         order = session.scalar(_BY_REFERENCE, {"reference": reference})
     if order is None:
         raise order_not_found()
+    return order
+
+
+# --- the review page's order: read again only when its row has changed (PostgreSQL) ------------
+#
+# Learners reload the review page, come back to it from Stripe, keep it open in a tab. Every
+# PostgreSQL row carries `xmin`, the transaction that wrote it as it is now: any UPDATE, from any
+# process, host or psql prompt, gives it a new one. Each process keeps the columns of the orders
+# its pages showed last; a page asks only for the row's `xmin` (a one-column index look-up) and
+# reads the whole row again when it differs. Every page gets an `Order` of its own, made from
+# the kept columns: nothing mutable is shared between requests. SQLite has no row version:
+# there every page reads the row.
+
+KEPT_ROWS_EXTENSION = "portal.kept_order_rows"
+_VERSION_BY_REFERENCE = select(literal_column("xmin::text")).where(
+    Order.reference == bindparam("reference")
+)
+_ROW_WITH_VERSION = select(*_ORDERS.c, literal_column("orders.xmin::text").label("row_version"))
+_ROW_WITH_VERSION = _ROW_WITH_VERSION.where(_ORDERS.c.reference == bindparam("reference"))
+
+
+class KeptRows:
+    """The columns of the last `size` orders shown by this process, by reference, each with its
+    row version (a cachetools TTLCache behind a lock). An entry answers only for the version it
+    was read with; `max_age` bounds it anyway (a transaction id comes round again after ~4
+    billion)."""
+
+    def __init__(self, size: int = 256, max_age: float = 600.0):
+        self._rows = TTLCache(size, ttl=max_age)
+        self._lock = threading.Lock()
+
+    def get(self, reference: str, version: str) -> dict | None:
+        with self._lock:
+            entry = self._rows.get(reference)
+        if entry is None or entry[0] != version:
+            return None
+        return entry[1]
+
+    def put(self, reference: str, version: str, columns: dict) -> None:
+        with self._lock:
+            self._rows[reference] = (version, columns)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def init_app(app) -> None:
+    app.extensions[KEPT_ROWS_EXTENSION] = KeptRows()
+
+
+def view_order(reference: str) -> Order:
+    """The order for a learner page that only shows it (the review page), a new `Order` for
+    each call. Its `row_version` (None on SQLite) names the row as it was read, for the page
+    cache (portal.branding.render)."""
+    kept = current_app.extensions.get(KEPT_ROWS_EXTENSION) if has_app_context() else None
+    if kept is None or not db.is_postgres:
+        order = load_order(reference)
+        order.row_version = None
+        return order
+    with db.statements() as connection:
+        version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
+        if version is None:
+            raise order_not_found()
+        columns = kept.get(reference, version)
+        if columns is None:
+            row = connection.execute(_ROW_WITH_VERSION, {"reference": reference}).mappings()
+            columns = dict(row.first() or {})
+            if not columns:
+                raise order_not_found()
+            version = columns.pop("row_version")
+            kept.put(reference, version, columns)
+    order = Order(**columns)
+    order.row_version = version
     return order
 
 

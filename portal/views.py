@@ -102,7 +102,7 @@ def _follow(next_step: checkout.Next):
 
 @bp.get("/orders/<reference>")
 def review(reference):
-    order = checkout.load_order(_reference(reference))
+    order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     return render_order_review(order)
@@ -111,7 +111,7 @@ def review(reference):
 @bp.get("/orders/<reference>/cancelled")
 def cancelled(reference):
     """Stripe's cancel_url: the learner chose "back" on the payment page."""
-    order = checkout.load_order(_reference(reference))
+    order = checkout.view_order(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     return render_order_review(order, cancelled=True)

@@ -228,10 +228,13 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     brand = brands.brand_for(order, settings, url_for)
     pages = branding_cache.pages() if order is not None else None
     marks: list[bool] = []
+    # An order read with its row version (checkout.view_order) is named in the page's key by
+    # that version instead of by all its columns, which are only gathered to render the page.
+    version = getattr(order, "row_version", None) if pages is not None else None
     page = page_context(
         brand=brand,
         locale=locale,
-        order=order_data(order) if order is not None else None,
+        order=order_data(order) if order is not None and version is None else None,
         context=context,
         csrf_token=generate_csrf if pages is None else _marking(marks),
     )
@@ -240,10 +243,14 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     overrides = published_overrides()
     key = None
     if pages is not None:
-        key = page_key(name, language, page, overrides)
+        row = ("order row", order.reference, version) if version is not None else None
+        key = page_key(name, language, page, overrides, row)
         kept = pages.get(key)
         if kept is not None:
             return _with_csrf(kept)
+    if version is not None:
+        page["order"] = order_data(order)
+        page["fmt"] = money_formatter(order.currency, locale)
     html, fell_back = _render(env, name, page, overrides, order)
     if key is None or fell_back:
         return _with_csrf(html)
@@ -273,12 +280,13 @@ def _with_csrf(html: str) -> str:
     return html.replace(CSRF_MARK, generate_csrf()) if CSRF_MARK in html else html
 
 
-def page_key(name: str, language: str, page: dict, overrides: dict) -> bytes:
+def page_key(name: str, language: str, page: dict, overrides: dict, row=None) -> bytes:
     """A digest of everything a page is rendered from but the callables (url_for, fmt and
-    csrf_token depend only on what is digested, and the request's script root)."""
+    csrf_token depend only on what is digested, and the request's script root); `row` names
+    the order's row and version when its columns are not in `page`."""
     data = [(k, v) for k, v in page.items() if not callable(v)]
     live = sorted((template, identity) for template, (identity, _source) in overrides.items())
-    text = repr((name, language, request.script_root, live, data))
+    text = repr((name, language, request.script_root, live, data, row))
     return hashlib.blake2b(text.encode(), digest_size=20).digest()
 
 
