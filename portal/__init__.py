@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from flask_wtf import CSRFProtect
 
-from portal.config import ConfigError, load_settings, retired_settings, validate
+from portal.config import ConfigError, load_settings, validate
 
 csrf = CSRFProtect()
 
@@ -150,8 +150,6 @@ def create_app(config: dict | None = None) -> Flask:
     app.jinja_env.undefined = StrictUndefined
     if not testing:
         configure_logging(settings=settings)
-    for warning in retired_settings(environ):
-        logging.getLogger("portal").warning(warning)
 
     from portal.db import db, default_pool_size
     from portal.http import set_default_pool_size

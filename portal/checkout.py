@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from types import MappingProxyType
 
 from cachetools import TTLCache
 from flask import current_app, has_app_context
@@ -137,77 +139,164 @@ def load_order(reference: str) -> Order:
     return order
 
 
-# --- the review page's order: read again only when its row has changed (PostgreSQL) ------------
+# --- the pages of an order, read while the row has not changed -----------------------------------
 #
-# Learners reload the review page, come back to it from Stripe, keep it open in a tab. Every
-# PostgreSQL row carries `xmin`, the transaction that wrote it as it is now: any UPDATE, from any
-# process, host or psql prompt, gives it a new one. Each process keeps the columns of the orders
-# its pages showed last; a page asks only for the row's `xmin` (a one-column index look-up) and
-# reads the whole row again when it differs. Every page gets an `Order` of its own, made from
-# the kept columns: nothing mutable is shared between requests. SQLite has no row version:
-# there every page reads the row.
+# Learners reload the review page, come back to it from Stripe, keep it open in a tab. On
+# PostgreSQL each process keeps the columns of the orders it showed last, each with its row
+# version (`xmin`, the transaction that wrote the row as it is now: any UPDATE, from any process,
+# host or psql prompt, gives the row a new one).
+#
+# - While the process's order change listener is live (portal.order_changes: a trigger NOTIFYs
+#   every change to an order as it commits), a kept order is shown again without asking the
+#   database at all; the notification of a change drops it.
+# - Otherwise (the listener is connecting, reconnecting, cannot hear, or is switched off), a page
+#   asks only for the row's version, a one-column index look-up, and reads the row again when it
+#   differs.
+#
+# What is kept is an immutable mapping of the columns; every page gets an `Order` of its own made
+# from it, so no object is shared between requests. On SQLite, which has neither, every page
+# reads the row.
 
-KEPT_ROWS_EXTENSION = "portal.kept_order_rows"
+KEPT_ORDERS_EXTENSION = "portal.kept_orders"
 _VERSION_BY_REFERENCE = select(literal_column("xmin::text")).where(
     Order.reference == bindparam("reference")
 )
-_ROW_WITH_VERSION = select(*_ORDERS.c, literal_column("orders.xmin::text").label("row_version"))
-_ROW_WITH_VERSION = _ROW_WITH_VERSION.where(_ORDERS.c.reference == bindparam("reference"))
+_ROW_WITH_VERSION = select(
+    *_ORDERS.c, literal_column("orders.xmin::text").label("row_version")
+).where(_ORDERS.c.reference == bindparam("reference"))
 
 
-class KeptRows:
-    """The columns of the last `size` orders shown by this process, by reference, each with its
-    row version (a cachetools TTLCache behind a lock). An entry answers only for the version it
-    was read with; `max_age` bounds it anyway (a transaction id comes round again after ~4
-    billion)."""
+class KeptOrders:
+    """The last `size` orders shown by this process (a cachetools TTLCache behind a lock), by
+    reference: each one's columns, with its row version.
 
-    def __init__(self, size: int = 256, max_age: float = 600.0):
-        self._rows = TTLCache(size, ttl=max_age)
+    Without a live listener an entry is only used for the version it was read with (`get`);
+    `max_age` bounds it anyway (a transaction id comes round again after ~4 billion). With one,
+    an entry read after the listener went live and with no change heard for its order since the
+    read began is `trusted`: used without asking, for at most `trusted_for` seconds, until the
+    listener hears of a change, or until it stops being live.
+    """
+
+    CHANGES_REMEMBERED = 4096
+
+    def __init__(self, size: int = 256, max_age: float = 600.0, trusted_for: float = 60.0):
+        self.trusted_for = trusted_for
+        self.live = False
+        self.listener = None  # the ChangeListener this is subscribed to, once it is
+        self._orders = TTLCache(size, ttl=max_age, timer=lambda: time.monotonic())
         self._lock = threading.Lock()
+        self._sequence = 0  # counts what the listener heard: changes, and resets
+        self._changed_at: dict[str, int] = {}  # reference -> sequence of its last change
+        self._floor = 0  # a read that began before this may have missed a change
 
-    def get(self, reference: str, version: str) -> dict | None:
+    # --- what the listener tells (portal.order_changes) ----------------------------------------
+
+    def changed(self, reference: str) -> None:
         with self._lock:
-            entry = self._rows.get(reference)
-        if entry is None or entry[0] != version:
+            self._sequence += 1
+            if len(self._changed_at) >= self.CHANGES_REMEMBERED:
+                self._changed_at.clear()
+                self._floor = self._sequence
+            self._changed_at[reference] = self._sequence
+            self._orders.pop(reference, None)
+
+    def reset(self, live: bool) -> None:
+        with self._lock:
+            self._sequence += 1
+            self._floor = self._sequence
+            self._changed_at.clear()
+            self.live = live
+            self._orders.clear()
+
+    # --- what pages ask ---------------------------------------------------------------------------
+
+    def mark(self) -> int | None:
+        """Taken before reading an order: what `put` needs to know whether a change may have
+        been missed during the read. None while the listener is not live."""
+        return self._sequence if self.live else None
+
+    def trusted(self, reference: str):
+        """The kept columns, if the listener is live and has heard of no change since they
+        were read."""
+        if not self.live:
             return None
-        return entry[1]
-
-    def put(self, reference: str, version: str, columns: dict) -> None:
         with self._lock:
-            self._rows[reference] = (version, columns)
+            entry = self._orders.get(reference)
+        if entry is None:
+            return None
+        _version, kept_at, columns, trusted = entry
+        if not trusted or time.monotonic() - kept_at > self.trusted_for:
+            return None
+        return columns
+
+    def get(self, reference: str, version: str):
+        """The kept columns, if they are of row version `version`."""
+        with self._lock:
+            entry = self._orders.get(reference)
+            if entry is not None and entry[0] != version:
+                del self._orders[reference]
+                entry = None
+        return entry[2] if entry is not None else None
+
+    def put(self, reference: str, version: str, columns, mark: int | None = None) -> None:
+        with self._lock:
+            trusted = (
+                mark is not None
+                and self.live
+                and mark >= self._floor
+                and self._changed_at.get(reference, 0) <= mark
+            )
+            self._orders[reference] = (version, time.monotonic(), columns, trusted)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._orders)
 
 
 def init_app(app) -> None:
-    app.extensions[KEPT_ROWS_EXTENSION] = KeptRows()
+    app.extensions[KEPT_ORDERS_EXTENSION] = KeptOrders()
 
 
 def view_order(reference: str) -> Order:
-    """The order for a learner page that only shows it (the review page), a new `Order` for
-    each call. Its `row_version` (None on SQLite) names the row as it was read, for the page
-    cache (portal.branding.render)."""
-    kept = current_app.extensions.get(KEPT_ROWS_EXTENSION) if has_app_context() else None
+    """The order for a learner page that only shows it (the review page): a new `Order` on each
+    call, made from the kept columns while its row has not changed. Its `row_version` (None on
+    SQLite) names the row as it was read, for the page cache (portal.branding.render)."""
+    kept = current_app.extensions.get(KEPT_ORDERS_EXTENSION) if has_app_context() else None
     if kept is None or not db.is_postgres:
         order = load_order(reference)
         order.row_version = None
         return order
-    with db.statements() as connection:
-        version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
-        if version is None:
-            raise order_not_found()
-        columns = kept.get(reference, version)
-        if columns is None:
-            row = connection.execute(_ROW_WITH_VERSION, {"reference": reference}).mappings()
-            columns = dict(row.first() or {})
-            if not columns:
-                raise order_not_found()
-            version = columns.pop("row_version")
-            kept.put(reference, version, columns)
-    order = Order(**columns)
+    if kept.listener is None and current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]:
+        kept.listener = db.order_changes()
+        kept.listener.subscribe(kept)
+    version = None
+    columns = kept.trusted(reference)
+    if columns is None:
+        columns, version = _read_columns(kept, reference)
+    else:
+        version = columns["row_version"]
+    order = Order(**{name: value for name, value in columns.items() if name != "row_version"})
     order.row_version = version
     return order
+
+
+def _read_columns(kept: KeptOrders, reference: str):
+    """(columns, row version) of the order: the kept ones if its row has not changed since,
+    else read and kept."""
+    mark = kept.mark()
+    with db.statements() as connection:
+        if mark is None:
+            version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
+            if version is None:
+                raise order_not_found()
+            columns = kept.get(reference, version)
+            if columns is not None:
+                return columns, version
+        row = connection.execute(_ROW_WITH_VERSION, {"reference": reference}).mappings().first()
+    if row is None:
+        raise order_not_found()
+    columns = MappingProxyType(dict(row))
+    kept.put(reference, row["row_version"], columns, mark)
+    return columns, row["row_version"]
 
 
 def reload(order: Order) -> Order:

@@ -230,6 +230,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "BRAND_NAME": ("Secure checkout", str),
     "BRAND_SUPPORT_EMAIL": (None, str),
     "BRANDING_CACHE_SECONDS": (5.0, _float),  # brands and published overrides, per process
+    "ORDER_CHANGE_LISTENER": (True, _bool),  # PostgreSQL: hear order changes (portal.order_changes)
     "SANDBOX_LATENCY_MS": (0, _int),
     "SANDBOX_FAULT_RATE": (0.0, _float),
     "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, float),  # negative: never deliver
@@ -260,25 +261,6 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "CSP_IMG_ORIGINS": ((), _origins),
     "CSP_CONNECT_ORIGINS": ((), _origins),  # where such a script sends its beacons
 }
-
-
-# Settings the portal no longer reads. An operator may still have one set: it is ignored with a
-# warning at start (never a start failure), naming what replaced it.
-RETIRED = {
-    "ORDER_CHANGE_LISTENER": (
-        "the order change listener is gone: every learner page reads its order from the database"
-    ),
-}
-
-
-def retired_settings(environ=None) -> list[str]:
-    """A warning for each retired `PORTAL_<NAME>` still set in `environ`."""
-    environ = os.environ if environ is None else environ
-    return [
-        f"PORTAL_{name} is no longer used and is ignored ({why})"
-        for name, why in RETIRED.items()
-        if f"PORTAL_{name}" in environ
-    ]
 
 
 def load_settings(overrides: dict | None = None, environ=None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,8 @@ class Database:
         self.sessions: sessionmaker[Session] | None = None
         self.read_sessions: sessionmaker[Session] | None = None
         self.read_engine: Engine | None = None
+        self._changes = None
+        self._changes_lock = threading.Lock()
 
     def configure(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.dispose()
@@ -112,9 +115,23 @@ class Database:
         self.read_sessions = sessionmaker(readers, expire_on_commit=False)
 
     def dispose(self) -> None:
-        """Closes every pooled connection."""
+        """Stops the order change listener and closes every pooled connection."""
+        if self._changes is not None:
+            self._changes.stop(wait=2.0)
+            self._changes = None
         if self.engine is not None:
             self.engine.dispose()
+
+    def order_changes(self):
+        """This process's `portal.order_changes.ChangeListener` (PostgreSQL only, else None),
+        made on first use; its thread starts with its first subscriber."""
+        if self._changes is None and self.is_postgres:
+            from portal.order_changes import ChangeListener
+
+            with self._changes_lock:
+                if self._changes is None:
+                    self._changes = ChangeListener(self.engine)
+        return self._changes
 
     @property
     def is_postgres(self) -> bool:

@@ -114,25 +114,3 @@ def test_sandbox_defaults_point_at_the_built_in_stand_ins(monkeypatch, tmp_path)
     assert settings["STRIPE_API_BASE"] == "http://127.0.0.1:5999/sandbox/stripe"
     assert settings["SKILLJAR_API_BASE"] == "http://127.0.0.1:5999/sandbox/skilljar"
     assert settings["STRIPE_SECRET_KEY"].startswith("sk_test_")
-
-
-@pytest.mark.parametrize("value", ["0", "1", "not-a-boolean"])
-def test_a_retired_setting_left_set_is_ignored_with_a_warning(monkeypatch, tmp_path, caplog, value):
-    """PORTAL_ORDER_CHANGE_LISTENER configured the order change listener, now gone: an operator
-    who still has it set (to anything) gets a warning naming it, not a start failure."""
-    monkeypatch.setenv("PORTAL_ORDER_CHANGE_LISTENER", value)
-    with caplog.at_level("WARNING", logger="portal"):
-        app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/p.db"})
-    assert "ORDER_CHANGE_LISTENER" not in app.config["PORTAL"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any(
-        "PORTAL_ORDER_CHANGE_LISTENER is no longer used and is ignored" in m for m in warnings
-    )
-    load_settings(environ={**PRODUCTION, "PORTAL_ORDER_CHANGE_LISTENER": value})  # no error
-
-
-def test_no_warning_without_a_retired_setting(monkeypatch, tmp_path, caplog):
-    monkeypatch.delenv("PORTAL_ORDER_CHANGE_LISTENER", raising=False)
-    with caplog.at_level("WARNING", logger="portal"):
-        create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}/p.db"})
-    assert not [r for r in caplog.records if "no longer used" in r.getMessage()]

@@ -11,7 +11,7 @@ import time
 import pytest
 from flask import session as flask_session
 from flask_wtf.csrf import validate_csrf
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from portal import http
 from portal.admin.audit import Actor
@@ -238,14 +238,79 @@ def test_the_rendered_pages_keep_only_the_newest():
     assert (pages.get(b"a"), pages.get(b"c"), len(pages)) == ("A", "C", 2)
 
 
-# --- orders read afresh ----------------------------------------------------------------------
+# --- orders kept by row version (PostgreSQL) -------------------------------------------------
+#
+# These are the pages without the order change listener (PORTAL_ORDER_CHANGE_LISTENER=0, or
+# while it connects or cannot hear): each page asks for the row's version. With the listener,
+# tests/test_order_changes.py.
 
 
-def test_a_change_made_elsewhere_shows_on_the_next_page(app, database_url):
-    """Another host, or an operator at a psql prompt, changes the row with plain SQL (no
-    updated_at, no ORM): the next page shows it."""
+@pytest.fixture
+def versions_app(make_app):
+    return make_app(ORDER_CHANGE_LISTENER=False)
+
+
+def kept_orders(app):
+    from portal.checkout import KEPT_ORDERS_EXTENSION
+
+    return app.extensions[KEPT_ORDERS_EXTENSION]
+
+
+def postgres_only(database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the row version (xmin) is PostgreSQL's; SQLite loads the row every time")
+
+
+def statements_sent(engine) -> list[str]:
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+def test_an_unchanged_order_is_not_loaded_again(versions_app, database_url):
+    postgres_only(database_url)
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    client = app.test_client()
+    client = versions_app.test_client()
+    first = client.get(f"/orders/{order.reference}")
+    assert first.status_code == 200
+    assert len(kept_orders(versions_app)) == 1
+    sent = statements_sent(db.engine)
+    again = client.get(f"/orders/{order.reference}")
+    assert again.status_code == 200
+    assert len(sent) == 1  # only the row's version was asked for
+    assert "xmin" in sent[0]
+    assert "description" not in sent[0]
+    token = CSRF.search(again.text).group(1)
+    assert first.text.replace(CSRF.search(first.text).group(1), "T") == again.text.replace(
+        token, "T"
+    )
+    assert_token_is_valid(versions_app, client, token)
+
+
+def test_each_page_gets_an_order_of_its_own(versions_app, database_url):
+    """The kept columns are immutable and every page makes its own Order from them: a change
+    to one page's object reaches no other request."""
+    postgres_only(database_url)
+    from portal import checkout
+
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    with versions_app.test_request_context():
+        one = checkout.view_order(order.reference)
+        two = checkout.view_order(order.reference)
+        assert one is not two
+        one.description = "changed in one request"
+        assert two.description == "Introduction to Python"
+        assert checkout.view_order(order.reference).description == "Introduction to Python"
+        kept = kept_orders(versions_app).get(order.reference, two.row_version)
+        with pytest.raises(TypeError):
+            kept["description"] = "changed"
+
+
+def test_a_change_made_elsewhere_shows_on_the_next_page(versions_app, database_url):
+    """Another host, or an operator at a psql prompt, changes the row with plain SQL (no
+    updated_at, no ORM): its new row version means the page reads it again at once."""
+    order = make_order(state=OrderState.OPEN, stripe_session_id=None)
+    client = versions_app.test_client()
     assert "Introduction to Python" in client.get(f"/orders/{order.reference}").text
     other_host = make_engine(database_url)
     try:
@@ -268,8 +333,34 @@ def test_a_change_made_elsewhere_shows_on_the_next_page(app, database_url):
         other_host.dispose()
 
 
-def test_an_unknown_reference_is_a_404(app):
-    assert app.test_client().get("/orders/ord_doesnotexist0000").status_code == 404
+def test_an_unknown_reference_is_still_a_404(versions_app, database_url):
+    answer = versions_app.test_client().get("/orders/ord_doesnotexist0000")
+    assert answer.status_code == 404
+    assert len(kept_orders(versions_app)) == 0
+
+
+def test_a_kept_order_is_used_only_for_its_own_version():
+    from portal.checkout import KeptOrders
+
+    kept = KeptOrders(size=2)
+    first, second, third = {"description": "1"}, {"description": "2"}, {"description": "3"}
+    kept.put("ord_a", "100", first)
+    assert kept.get("ord_a", "100") is first
+    assert kept.get("ord_a", "101") is None  # the row has changed since
+    assert kept.get("ord_a", "100") is None  # and the old copy is gone
+    kept.put("ord_a", "1", first)
+    kept.put("ord_b", "1", second)
+    kept.get("ord_a", "1")
+    kept.put("ord_c", "1", third)  # the least recently shown goes
+    assert (kept.get("ord_b", "1"), kept.get("ord_a", "1"), kept.get("ord_c", "1")) == (
+        None,
+        first,
+        third,
+    )
+    old = KeptOrders(max_age=0.01)
+    old.put("ord_a", "1", first)
+    time.sleep(0.02)
+    assert old.get("ord_a", "1") is None
 
 
 # --- the database ---------------------------------------------------------------------------
