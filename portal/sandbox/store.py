@@ -172,7 +172,7 @@ class Store:
         if api:
             query = query.where(calls.c.api == api)
         with self.engine.connect() as connection:
-            return [dict(r._mapping) for r in connection.execute(query)]
+            return [dict(r) for r in connection.execute(query).mappings()]
 
     # Controls are read from the database on every call (one indexed query, a few microseconds
     # on SQLite), never cached: a value set through any worker holds at once in all of them.
