@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from sqlalchemy import (
@@ -77,6 +78,14 @@ def engine_for(url: str):
         return _engines[url]
 
 
+_write_locks: dict[str, threading.Lock] = {}
+
+
+def write_lock_for(url: str) -> threading.Lock:
+    with _lock:
+        return _write_locks.setdefault(url, threading.Lock())
+
+
 def init_store(url: str) -> None:
     metadata.create_all(engine_for(url))
 
@@ -94,6 +103,19 @@ class Store:
     def __init__(self, url: str):
         self.engine = engine_for(url)
         metadata.create_all(self.engine)
+        self._write_lock = write_lock_for(url) if self.engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def writing(self):
+        """A transaction for writes. SQLite has one writer at a time: this process's threads
+        queue for it on a lock, each woken as soon as the one before has committed, and SQLite's
+        busy handler (polling, with sleeps growing to 100 ms) is left to the other processes."""
+        if self._write_lock is None:
+            with self.engine.begin() as connection:
+                yield connection
+            return
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection
 
     def get(self, kind: str, object_id: str) -> dict | None:
         with self.engine.connect() as connection:
@@ -124,14 +146,14 @@ class Store:
         if connection is not None:
             write(connection)
             return
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             write(conn)
 
     def write(self, puts, remember: tuple[str, str, dict, int] | None = None) -> None:
         """In one transaction: `remember` = (key, request_hash, response, status), the first
         answer under an idempotency key (IntegrityError when the key has one already), then
         each (kind, id, data) of `puts` created or replaced."""
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             if remember is not None:
                 self.remember(connection, *remember)
             for kind, object_id, data in puts:
@@ -160,7 +182,7 @@ class Store:
         )
 
     def log_call(self, api: str, method: str, path: str, body: str | None, status: int) -> None:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             connection.execute(
                 insert(calls).values(
                     api=api, method=method, path=path, body=body, status=status, at=time.time()
@@ -192,7 +214,7 @@ class Store:
         return {**defaults, **dict(rows)}
 
     def set_control(self, name: str, value: float) -> None:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             result = connection.execute(
                 update(controls).where(controls.c.name == name).values(value=value)
             )
@@ -205,6 +227,6 @@ class Store:
                     )
 
     def reset(self) -> None:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             for table in (objects, idempotency, calls, controls):
                 connection.execute(delete(table))
