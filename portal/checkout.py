@@ -83,8 +83,8 @@ class Next:
 
 
 # Built once: every page of an order and every entry runs one of these.
-_BY_PLATFORM_REF = select(Order).where(
-    Order.platform == bindparam("platform"), Order.platform_ref == bindparam("platform_ref")
+_ROW_BY_PLATFORM_REF = select(*_ORDERS.c).where(
+    _ORDERS.c.platform == bindparam("platform"), _ORDERS.c.platform_ref == bindparam("platform_ref")
 )
 _BY_REFERENCE = select(Order).where(Order.reference == bindparam("reference"))
 
@@ -118,13 +118,26 @@ def find_learner_order(platform: str, learner_key: str) -> Order | None:
         return session.scalar(_BY_LEARNER_KEY, {"platform": platform, "learner_key": learner_key})
 
 
+def order_from_columns(columns) -> Order:
+    """A new `Order` (never added to a session) from a mapping of all its columns: a Core
+    row's `.mappings()`, or the review page's kept columns. Where a path has a Core row at hand
+    (an entry's look-up, an `INSERT … RETURNING`, Pay's compare-and-set), this is half what
+    loading it through an ORM session costs."""
+    return Order(**columns)
+
+
 def find_order(platform: str, platform_ref: str) -> Order | None:
     """The order of a platform's purchase, or None (every entry page asks; for a new purchase
-    the answer is None)."""
-    with db.reader() as session:
-        return session.scalar(
-            _BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
+    the answer is None): one Core SELECT."""
+    with db.statements() as connection:
+        row = (
+            connection.execute(
+                _ROW_BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
+            )
+            .mappings()
+            .first()
         )
+    return order_from_columns(row) if row is not None else None
 
 
 def order_not_found() -> CheckoutError:
@@ -274,7 +287,7 @@ def view_order(reference: str) -> Order:
         columns, version = _read_columns(kept, reference)
     else:
         version = columns["row_version"]
-    order = Order(**{name: value for name, value in columns.items() if name != "row_version"})
+    order = order_from_columns({k: v for k, v in columns.items() if k != "row_version"})
     order.row_version = version
     return order
 
@@ -392,15 +405,14 @@ _OPENING: dict = {}
 
 def _insert_order(values: dict) -> Order:
     """The new order, as stored (its reference, defaults and id), with its first timeline event,
-    committed together. An INSERT … RETURNING loaded as an `Order` by the ORM
-    (`from_statement`), not the unit of work. On PostgreSQL one statement: the INSERT is a
-    data-modifying CTE and the event is INSERTed from its row."""
+    committed together. Core, not the ORM's unit of work. On PostgreSQL one statement: the
+    INSERT … RETURNING is a data-modifying CTE and the event is INSERTed from its row."""
     opened = timeline.event(None, "state", "order opened", {"to": "open"})
-    with db.single_writes() as session:
-        if not db.is_postgres:  # a transaction (db.single_writes): both or neither
-            order = session.scalars(select(Order).from_statement(_INSERT_ORDER), values).one()
-            timeline.write({**opened, "order_id": order.id}, session)
-            return order
+    with db.statements() as connection:
+        if not db.is_postgres:  # a transaction (db.statements): both or neither
+            row = connection.execute(_INSERT_ORDER, values).mappings().one()
+            timeline.write({**opened, "order_id": row["id"]}, connection)
+            return order_from_columns(row)
         names = tuple(values)
         statement = _OPENING.get(names)
         if statement is None:
@@ -410,12 +422,11 @@ def _insert_order(values: dict) -> Order:
                 .returning(*_ORDERS.c)
                 .cte("opened")
             )
-            statement = select(Order).from_statement(
-                select(inserted).add_cte(timeline.logged_with(inserted, 0, 1))
-            )
+            statement = select(inserted).add_cte(timeline.logged_with(inserted, 0, 1))
             _OPENING[names] = statement
         params = {f"o_{name}": value for name, value in values.items()}
-        return session.scalars(statement, {**params, **timeline.bind_events("a", [opened])}).one()
+        row = connection.execute(statement, {**params, **timeline.bind_events("a", [opened])})
+        return order_from_columns(row.mappings().one())
 
 
 def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
@@ -531,7 +542,7 @@ def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
 
 
 # Built once: the next attempt fixed in the row, and the row as it then is.
-_PREPARE_ATTEMPT = select(Order).from_statement(
+_PREPARE_ATTEMPT = (
     update(_ORDERS)
     .where(
         _ORDERS.c.id == bindparam("order_id"),
@@ -567,23 +578,27 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
         return order
     lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
     # One compare-and-set statement, atomic on its own: committed as it runs, built once.
-    with db.single_writes() as session:
-        updated = session.scalars(
-            _PREPARE_ATTEMPT,
-            {
-                "order_id": order.id,
-                "attempt": order.session_attempt,
-                "next_attempt": order.session_attempt + 1,
-                "expires_at": (now + timedelta(minutes=lifetime)).replace(microsecond=0),
-                "mode": quote.mode,
-                "country": quote.country,
-                "rate": None if quote.rate is None else f"{quote.rate.normalize():f}",
-                "tax": quote.amount_minor,
-                "now": now,
-            },
-        ).first()
+    with db.statements() as connection:
+        row = (
+            connection.execute(
+                _PREPARE_ATTEMPT,
+                {
+                    "order_id": order.id,
+                    "attempt": order.session_attempt,
+                    "next_attempt": order.session_attempt + 1,
+                    "expires_at": (now + timedelta(minutes=lifetime)).replace(microsecond=0),
+                    "mode": quote.mode,
+                    "country": quote.country,
+                    "rate": None if quote.rate is None else f"{quote.rate.normalize():f}",
+                    "tax": quote.amount_minor,
+                    "now": now,
+                },
+            )
+            .mappings()
+            .first()
+        )
     # The row as this update left it; if another click changed it first, as it is now.
-    return updated if updated is not None else reload(order)
+    return order_from_columns(row) if row is not None else reload(order)
 
 
 def start_payment(services, reference: str, country: str | None = None) -> Next:
