@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -99,6 +100,30 @@ class Remembered(NamedTuple):
     status: int
 
 
+# The statements every stand-in request runs, built once: SQLAlchemy then reuses their compiled
+# form without building or keying them again.
+_GET = select(objects.c.data).where(
+    objects.c.kind == bindparam("b_kind"), objects.c.id == bindparam("b_id")
+)
+_REPLACE = (
+    update(objects)
+    .where(objects.c.kind == bindparam("b_kind"), objects.c.id == bindparam("b_id"))
+    .values(data=bindparam("b_data"))
+)
+_CREATE = insert(objects).values(
+    kind=bindparam("b_kind"),
+    id=bindparam("b_id"),
+    data=bindparam("b_data"),
+    created=bindparam("b_created"),
+)
+_REMEMBERED = select(idempotency).where(idempotency.c.key == bindparam("key"))
+_LOG_CALL = insert(calls)
+_CONTROL = select(controls.c.value).where(controls.c.name == bindparam("name"))
+_CONTROLS = select(controls.c.name, controls.c.value).where(
+    controls.c.name.in_(bindparam("names", expanding=True))
+)
+
+
 class Store:
     def __init__(self, url: str):
         self.engine = engine_for(url)
@@ -119,29 +144,17 @@ class Store:
 
     def get(self, kind: str, object_id: str) -> dict | None:
         with self.engine.connect() as connection:
-            row = connection.execute(
-                select(objects.c.data).where(objects.c.kind == kind, objects.c.id == object_id)
-            ).first()
+            row = connection.execute(_GET, {"b_kind": kind, "b_id": object_id}).first()
         return dict(row.data) if row else None
 
     def put(self, kind: str, object_id: str, data: dict, connection=None) -> None:
         """Create or replace an object; `connection`: inside that transaction."""
 
         def write(conn):
-            result = conn.execute(
-                update(objects)
-                .where(objects.c.kind == kind, objects.c.id == object_id)
-                .values(data=data)
-            )
-            if result.rowcount == 0:
-                conn.execute(
-                    insert(objects).values(
-                        kind=kind,
-                        id=object_id,
-                        data=data,
-                        created=int(data.get("created") or time.time()),
-                    )
-                )
+            values = {"b_kind": kind, "b_id": object_id, "b_data": data}
+            if conn.execute(_REPLACE, values).rowcount == 0:
+                created = int(data.get("created") or time.time())
+                conn.execute(_CREATE, {**values, "b_created": created})
 
         if connection is not None:
             write(connection)
@@ -171,7 +184,7 @@ class Store:
     # Idempotency: the first answer under a key is the answer for every retry with that key.
     def remembered(self, key: str) -> Remembered | None:
         with self.engine.connect() as connection:
-            row = connection.execute(select(idempotency).where(idempotency.c.key == key)).first()
+            row = connection.execute(_REMEMBERED, {"key": key}).first()
         return Remembered(*row) if row else None
 
     def remember(self, connection, key: str, request_hash: str, response: dict, status: int):
@@ -184,9 +197,15 @@ class Store:
     def log_call(self, api: str, method: str, path: str, body: str | None, status: int) -> None:
         with self.writing() as connection:
             connection.execute(
-                insert(calls).values(
-                    api=api, method=method, path=path, body=body, status=status, at=time.time()
-                )
+                _LOG_CALL,
+                {
+                    "api": api,
+                    "method": method,
+                    "path": path,
+                    "body": body,
+                    "status": status,
+                    "at": time.time(),
+                },
             )
 
     def calls(self, api: str | None = None) -> list[dict]:
@@ -200,17 +219,13 @@ class Store:
     # on SQLite), never cached: a value set through any worker holds at once in all of them.
     def control(self, name: str, default: float) -> float:
         with self.engine.connect() as connection:
-            row = connection.execute(
-                select(controls.c.value).where(controls.c.name == name)
-            ).first()
+            row = connection.execute(_CONTROL, {"name": name}).first()
         return row.value if row else default
 
     def controls(self, defaults: dict[str, float]) -> dict[str, float]:
         """Several controls in one query: {name: value, or its default}."""
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(controls.c.name, controls.c.value).where(controls.c.name.in_(defaults))
-            ).all()
+            rows = connection.execute(_CONTROLS, {"names": list(defaults)}).all()
         return {**defaults, **dict(rows)}
 
     def set_control(self, name: str, value: float) -> None:
