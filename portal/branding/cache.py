@@ -5,6 +5,9 @@ the database on every page. A save or publish clears the cache of the process th
 once; other processes and hosts see it within those seconds. 0 turns the cache off.
 
 Only answers the database gave are kept: a failed lookup is asked again on the next page.
+
+The rendered learner pages are kept here too (`RenderedPages`, used by
+`portal.branding.render.render_learner`). Both are cachetools caches behind a lock.
 """
 
 from __future__ import annotations
