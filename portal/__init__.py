@@ -165,7 +165,7 @@ def create_app(config: dict | None = None) -> Flask:
     from portal.services import build_services
 
     app.extensions["portal"] = build_services(settings)
-    checkout.init_app(app)  # the review page's orders, kept by row version
+    checkout.init_app(app)  # the orders learner pages showed last, by row version
     csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -118,7 +119,7 @@ def find_learner_order(platform: str, learner_key: str) -> Order | None:
         return session.scalar(_BY_LEARNER_KEY, {"platform": platform, "learner_key": learner_key})
 
 
-def order_from_columns(columns) -> Order:
+def order_from_columns(columns: Mapping) -> Order:
     """A new `Order` (never added to a session) from a mapping of all its columns: a Core
     row's `.mappings()`, or the review page's kept columns. Where a path has a Core row at hand
     (an entry's look-up, an `INSERT … RETURNING`, Pay's compare-and-set), this is half what
@@ -228,7 +229,7 @@ class KeptOrders:
         been missed during the read. None while the listener is not live."""
         return self._sequence if self.live else None
 
-    def trusted(self, reference: str):
+    def trusted(self, reference: str) -> Mapping | None:
         """The kept columns, if the listener is live and has heard of no change since they
         were read."""
         if not self.live:
@@ -242,7 +243,7 @@ class KeptOrders:
             return None
         return columns
 
-    def get(self, reference: str, version: str):
+    def get(self, reference: str, version: str) -> Mapping | None:
         """The kept columns, if they are of row version `version`."""
         with self._lock:
             entry = self._orders.get(reference)
@@ -251,7 +252,7 @@ class KeptOrders:
                 entry = None
         return entry[2] if entry is not None else None
 
-    def put(self, reference: str, version: str, columns, mark: int | None = None) -> None:
+    def put(self, reference: str, version: str, columns: Mapping, mark: int | None = None) -> None:
         with self._lock:
             trusted = (
                 mark is not None
@@ -281,20 +282,17 @@ def view_order(reference: str) -> Order:
     if kept.listener is None and current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]:
         kept.listener = db.order_changes()
         kept.listener.subscribe(kept)
-    version = None
     columns = kept.trusted(reference)
     if columns is None:
-        columns, version = _read_columns(kept, reference)
-    else:
-        version = columns["row_version"]
+        columns = _read_columns(kept, reference)
     order = order_from_columns({k: v for k, v in columns.items() if k != "row_version"})
-    order.row_version = version
+    order.row_version = columns["row_version"]
     return order
 
 
-def _read_columns(kept: KeptOrders, reference: str):
-    """(columns, row version) of the order: the kept ones if its row has not changed since,
-    else read and kept."""
+def _read_columns(kept: KeptOrders, reference: str) -> Mapping:
+    """The order's columns and `row_version`: the kept ones if its row has not changed since
+    they were read, else read afresh and kept."""
     mark = kept.mark()
     with db.statements() as connection:
         if mark is None:
@@ -303,13 +301,13 @@ def _read_columns(kept: KeptOrders, reference: str):
                 raise order_not_found()
             columns = kept.get(reference, version)
             if columns is not None:
-                return columns, version
+                return columns
         row = connection.execute(_ROW_WITH_VERSION, {"reference": reference}).mappings().first()
     if row is None:
         raise order_not_found()
     columns = MappingProxyType(dict(row))
-    kept.put(reference, row["row_version"], columns, mark)
-    return columns, row["row_version"]
+    kept.put(reference, columns["row_version"], columns, mark)
+    return columns
 
 
 def reload(order: Order) -> Order:
