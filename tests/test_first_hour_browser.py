@@ -154,15 +154,19 @@ def test_cleeng_return_page_fits_360px(portal, new_page):
 
 
 def test_caught_mail_shows_the_brands_logo(portal, new_page):
+    from sqlalchemy import select
+
     from portal.admin.audit import Actor
     from portal.branding.brands import BrandInput
-    from portal.branding.operations import save_brand
+    from portal.branding.operations import assign, save_brand
+    from portal.db import db
     from portal.jobs import Worker
+    from portal.models import ApiKey
     from tests.test_branding import PNG
 
     server = portal()
     with server.app.app_context():
-        save_brand(
+        brand = save_brand(
             Actor(None, "marketer@example.com"),
             BrandInput(
                 name="Demo Supplies",
@@ -180,6 +184,12 @@ def test_caught_mail_shows_the_brands_logo(portal, new_page):
     page.get_by_label("Quantity").fill("2")
     page.get_by_role("button", name=re.compile("Send")).first.click()
     expect(page.get_by_role("status").first).to_contain_text("Pay link")
+    with server.app.app_context():  # the demo ERP made its API key on the way
+        # The demo key has a sender name of its own, so it shows a logo only from a brand
+        # assigned to that very key (a default brand lends it only its colours).
+        with db.reader() as session:
+            key = session.scalar(select(ApiKey).where(ApiKey.name == "Sandbox demo merchant"))
+        assign(Actor(None, "marketer@example.com"), "merchant", str(key.id), brand.id)
     Worker(server.services, poll_seconds=0).run(once=True)  # the mail job
     page.goto(server.url + "/sandbox/mail")
     page.get_by_role("link", name=re.compile("pay", re.I)).first.click()
