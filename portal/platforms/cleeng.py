@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs, jsonlimits, outbound, receipts
+from portal import jobs, jsonlimits, outbound, receipts, recurring
 from portal.branding.render import render_learner
 from portal.checkout import (
     CheckoutError,
@@ -287,6 +287,7 @@ def draft_from_order(order: dict, locale: str | None, return_url: str | None) ->
     trial = bool(discount.get("applied")) and discount.get("type") == "trial"
     coupon = order.get("couponCode") or None
     offer_price = _minor(breakdown.get("offerPrice"), currency, "offerPrice", exact=False)
+    prices = _breakdown(order, breakdown, currency, total)
     return OrderDraft(
         platform=PLATFORM,
         platform_ref=str(order["id"]),
@@ -315,8 +316,88 @@ def draft_from_order(order: dict, locale: str | None, return_url: str | None) ->
             "trial": trial,
             "discount_type": discount.get("type") if discount.get("applied") else None,
             "coupon_code": str(coupon) if coupon else None,
+            **prices,
         },
     )
+
+
+def _breakdown(order: dict, breakdown: dict, currency: str, total: int) -> dict:
+    """The rest of Cleeng's breakdown for the review page, and what the subscription costs after
+    today. Cleeng prices offers before tax (`offerPrice`, `discountedPrice`) and adds `taxValue`
+    and its fees to make `totalPrice`; an order whose total already holds the tax (the total is
+    the discounted price and fees) says so, and the page labels the tax "included". Whichever
+    Cleeng's figures add up to is what the page shows: the lines add up as labelled."""
+    offer_price = _minor(breakdown.get("offerPrice"), currency, "offerPrice", exact=False)
+    discount = _minor(breakdown.get("discountAmount"), currency, "discountAmount", exact=False)
+    tax = _minor(breakdown.get("taxValue"), currency, "taxValue", exact=False)
+    if breakdown.get("discountedPrice") is not None:
+        discounted = _minor(
+            breakdown.get("discountedPrice"), currency, "discountedPrice", exact=False
+        )
+    else:
+        discounted = max(offer_price - discount, 0)
+    fees = _minor(
+        breakdown.get("customerServiceFee"), currency, "customerServiceFee", exact=False
+    ) + _minor(breakdown.get("paymentMethodFee"), currency, "paymentMethodFee", exact=False)
+    tax_added = not (tax and discounted + fees == total)
+    offer = order.get("offer") if isinstance(order.get("offer"), dict) else {}
+    discount_info = order.get("discount") if isinstance(order.get("discount"), dict) else {}
+    applied = bool(discount_info.get("applied"))
+    kind = discount_info.get("type") if applied else None
+    periods = _small_int(discount_info.get("periods")) if applied else 0
+    renewal = _renewal_minor(order, breakdown, currency, discounted, tax, tax_added)
+    plan = recurring.plan(
+        amount_minor=renewal,
+        period=offer.get("period"),
+        trial_days=_small_int(offer.get("freeDays")) if kind == "trial" else None,
+        trial_periods=(periods or 1) if kind == "trial" else None,
+    )
+    if plan is not None and kind not in (None, "trial") and periods > 1:
+        plan["discounted_periods"] = periods  # the discounted price is charged this many times
+    return {
+        "discounted_minor": discounted,
+        "fees_minor": fees,
+        "tax_added": tax_added,
+        "recurring": plan,
+    }
+
+
+def _small_int(value) -> int:
+    """Cleeng's counts (`freeDays`, `discount.periods`) come as numbers or digit strings."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value if 0 <= value <= 100_000 else 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        return int(value)
+    return 0
+
+
+def _renewal_minor(order, breakdown, currency, discounted, tax, tax_added) -> int | None:
+    """What each renewal charges, tax included: the offer price before any discount, plus tax at
+    Cleeng's `taxRate` when Cleeng adds tax (or at the rate its own figures show). None when
+    Cleeng's answer does not say."""
+    if "offerPrice" not in breakdown:
+        return None
+    net = plain_decimal(breakdown.get("offerPrice")).scaleb(exponent(currency))
+    if not tax_added:
+        return int(net.quantize(Decimal(1), ROUND_HALF_UP))
+    rate = _rate(order.get("taxRate"))
+    if rate is None and discounted:
+        rate = Decimal(tax) / Decimal(discounted)
+    if rate is None:
+        return None  # no rate, and nothing charged today to see it from (a trial)
+    return int((net * (1 + rate)).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+def _rate(value) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        rate = plain_decimal(value)
+    except MoneyError:
+        return None
+    return rate if rate < 1 else None
 
 
 # --- webhook signatures ---------------------------------------------------------------------------
@@ -1063,9 +1144,11 @@ def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
     )
 
 
-def review_data(platform_data: dict) -> dict:
+def review_data(platform_data: dict, today=None) -> dict:
     """What the Cleeng review page reads of the order's platform data: the offer's period,
-    Cleeng's price breakdown (tax included) and how the discount came about. Every key is always
+    Cleeng's price breakdown (tax added or included, as Cleeng's figures add up), how the
+    discount came about, and what the subscription costs after today (`recurring`: the renewal
+    price and the first date it is charged, from `today`, the learner's day). Every key is always
     there (strict templates), with None for what Cleeng did not send."""
     return {
         "period": platform_data.get("period") or None,
@@ -1078,6 +1161,10 @@ def review_data(platform_data: dict) -> dict:
         "trial": bool(platform_data.get("trial")),
         "discount_type": platform_data.get("discount_type") or None,
         "coupon_code": platform_data.get("coupon_code") or None,
+        # Cleeng adds tax to its (net) offer price; an order whose total holds it says so.
+        "tax_added": platform_data.get("tax_added", True) is not False,
+        "fees_minor": platform_data.get("fees_minor") or 0,
+        "recurring": recurring.terms(platform_data.get("recurring"), today or utcnow().date()),
     }
 
 
