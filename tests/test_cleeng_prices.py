@@ -26,7 +26,9 @@ def lines(html: str) -> list[tuple[str, str]]:
     """The summary's (label, amount) pairs, tags stripped."""
     block = html[html.index('id="cleeng-lines"') : html.index("</dl>", html.index("cleeng-lines"))]
     pairs = re.findall(r"<dt[^>]*>(.*?)</dt>\s*<dd[^>]*>(.*?)</dd>", block, re.S)
-    plain = [(re.sub(r"<[^>]+>", "", a).strip(), re.sub(r"<[^>]+>", "", b).strip()) for a, b in pairs]
+    plain = [
+        (re.sub(r"<[^>]+>", "", a).strip(), re.sub(r"<[^>]+>", "", b).strip()) for a, b in pairs
+    ]
     return [(re.sub(r"\s+", " ", a), b) for a, b in plain]
 
 
@@ -110,7 +112,7 @@ def test_a_free_trial_says_when_it_ends_and_what_follows(client, mocked, freeze_
     trial["offer"] = {**trial["offer"], "period": "year", "freeDays": 7}
     page = open_review(client, mocked, trial).text
     assert lines(page) == [
-        ("Offer price (per year)", "€100.00"),
+        ("Offer price (per year) before tax", "€100.00"),
         ("Free trial", "−€100.00"),
         ("Tax (21%)", "+€0.00"),
         ("Total today", "€0.00"),

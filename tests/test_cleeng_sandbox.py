@@ -95,8 +95,9 @@ def test_subscribe_with_a_coupon_pay_and_renew(server):
         "€10.00",
         "WELCOME20",
         "−€2.00",
-        "Tax (21%), included",
-        "€1.68",
+        "Tax (21%)",
+        "+€1.68",
+        "Then €12.10 per month from",
         "Pay €9.68",
     ):
         assert expected in text

@@ -185,6 +185,10 @@ CLEENG_MONTHLY = {
     "trial": False,
     "discount_type": "coupon",
     "coupon_code": "WELCOME20",
+    "discounted_minor": 800,
+    "fees_minor": 0,
+    "tax_added": True,
+    "recurring": {"amount_minor": 1210, "period": "month", "trial_days": 0, "trial_periods": 0},
 }
 CLEENG_TRIAL = {
     **CLEENG_MONTHLY,
@@ -196,6 +200,8 @@ CLEENG_TRIAL = {
     "trial": True,
     "discount_type": "trial",
     "coupon_code": None,
+    "discounted_minor": 0,
+    "recurring": {"amount_minor": 12100, "period": "year", "trial_days": 7, "trial_periods": 0},
 }
 CLEENG_WEEKLY_JPY = {
     **CLEENG_MONTHLY,
@@ -208,6 +214,9 @@ CLEENG_WEEKLY_JPY = {
     "tax_percent": "10",
     "discount_type": None,
     "coupon_code": None,
+    "discounted_minor": 500,
+    "tax_added": True,
+    "recurring": {"amount_minor": 550, "period": "week", "trial_days": 0, "trial_periods": 0},
 }
 
 
