@@ -53,7 +53,8 @@ def plan(*, amount_minor: int | None, period, trial_days=None, trial_periods=Non
 
 def terms(stored, today: date) -> dict | None:
     """For the page: {amount_minor, period, from (ISO date: the first charge at the full price),
-    trial_end (ISO date or None), discounted_periods (how many charges at today's price)}. Every key is always there (strict templates)."""
+    trial_end (ISO date or None), discounted_periods (how many charges at today's price)}.
+    Every key is always there (strict templates)."""
     if not isinstance(stored, dict) or stored.get("period") not in PERIODS:
         return None
     amount = stored.get("amount_minor")

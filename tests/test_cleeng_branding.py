@@ -179,7 +179,8 @@ def test_every_cleeng_sample_previews_and_checks_clean(app, console):
     jpy = marketer.get("/admin/branding/templates/cleeng/review.html/preview?state=cleeng-jpy")
     assert "Offer price (per week)" in jpy.text
     assert "¥550" in jpy.text
-    assert "Tax (10%)" in jpy.text and "+¥50" in jpy.text
+    assert "Tax (10%)" in jpy.text
+    assert "+¥50" in jpy.text
     # The shared frame's check covers the Cleeng page too: an override of base.html that breaks
     # on the Cleeng page only is caught before publishing.
     broken_frame = (
