@@ -39,9 +39,9 @@ def renewal(html: str) -> str:
 
 def monthly(**overrides) -> dict:
     """€10.00 a month before tax, 21% VAT added: €12.10 charged, no discount."""
-    fields = dict(
-        totalPrice=12.1,
-        priceBreakdown={
+    fields = {
+        "totalPrice": 12.1,
+        "priceBreakdown": {
             "offerPrice": 10.0,
             "discountAmount": 0,
             "discountedPrice": 10.0,
@@ -49,9 +49,9 @@ def monthly(**overrides) -> dict:
             "customerServiceFee": 0,
             "paymentMethodFee": 0,
         },
-        couponCode=None,
-        discount={"applied": False, "type": "", "periods": ""},
-    )
+        "couponCode": None,
+        "discount": {"applied": False, "type": "", "periods": ""},
+    }
     return cleeng_order(**{**fields, **overrides})
 
 
