@@ -373,6 +373,7 @@ class StripeGateway:
         idempotency_key: str,
         description: str | None = None,
         metadata: dict | None = None,
+        capture_method: str | None = None,
     ) -> OffSessionCharge:
         """Charge a saved card with the customer away (a renewal). A decline is an answer, not an
         error: it comes back as `declined` with Stripe's message. The idempotency key makes a
@@ -388,6 +389,9 @@ class StripeGateway:
         }
         if description:
             params["description"] = description[:1000]
+        if capture_method:
+            # "manual": authorise only; the PaymentIntent waits in requires_capture.
+            params["capture_method"] = capture_method
 
         def create():
             try:
@@ -424,6 +428,10 @@ class OffSessionCharge:
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
+
+    @property
+    def authorised(self) -> bool:
+        return self.status == "requires_capture"
 
 
 def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:

@@ -12,8 +12,11 @@ PaymentMethod id, which Cleeng hands back with every renewal). A failed payment 
 
 Cleeng-managed recurring billing and refunds arrive as webhooks at `POST /webhooks/cleeng`,
 authenticated by an HMAC-SHA256 signature of the raw body, and are stored as jobs before the 200:
-- `subscriptionReadyForPaymentAuthorisation` / `subscriptionReadyForPaymentCapture`: create the
-  recurring order, charge the saved card off-session, report `captured` or `rejected`;
+- `subscriptionReadyForPaymentAuthorisation`: create the recurring order, authorise the saved card
+  off-session with manual capture, report `authorized` (or `rejected`);
+- `subscriptionReadyForPaymentCapture`: capture that authorisation for the same period and
+  `PATCH` the payment to `captured`; with no authorisation, charge the card at once and report
+  `captured` or `rejected`;
 - `refundPayment`: refund through Stripe, then `PATCH {base}/payments/{id}` to `refunded`;
 - `paymentDetailsDeactivated`: detach the card from its Stripe Customer.
 
@@ -77,6 +80,7 @@ PLATFORM = "cleeng"
 ORDER_ID = re.compile(r"[0-9]{1,20}")  # Cleeng ids are integers; nothing else reaches a URL path
 INITIAL = "initial-payment"
 RECURRING = "recurring-payment"
+AUTHORISATION_TOPIC = "subscriptionReadyForPaymentAuthorisation"
 SIGNATURE_HEADER = "X-Cleeng-Signature"
 RENEWAL_TOPICS = ("subscriptionReadyForPaymentAuthorisation", "subscriptionReadyForPaymentCapture")
 # Webhook topic -> the job kind that handles it. Other topics are acknowledged and ignored.
@@ -769,10 +773,20 @@ class CleengPlatform(Platform):
 
     # --- renewals, refunds and deactivated cards (webhook jobs) -------------------------------
 
-    def renew(self, data: dict, key: str) -> str:
+    def renew(self, data: dict, key: str, topic: str | None = None) -> str:
         """Charge one renewal of a subscription and report it. Each step is recorded before the
-        next, so a retried job resumes where it stopped and never charges twice."""
+        next, so a retried job resumes where it stopped and never charges twice.
+
+        Split authorise and capture, as Cleeng asks where the gateway allows: an authorisation
+        event holds the amount on the card (a PaymentIntent with manual capture) and reports
+        `authorized`; the capture event for the same period captures that hold and updates the
+        payment to `captured`. A capture event with no authorisation charges at once."""
         renewal = Renewal.from_event(data)
+        authorise = topic == AUTHORISATION_TOPIC
+        if not authorise:
+            held = self._authorised_for(renewal)
+            if held is not None:
+                return self._capture(held, renewal)
         attempt = self._claim_renewal(renewal, key)
         if attempt is None:
             return f"subscription {renewal.subscription_id}: this period is already paid"
@@ -788,7 +802,7 @@ class CleengPlatform(Platform):
                 raise
             if attempt.cleeng_order_id is None:
                 attempt = self._recurring_order(attempt, renewal)
-            attempt = self._charge(attempt, renewal, customer, method_id)
+            attempt = self._charge(attempt, renewal, customer, method_id, authorise=authorise)
         fields = {
             "orderId": _cleeng_id(attempt.cleeng_order_id),
             "status": attempt.status,
@@ -901,8 +915,70 @@ class CleengPlatform(Platform):
             attempt.id, cleeng_order_id=str(order["id"]), amount_minor=amount, currency=currency
         )
 
+    def _authorised_for(self, renewal: Renewal) -> CleengPayment | None:
+        """The authorisation held for this subscription period, if one is waiting for capture."""
+        if not renewal.period:
+            return None
+        with db.reader() as session:
+            held = session.scalar(
+                select(CleengPayment).where(
+                    CleengPayment.renewal_key == f"{renewal.subscription_id}:{renewal.period}"
+                )
+            )
+        if held is None or held.stripe_payment_intent_id is None:
+            return None
+        if held.status == CleengPaymentStatus.AUTHORISED or (
+            held.status == CleengPaymentStatus.CAPTURED
+            and held.cleeng_payment_id is not None
+            and held.reported_at is None
+        ):
+            return held
+        return None
+
+    def _capture(self, held: CleengPayment, renewal: Renewal) -> str:
+        """Capture the period's authorisation at Stripe, then `PATCH` Cleeng's payment to
+        `captured` (or `rejected` when the hold is gone: expired or voided at Stripe; Cleeng's
+        dunning then sends a new capture, which charges at once). Recorded step by step."""
+        if held.reported_at is None and held.status == CleengPaymentStatus.AUTHORISED:
+            # Stripe holds the money but Cleeng has not heard of the authorisation yet: its own
+            # job reports it first, and this capture is retried after.
+            raise UpstreamError(
+                f"subscription {renewal.subscription_id}: the authorisation is not reported yet",
+                transient=True,
+            )
+        if held.status == CleengPaymentStatus.AUTHORISED:
+            try:
+                self.stripe.capture_payment_intent(
+                    held.stripe_payment_intent_id,
+                    f"cleeng-capture-{held.stripe_payment_intent_id}",
+                )
+            except UpstreamError as exc:
+                if exc.transient:
+                    raise
+                held = _save(
+                    held.id,
+                    status=CleengPaymentStatus.REJECTED,
+                    renewal_key=None,  # the period is free for Cleeng's next attempt
+                    rejected_reason=f"The authorisation could not be captured: {exc}"[:500],
+                    reported_at=None,
+                )
+            else:
+                held = _save(held.id, status=CleengPaymentStatus.CAPTURED, reported_at=None)
+        fields = {"status": held.status, "externalPaymentId": held.stripe_payment_intent_id}
+        if held.status == CleengPaymentStatus.REJECTED:
+            fields["rejectedReason"] = held.rejected_reason or "The authorisation expired."
+        self.client.update_payment(held.cleeng_payment_id, fields)
+        _save(held.id, reported_at=utcnow())
+        return f"subscription {renewal.subscription_id}: authorisation {held.status}"
+
     def _charge(
-        self, attempt: CleengPayment, renewal: Renewal, customer: str, method_id: str
+        self,
+        attempt: CleengPayment,
+        renewal: Renewal,
+        customer: str,
+        method_id: str,
+        *,
+        authorise: bool = False,
     ) -> CleengPayment:
         charge = self.stripe.charge_saved_card(
             customer=customer,
@@ -921,7 +997,15 @@ class CleengPlatform(Platform):
                 "cleeng_order_id": attempt.cleeng_order_id,
                 "cleeng_customer_id": renewal.customer_id,
             },
+            capture_method="manual" if authorise else None,
         )
+        if authorise and charge.authorised:
+            return _save(
+                attempt.id,
+                status=CleengPaymentStatus.AUTHORISED,
+                stripe_payment_intent_id=charge.payment_intent_id,
+                stripe_payment_method_id=method_id,
+            )
         if charge.succeeded:
             return _save(
                 attempt.id,
@@ -1073,7 +1157,9 @@ def _platform(services) -> CleengPlatform:
 
 
 def run_renewal(services, job) -> None:
-    outcome = _platform(services).renew(job.payload["data"], job.dedupe_key)
+    outcome = _platform(services).renew(
+        job.payload["data"], job.dedupe_key, job.payload.get("topic")
+    )
     log.info("Cleeng %s: %s", job.payload.get("topic"), outcome)
 
 

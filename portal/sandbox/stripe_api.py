@@ -1094,7 +1094,9 @@ def retrieve_setup_intent(setup_id):
 @bp.post("/v1/payment_intents")
 def create_payment_intent():
     """A PaymentIntent confirmed at once with a saved card, the customer away (a renewal): it
-    succeeds, or answers 402 with a card error, as Stripe does, for the sandbox's test cards."""
+    succeeds, or answers 402 with a card error, as Stripe does, for the sandbox's test cards.
+    With `capture_method=manual` the card is only authorised: the PaymentIntent waits in
+    `requires_capture` (capture it with /capture, void it with /cancel)."""
 
     def build(params):
         if params.get("confirm") != "true" or params.get("off_session") != "true":
@@ -1114,6 +1116,12 @@ def create_payment_intent():
         amount = int(params["amount"])
         if amount < 1:
             raise StripeInputError("Amount must be at least 1.", "amount")
+        capture_method = params.get("capture_method", "automatic")
+        if capture_method not in {"automatic", "automatic_async", "manual"}:
+            raise StripeInputError(
+                "Invalid capture_method: must be one of automatic, automatic_async, or manual",
+                "capture_method",
+            )
         if _store().get("customer", params["customer"]) is None:
             raise _missing("customer", params["customer"], "customer")
         method = _payment_method(params["payment_method"])
@@ -1163,7 +1171,18 @@ def create_payment_intent():
             "payment_method_details": {"type": "card", "card": _strip(method)["card"]},
             "created": now,
         }
-        intent.update(status="succeeded", amount_received=amount, latest_charge=charge["id"])
+        intent.update(
+            status="succeeded",
+            amount_received=amount,
+            latest_charge=charge["id"],
+            capture_method=capture_method,
+            amount_capturable=0,
+        )
+        charge.update(captured=True, amount_captured=amount)
+        if capture_method == "manual":
+            # Authorised only: nothing is received until the capture.
+            intent.update(status="requires_capture", amount_received=0, amount_capturable=amount)
+            charge.update(captured=False, amount_captured=0)
         return (
             intent,
             200,
