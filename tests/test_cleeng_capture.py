@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import select
 
 from portal.db import db
-from portal.models import CleengPayment, Job, JobState
-from tests.test_cleeng import (  # noqa: F401 - fixtures
+from portal.models import CleengCustomer, CleengPayment, Job, JobState
+from tests.test_cleeng import (
     CLEENG_BASE,
     INTENTS_URL,
     ORDERS_URL,
     PAYMENTS_URL,
-    app,
+    SETTINGS,
     body,
     cleeng_payment,
     count,
@@ -26,9 +26,21 @@ from tests.test_cleeng import (  # noqa: F401 - fixtures
     recurring_order,
     renewal_event,
     run_worker,
-    saved_card,
     sent,
 )
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app(**SETTINGS)
+
+
+@pytest.fixture
+def saved_card(app):
+    """The Cleeng customer's Stripe Customer, as the initial purchase left it."""
+    with db.transaction() as session:
+        session.add(CleengCustomer(customer_id="927751142", stripe_customer_id="cus_1"))
+
 
 AUTHORISATION = "subscriptionReadyForPaymentAuthorisation"
 PAYMENT_URL = f"{CLEENG_BASE}/payments/1536331076"
@@ -66,9 +78,7 @@ def authorise(app, client, mocked) -> None:
     run_worker(app, mocked)
 
 
-def test_an_authorisation_holds_the_renewal_and_reports_authorized(
-    app, client, mocked, saved_card
-):
+def test_an_authorisation_holds_the_renewal_and_reports_authorized(app, client, mocked, saved_card):
     authorise(app, client, mocked)
     (charge,) = sent(mocked, "POST", INTENTS_URL)
     assert form(charge.body)["capture_method"] == "manual"

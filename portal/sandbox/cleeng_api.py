@@ -610,7 +610,8 @@ def renew(subscription_id):
             "subscriptionReadyForPaymentAuthorisation", renewal_event(subscription, "authorize")
         )
         if status == 200:
-            _wait_for_authorisation(subscription)
+            wait = request.form.get("wait", "10")
+            _wait_for_authorisation(subscription, min(float(wait) if wait.isdigit() else 10, 10))
             status = send_webhook("subscriptionReadyForPaymentCapture", renewal_event(subscription))
         return _back(subscription["orderId"], "authorisation and capture", status)
     status = send_webhook("subscriptionReadyForPaymentCapture", renewal_event(subscription))
@@ -632,6 +633,7 @@ def _wait_for_authorisation(subscription: dict, seconds: float = 10) -> None:
             p["status"] != "captured"
             and str(p["orderId"]) in orders
             and p.get("paymentOperation") == "recurring-payment"
+            and p["created"] >= since
             for p in _store().list("cleeng.payment")
         ):
             return
