@@ -17,11 +17,11 @@ $(BIN)/activate: requirements.txt requirements-dev.txt constraints.txt
 install: $(BIN)/activate
 	$(BIN)/pybabel compile -d translations
 
-# Starts the portal with the built-in sandbox (Stripe and Skilljar stand-ins) on SQLite, plus the
-# job worker, and prints the URLs to click through a whole purchase. Ctrl-C stops both.
+# Starts the portal with the built-in sandbox (Stripe and the platforms' stand-ins) on SQLite, plus
+# the job worker, and prints the URLs to click through a whole purchase. Ctrl-C stops both.
+# scripts/demo.sh also creates (or resets) a console account per role and prints them.
 demo: install
-	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/flask --app wsgi portal init-db
-	@PORTAL_SANDBOX=1 PORTAL_PUBLIC_URL=http://$(HOST):$(PORT) BIN=$(BIN) HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
+	@BIN=$(BIN) HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
 
 # The browser tests inject axe-core from node_modules (npm, pinned by package-lock.json).
 node_modules/.package-lock.json: package.json package-lock.json

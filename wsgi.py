@@ -1,5 +1,6 @@
 """WSGI entry point: `gunicorn wsgi:app`, `flask --app wsgi ...`."""
 
 from portal import create_app
+from portal.cli import app_or_exit
 
-app = create_app()
+app = app_or_exit(create_app)

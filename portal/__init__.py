@@ -175,6 +175,8 @@ def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None
         settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
     if not settings["CLEENG_RETURN_URL"]:
         settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
+    if not settings["BRAND_HOME_URL"]:
+        settings["BRAND_HOME_URL"] = public + "/sandbox/"
     from portal.sandbox.openlearning_api import apply_sandbox_key
 
     apply_sandbox_key(settings, instance_path)
@@ -251,9 +253,19 @@ def create_app(config: dict | None = None) -> Flask:
 
     threads = serving_threads()
     set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
-    db.configure(
-        settings["DATABASE_URL"], pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads)
-    )
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        db.configure(
+            settings["DATABASE_URL"],
+            pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads),
+        )
+    except ArgumentError as exc:  # not a URL, or a database SQLAlchemy has no dialect for
+        raise ConfigError(f"PORTAL_DATABASE_URL is malformed: {exc}") from None
+    except ImportError as exc:  # a dialect whose driver is not installed
+        raise ConfigError(
+            f"PORTAL_DATABASE_URL names a database driver that is not installed: {exc}"
+        ) from None
 
     from portal import (  # noqa: F401 - job kinds register at import
         alerts,

@@ -693,6 +693,16 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         receipt_email=(
             order.customer_email if receipts.sender(services.settings, order) == "stripe" else None
         ),
+        quantity=order.quantity or 1,
+        # A price with its tax inside cannot be split into list price less discount: one line.
+        list_unit_minor=None if options.tax_included else order.list_unit_minor,
+        promo_code=None if options.tax_included else order.promo_code,
+        billing_address_collection=options.billing_address_collection,
+        shipping_countries=options.shipping_countries,
+        tax_id_collection=options.tax_id_collection,
+        invoice_creation=options.invoice_creation,
+        allow_promotion_codes=options.allow_promotion_codes,
+        phone_number_collection=options.phone_number_collection,
     )
     # The create call's timeline event is written with the state change that follows it (on
     # PostgreSQL in the same statement). If the call fails, or that write does, it is written alone.
@@ -811,8 +821,72 @@ def _authorised(services, order: Order, stripe_session) -> bool:
     return intent.get("status") == "requires_capture"
 
 
+def _present(value):
+    """`value` without its empty parts (None, "", [], {}), or None when nothing is left."""
+    if isinstance(value, dict):
+        kept = {k: v for k, v in ((k, _present(v)) for k, v in value.items()) if v is not None}
+        return kept or None
+    if isinstance(value, list):
+        kept = [v for v in (_present(v) for v in value) if v is not None]
+        return kept or None
+    return None if value in (None, "") else value
+
+
+def collected_details(stripe_session: dict) -> tuple[str | None, dict | None]:
+    """What Stripe Checkout collected from the payer: their email (lower-case), and the rest
+    as the order keeps it: name, phone, billing address, tax ids, shipping, invoice id."""
+    customer = stripe_session.get("customer_details") or {}
+    email = str(customer.get("email") or "").strip().lower() or None
+    shipping = (stripe_session.get("collected_information") or {}).get("shipping_details") or (
+        stripe_session.get("shipping_details")
+    )
+    invoice = stripe_session.get("invoice")
+    if isinstance(invoice, dict):
+        invoice = invoice.get("id")
+    details = _present(
+        {
+            "name": customer.get("name"),
+            "phone": customer.get("phone"),
+            "address": customer.get("address"),
+            "tax_exempt": customer.get("tax_exempt")
+            if customer.get("tax_exempt") != "none"
+            else None,
+            "tax_ids": [
+                {"type": t.get("type"), "value": t.get("value")}
+                for t in customer.get("tax_ids") or []
+                if isinstance(t, dict)
+            ],
+            "shipping": shipping if isinstance(shipping, dict) else None,
+            "invoice": {"id": invoice} if isinstance(invoice, str) else None,
+        }
+    )
+    return email, details
+
+
+def _with_invoice(services, order: Order, details: dict | None) -> dict | None:
+    """The Stripe invoice of the payment, with its number and links (the buyer's PDF), when the
+    session made one. Stripe unreachable: the id alone, the links are on Stripe's dashboard."""
+    invoice = (details or {}).get("invoice")
+    if not invoice:
+        return details
+    try:
+        found = services.stripe.retrieve_invoice(invoice["id"], order_id=order.id)
+    except UpstreamError:
+        return details
+    links = _present(
+        {
+            "number": found.get("number"),
+            "url": found.get("hosted_invoice_url"),
+            "pdf": found.get("invoice_pdf"),
+        }
+    )
+    return {**details, "invoice": {**invoice, **(links or {})}}
+
+
 def record_payment(services, order: Order, stripe_session, *, source: str) -> bool:
     """`-> paid` compare-and-set; the winner queues the one fulfilment job. Returns True if won."""
+    payer_email, details = collected_details(stripe_session)
+    details = _with_invoice(services, order, details)
     amount_total = stripe_session.get("amount_total") or 0  # null for a setup-mode session
     total_details = stripe_session.get("total_details") or {}
     tax_paid = total_details.get("amount_tax") or 0
@@ -824,6 +898,9 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
     expected_total = order.amount_minor + (
         tax_paid if order.tax_mode == "stripe" else order.tax_minor
     )
+    if stripe_session.get("allow_promotion_codes"):
+        # A promotion code the buyer entered on Stripe's page: Stripe's discount, not a gap.
+        expected_total -= total_details.get("amount_discount") or 0
     currency = (stripe_session.get("currency") or "").upper()
     with db.transaction() as session:
         won = transition(
@@ -846,6 +923,8 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
             amount_authorized_minor=(
                 amount_total if order.capture_method == "manual" else order.amount_authorized_minor
             ),
+            payer_email=payer_email,
+            checkout_details=details,
         )
         if won:
             timeline.record(

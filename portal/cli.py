@@ -7,10 +7,50 @@ import re
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from sqlalchemy.exc import OperationalError
 
+from portal.config import ConfigError
 from portal.db import upgrade_schema
 
-portal_cli = AppGroup("portal", help="Checkout portal operations.")
+
+class SettingError(click.ClickException):
+    """A configuration error, told as one line naming the setting: exit status 2, no traceback
+    (the status click gives a usage error: the command was fine, what it runs with was not)."""
+
+    exit_code = 2
+
+
+def app_or_exit(factory):
+    """`factory()`, except that under a command line (`flask --app wsgi ...`) a ConfigError
+    becomes one line naming the setting and exit status 2. gunicorn and tests see the error as
+    it is: they have no click context."""
+    try:
+        return factory()
+    except ConfigError as exc:
+        if click.get_current_context(silent=True) is None:
+            raise
+        raise SettingError(str(exc)) from None
+
+
+class PortalGroup(AppGroup):
+    """The `portal` commands: a ConfigError raised while a command runs (a setting read only
+    there) ends the same way as one raised at start-up."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise SettingError(str(exc)) from None
+        except OperationalError as exc:  # the database named by the setting cannot be used
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            if "no such table" in reason:
+                reason += " (run `flask --app wsgi portal init-db` first)"
+            raise SettingError(
+                f"PORTAL_DATABASE_URL: the database cannot be used: {reason}"
+            ) from None
+
+
+portal_cli = PortalGroup("portal", help="Checkout portal operations.")
 
 
 def _services():

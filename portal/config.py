@@ -277,6 +277,7 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "DEFAULT_LOCALE": ("en", str),
     "BRAND_NAME": ("Secure checkout", str),
     "BRAND_SUPPORT_EMAIL": (None, str),
+    "BRAND_HOME_URL": (None, _url),  # error pages link here when no platform page is known
     "BRANDING_CACHE_SECONDS": (5.0, _float),  # brands and published overrides, per process
     "ORDER_CHANGE_LISTENER": (True, _bool),  # PostgreSQL: hear order changes (portal.order_changes)
     "SANDBOX_LATENCY_MS": (0, _int),

@@ -8,19 +8,24 @@ already committed.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlsplit
 
 from flask import current_app, g, jsonify, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from portal import i18n
 from portal.checkout import CheckoutError
+from portal.db import db
 from portal.i18n import N_
+from portal.models import Order
 from portal.money import MoneyError
 
 log = logging.getLogger("portal.errors")
+ORDER_REFERENCE = re.compile(r"ord_[A-Za-z0-9_-]{10,40}")
 
 
 MESSAGES = {
@@ -54,9 +59,43 @@ def wants_json() -> bool:
     )
 
 
+def _host(url: str) -> str:
+    host = urlsplit(url).hostname or url
+    return host.removeprefix("www.")
+
+
+def known_page(back_url: str | None = None) -> tuple[str | None, str | None]:
+    """Where an error page's link goes, and what the link says: the platform's page when the
+    portal knows it (the error's own, an allow-listed URL; the order's return address; the page
+    the learner came from, when on an allow-listed host), else the brand's home page
+    (PORTAL_BRAND_HOME_URL). The link says the site's host. (None, None) when none is known."""
+    services = current_app.extensions["portal"]
+    candidates = [back_url]
+    reference = (request.view_args or {}).get("reference")
+    if isinstance(reference, str) and ORDER_REFERENCE.fullmatch(reference):
+        try:
+            with db.reader() as session:
+                order_redirect = session.scalar(
+                    select(Order.redirect_url).where(Order.reference == reference)
+                )
+            candidates.append(order_redirect)
+        except Exception:  # noqa: BLE001 - an error page never fails for want of a link
+            log.warning("error page: the order's page could not be looked up", exc_info=True)
+    referrer = request.referrer
+    if referrer and urlsplit(referrer).netloc != request.host:
+        candidates.append(referrer)
+    for candidate in candidates:
+        url = services.allowed_redirect(candidate)
+        if url:
+            return url, _host(url)
+    home = current_app.config["PORTAL"].get("BRAND_HOME_URL")
+    return (home, _host(home)) if home else (None, None)
+
+
 def render_error(status: int, title: str, message: str, back_url: str | None = None):
     if wants_json():
         return jsonify(error={"code": status, "title": title, "message": message}), status
+    back_url, back_label = known_page(back_url)
     from portal.branding.render import render_learner, request_locale
 
     template = (
@@ -76,6 +115,7 @@ def render_error(status: int, title: str, message: str, back_url: str | None = N
             title=i18n.gettext(language, title),
             message=i18n.gettext(language, message),
             back_url=back_url,
+            back_label=back_label,
         ),
         status,
     )

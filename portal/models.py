@@ -126,6 +126,10 @@ class Order(Base):
 
     customer_email: Mapped[str | None] = mapped_column(String(320))
     customer_name: Mapped[str | None] = mapped_column(String(300))
+    # What Stripe Checkout collected: the email the payer typed (stored lower-case), and for a
+    # B2B session the addresses, phone, tax ids and invoice (portal.checkout.collected_details).
+    payer_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    checkout_details: Mapped[dict | None] = mapped_column(JSON)
     locale: Mapped[str | None] = mapped_column(String(16))
     platform_data: Mapped[dict] = mapped_column(JSON, default=dict)
 
@@ -420,6 +424,8 @@ class ApiKey(Base):
     live: Mapped[bool] = mapped_column(default=False)
     brand_name: Mapped[str | None] = mapped_column(String(120))
     allowed_hosts: Mapped[list] = mapped_column(JSON, default=list)  # success/cancel URL hosts
+    # Default Stripe Checkout options for this key's sessions (portal.api.checkout_options).
+    checkout_options: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -111,3 +111,41 @@ def _format_money(amount_minor: int, currency: str, locale: str) -> str:
 def percent_of(amount_minor: int, percent: Decimal) -> int:
     """Tax on an amount, rounded half-up to the minor unit."""
     return int((Decimal(amount_minor) * percent / Decimal(100)).quantize(0, ROUND_HALF_UP))
+
+
+def parse_amount(text: str, currency: str, locale: str) -> int:
+    """An amount typed by someone in `locale` ("50,00" in French, "1,234.50" in English) in
+    `currency`'s minor units, through Babel's strict parser and Decimal: never a float. Spaces of
+    any kind (a French thousands separator) and the currency's code or symbol may be typed too."""
+    from babel.numbers import NumberFormatError, get_currency_symbol, parse_decimal
+
+    currency = normalise_currency(currency)
+    babel_locale = locale.replace("-", "_")
+    cleaned = "".join(str(text or "").split())
+    for mark in (currency, get_currency_symbol(currency, locale=babel_locale)):
+        cleaned = cleaned.replace(mark, "")
+    symbols = Locale.parse(babel_locale).number_symbols.get("latn", {})
+    allowed = set("0123456789") | {symbols.get("decimal", "."), symbols.get("group", ",")}
+    example = format_amount_input(123456 * 10 ** max(exponent(currency) - 2, 0), currency, locale)
+    problem = MoneyError(f"{text!r} is not an amount as written here: write it like {example}")
+    if not cleaned or not set(cleaned) <= allowed:
+        raise problem
+    try:
+        value = parse_decimal(cleaned, locale=babel_locale, strict=True)
+    except NumberFormatError:
+        raise problem from None
+    try:
+        return to_minor(str(value), currency)
+    except MoneyError:
+        raise MoneyError(f"{text!r} has more decimals than {currency} allows") from None
+
+
+def format_amount_input(amount_minor: int, currency: str, locale: str) -> str:
+    """An amount as someone in `locale` types it, without grouping: 5000 EUR in fr -> "50,00"."""
+    from babel.numbers import format_decimal
+
+    places = exponent(currency)
+    pattern = "0" + ("." + "0" * places if places else "")
+    return format_decimal(
+        to_decimal(amount_minor, currency), format=pattern, locale=locale.replace("-", "_")
+    )

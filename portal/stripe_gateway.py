@@ -65,6 +65,45 @@ class CheckoutRequest:
     capture_method: str | None = None  # "manual": authorise only (capture later or cancel)
     incremental_authorization: bool = False  # ask for an authorisation that can be raised
     receipt_email: str | None = None  # Stripe emails its receipt there (portal/receipts.py)
+    # What the review page showed, for Stripe's page to show the same: the quantity, the unit
+    # price before the promo, and the promo code (a discount on the session).
+    quantity: int = 1
+    list_unit_minor: int | None = None
+    promo_code: str | None = None
+    # What Checkout collects from a business buyer (see portal.platforms.CheckoutOptions).
+    billing_address_collection: str | None = None
+    shipping_countries: tuple[str, ...] = ()
+    tax_id_collection: bool = False
+    invoice_creation: bool = False
+    allow_promotion_codes: bool = False
+    phone_number_collection: bool = False
+
+
+@dataclass(frozen=True)
+class Lines:
+    """The product's line on Stripe's page, and the discount Stripe shows under it."""
+
+    name: str
+    unit_amount: int
+    quantity: int
+    discount_minor: int = 0
+
+
+def product_lines(request: CheckoutRequest) -> Lines:
+    """Stripe's page shows what the review page did. A promo: the list unit price times the
+    quantity, less a discount of the difference. Else the quantity at the unit price when the
+    total divides evenly by it; when it does not (a platform's rounding), one line with the total,
+    its name saying how many."""
+    quantity = max(1, request.quantity)
+    amount = request.amount_minor
+    listed = request.list_unit_minor
+    if request.promo_code and listed is not None and listed * quantity > amount >= 0:
+        return Lines(request.description, listed, quantity, listed * quantity - amount)
+    if quantity > 1 and amount % quantity == 0:
+        return Lines(request.description, amount // quantity, quantity)
+    if quantity > 1:
+        return Lines(f"{request.description} (× {quantity})", amount, 1)
+    return Lines(request.description, amount, 1)
 
 
 class StripeGateway:
@@ -137,17 +176,20 @@ class StripeGateway:
     def create_session(self, request: CheckoutRequest, *, order_id: int | None = None, record=None):
         """A Checkout Session for `request`. `record`: takes this call's CallRecord instead of
         the gateway's recorder (see _call)."""
-        product_data: dict = {"name": request.description[:250]}
+        lines = product_lines(request) if request.mode == "payment" else None
+        if lines is None:
+            lines = Lines(request.description, request.amount_minor, 1)
+        product_data: dict = {"name": lines.name[:250]}
         if request.sku:
             product_data["metadata"] = {"sku": request.sku}
         price_data: dict = {
             "currency": request.currency.lower(),
-            "unit_amount": request.amount_minor,
+            "unit_amount": lines.unit_amount,
             "product_data": product_data,
         }
         if request.automatic_tax:
             price_data["tax_behavior"] = "exclusive"
-        line_items = [{"quantity": 1, "price_data": price_data}]
+        line_items = [{"quantity": lines.quantity, "price_data": price_data}]
         if request.tax_minor:
             line_items.append(
                 {
@@ -183,6 +225,13 @@ class StripeGateway:
             params["billing_address_collection"] = "required"
         params = _capture_params(params, request)
         params = _saved_card_params(params, request)
+        params = _collection_params(params, request)
+        if lines.discount_minor and request.mode == "payment":
+            params.pop("allow_promotion_codes", None)  # Stripe takes one or the other
+            coupon = self.create_coupon(
+                request, lines.discount_minor, order_id=order_id, record=record
+            )
+            params["discounts"] = [{"coupon": coupon["id"]}]
         # The SDK's raw_request: the same request (authentication, API version, idempotency
         # key, retries, errors raised as StripeError) answered as parsed JSON, without building
         # StripeObjects that _call would only turn back into dicts (~0.5 ms of a handoff).
@@ -195,6 +244,36 @@ class StripeGateway:
             idempotency_key=request.idempotency_key,
             record=record,
             **params,
+        )
+
+    def create_coupon(
+        self, request: CheckoutRequest, amount_off: int, *, order_id=None, record=None
+    ):
+        """A one-use coupon for this session's promo, named by its code: Stripe's page shows it
+        as the discount, under the subtotal. Idempotent with the session's own key."""
+        return self._call(
+            "coupons.create",
+            order_id,
+            self.client.raw_request,
+            "post",
+            "/v1/coupons",
+            idempotency_key=f"{request.idempotency_key}-coupon",
+            record=record,
+            amount_off=amount_off,
+            currency=request.currency.lower(),
+            duration="once",
+            max_redemptions=1,
+            name=(request.promo_code or "")[:40],
+            metadata={"order_reference": request.order_reference},
+        )
+
+    def retrieve_invoice(self, invoice_id: str, *, order_id: int | None = None):
+        return self._call(
+            "invoices.retrieve",
+            order_id,
+            self.client.raw_request,
+            "get",
+            f"/v1/invoices/{quote(invoice_id, safe='')}",
         )
 
     def retrieve_session(self, session_id: str, *, order_id: int | None = None):
@@ -461,6 +540,31 @@ def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:
     if "customer" in params:
         setup["customer"] = params["customer"]
     return setup
+
+
+def _collection_params(params: dict, request: CheckoutRequest) -> dict:
+    """What Checkout collects from a business buyer: billing and shipping address, tax id,
+    phone, promotion codes, and a Stripe invoice for the payment (payment mode only)."""
+    if request.mode != "payment":
+        return params
+    if request.billing_address_collection and "billing_address_collection" not in params:
+        params["billing_address_collection"] = request.billing_address_collection
+    if request.shipping_countries:
+        params["shipping_address_collection"] = {
+            "allowed_countries": list(request.shipping_countries)
+        }
+    if request.tax_id_collection:
+        params["tax_id_collection"] = {"enabled": True}
+    if request.phone_number_collection:
+        params["phone_number_collection"] = {"enabled": True}
+    if request.allow_promotion_codes:
+        params["allow_promotion_codes"] = True
+    if request.invoice_creation:
+        params["invoice_creation"] = {
+            "enabled": True,
+            "invoice_data": {"metadata": dict(params["metadata"])},
+        }
+    return params
 
 
 def _capture_params(params: dict, request: CheckoutRequest) -> dict:

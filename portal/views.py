@@ -43,10 +43,14 @@ def money(order: Order, amount_minor: int | None, locale: str | None = None) -> 
     return format_money(amount_minor or 0, order.currency, locale or order.locale or "en")
 
 
-def _reference(reference: str) -> str:
+def view_reference(reference: str) -> str:
+    """An order reference from a URL, or a 404 before any look-up."""
     if not REFERENCE.fullmatch(reference):
         abort(404)
     return reference
+
+
+_reference = view_reference
 
 
 def render_review(order: Order, *, cancelled: bool = False, status: int = 200):

@@ -44,6 +44,9 @@ UNIT_SETTINGS = {
 }
 
 
+STRIPE_COUPON = {"id": "co_test_1", "object": "coupon", "valid": True}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -143,6 +146,8 @@ def runner(app):
 def mocked():
     """Outbound HTTP stand-ins; every request made must have been registered."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        # A promo's one-use coupon, made before its Checkout Session (see stripe_gateway).
+        rsps.post(f"{STRIPE_BASE}/v1/coupons", json=STRIPE_COUPON)
         yield rsps
 
 

@@ -57,6 +57,13 @@ def flashed(client, response) -> str:
     return client.get(response.headers["Location"]).text
 
 
+def refused(response, reason: str) -> str:
+    """A refund the console refused: the same form again (400), the reason as it was typed."""
+    assert response.status_code == 400, response.text
+    assert re.search(rf">\s*{re.escape(reason)}</textarea>", response.text)
+    return response.text
+
+
 def stripe_refund(amount: int, refund_id: str = "re_test_1") -> dict:
     return {
         "id": refund_id,
@@ -253,7 +260,8 @@ def test_a_refund_amount_outside_the_payment_is_refused(console, mocked, amount,
 def test_a_partial_refund_is_refused_before_the_platform_confirmed(console, mocked):
     order = make_order(state=OrderState.PAID)
     client = console("operator")
-    text = flashed(client, act(client, order, "refund", amount="10.00", reason="partial"))
+    response = act(client, order, "refund", amount="10.00", reason="partial")
+    text = refused(response, "partial")
     assert "A partial refund needs a fulfilled order" in text
     assert requests_to(mocked, REFUNDS_URL) == []
     assert reload(order).state == OrderState.PAID
@@ -285,7 +293,7 @@ def test_a_second_submit_of_the_same_refund_page_does_not_refund_twice(console, 
     }
     first = client.post(f"/admin/orders/{order.reference}/refund", data=data)
     second = client.post(f"/admin/orders/{order.reference}/refund", data=data)
-    assert "changed since you opened the refund page" in flashed(client, second)
+    assert "changed since you opened the refund page" in refused(second, "double click")
     assert first.status_code == 303
     assert len(requests_to(mocked, REFUNDS_URL, "POST")) == 1
     assert reload(order).amount_refunded_minor == 1000
@@ -305,7 +313,7 @@ def test_stripe_refusing_the_refund_changes_nothing(console, mocked):
         },
     )
     client = console("operator")
-    text = flashed(client, act(client, order, "refund", amount="78.40", reason="again"))
+    text = refused(act(client, order, "refund", amount="78.40", reason="again"), "again")
     assert "Stripe did not refund" in text
     assert reload(order).state == OrderState.FULFILLED
     assert requests_to(mocked, PURCHASE_URL, "PUT") == []
@@ -594,3 +602,50 @@ def test_a_refund_on_a_platform_without_a_refund_api_says_so(console, mocked):
     (alert,) = events(order, "alert")
     assert alert.detail["alert"] == "refund_not_taken"
     assert "refund of $78.40 on OpenLearning" in alert.message
+
+
+# --- amounts as the operator writes them (issue 27) ----------------------------------------------
+
+FRENCH = {"Accept-Language": "fr-FR,fr;q=0.9"}
+
+
+def act_as(client, order, headers, **fields):
+    page = client.get(f"/admin/orders/{order.reference}/refund", headers=headers)
+    assert page.status_code == 200
+    data = {"csrf_token": csrf(page.text), "confirm": "y", "refunded_before": "0", **fields}
+    return page, client.post(f"/admin/orders/{order.reference}/refund", data=data, headers=headers)
+
+
+def test_a_french_operator_refunds_50_comma_00(console, mocked):
+    order = make_order(state=OrderState.FULFILLED)
+    mocked.post(REFUNDS_URL, json=stripe_refund(5000))
+    mocked.put(PURCHASE_URL, json={"id": "p1abc", "state": "SUCCESS"})
+    client = console("operator")
+    page, response = act_as(client, order, FRENCH, amount="50,00", reason="geste commercial")
+    assert 'value="78,40"' in page.text  # what is left, as the operator writes it
+    assert response.status_code == 303, response.text
+    (create,) = requests_to(mocked, REFUNDS_URL, "POST")
+    assert form(create.body)["amount"] == "5000"
+    assert reload(order).amount_refunded_minor == 5000
+
+
+@pytest.mark.parametrize(
+    ("headers", "amount", "message"),
+    [
+        pytest.param(FRENCH, "100,00", "at most", id="fr-over-the-limit"),
+        pytest.param({"Accept-Language": "en-US"}, "50,00", "write it like", id="en-comma"),
+        pytest.param(FRENCH, "50.00", "write it like", id="fr-point"),
+        pytest.param(FRENCH, "50,001", "more decimals", id="fr-too-precise"),
+    ],
+)
+def test_a_refused_amount_keeps_the_typed_reason_and_amount(
+    console, mocked, headers, amount, message
+):
+    order = make_order(state=OrderState.FULFILLED)
+    client = console("operator")
+    _page, response = act_as(client, order, headers, amount=amount, reason="Learner asked twice")
+    text = refused(response, "Learner asked twice")
+    assert message in text
+    assert f'value="{amount}"' in text
+    assert requests_to(mocked, REFUNDS_URL) == []
+    assert reload(order).amount_refunded_minor == 0

@@ -75,7 +75,7 @@ def test_an_operator_signs_in_finds_an_order_and_refunds_it(chromium, sandbox_se
 
     # Find the order by the learner's Skilljar purchase id.
     page.get_by_role("link", name="Orders").click()
-    page.get_by_label("Platform or order reference").fill(purchase_id)
+    page.get_by_label("Purchase, order or learner id").fill(purchase_id)
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_role("heading", name="1 order")).to_be_visible()
     shot(page, "orders")

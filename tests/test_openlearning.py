@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
@@ -144,8 +145,19 @@ def tampered(token: str, **changes) -> str:
 # --- helpers --------------------------------------------------------------------------------------
 
 
+ORDER_PAGE = re.compile(r"/(openlearning/)?orders/ord_[A-Za-z0-9_-]+(/enrolled)?")
+
+
 def join(client, token):
-    return client.post("/openlearning/enrol", data={"jwt": token})
+    """Join now as a browser does it: the POST, then the GET of the order's page it is sent to
+    with a 303 (other answers as they come)."""
+    posted = client.post("/openlearning/enrol", data={"jwt": token})
+    location = posted.headers.get("Location", "")
+    if posted.status_code == 303 and ORDER_PAGE.fullmatch(
+        location.removeprefix("http://portal.test")
+    ):
+        return client.get(location)
+    return posted
 
 
 def csrf(html: str) -> str:
@@ -968,3 +980,98 @@ def test_a_new_join_now_after_a_cancelled_order_is_a_new_purchase(app):
     assert second.state == OrderState.OPEN
     other = checkout.open_order(learner_draft("jti-3", key="z" * 64))
     assert other.id not in {first.id, second.id}
+
+
+# --- Post/Redirect/Get: Back from Stripe never resubmits the form -----------------------------
+
+
+def test_every_answer_to_the_enrol_post_is_a_303_to_a_page_the_browser_gets(
+    client, mocked, checkout_session
+):
+    token = sign(claims())
+    first = client.post("/openlearning/enrol", data={"jwt": token})
+    reference = order_row().reference
+    assert first.status_code == 303
+    assert first.headers["Location"].endswith(f"/orders/{reference}")
+    assert b"Review your order" not in first.data
+    # The same token again, and a new token for the same purchase: the same order's page.
+    again = client.post("/openlearning/enrol", data={"jwt": token})
+    assert again.status_code == 303
+    assert again.headers["Location"].endswith(f"/orders/{reference}")
+    other = client.post("/openlearning/enrol", data={"jwt": sign(claims(jti="jti-other"))})
+    assert other.status_code == 303
+    assert other.headers["Location"].endswith(f"/orders/{reference}")
+    # The GET is the review page (and stays so however often it is loaded: Back, reload).
+    for _ in range(2):
+        review = client.get(first.headers["Location"])
+        assert review.status_code == 200
+        assert title(review.text) == "Review your order"
+    # Paid and enrolled: the POST sends the learner to the "already enrolled" GET page.
+    class_enrolment_answers(mocked, ENROLLED)
+    pay(client, mocked, review.text, checkout_session)
+    come_back_paid(client, mocked, checkout_session)
+    enrolled = client.post("/openlearning/enrol", data={"jwt": token})
+    assert enrolled.status_code == 303
+    assert enrolled.headers["Location"].endswith(f"/openlearning/orders/{reference}/enrolled")
+    page = client.get(enrolled.headers["Location"])
+    assert page.status_code == 200
+    assert title(page.text) == "You’re already enrolled"
+
+
+def test_enrolled_page_of_an_unpaid_order_sends_to_its_review_and_unknown_is_404(client):
+    client.post("/openlearning/enrol", data={"jwt": sign(claims())})
+    reference = order_row().reference
+    unpaid = client.get(f"/openlearning/orders/{reference}/enrolled")
+    assert unpaid.status_code == 303
+    assert unpaid.headers["Location"].endswith(f"/orders/{reference}")
+    assert client.get("/openlearning/orders/ord_doesnotexist123/enrolled").status_code == 404
+    assert client.get("/openlearning/orders/not-a-reference/enrolled").status_code == 404
+
+
+# --- error pages link to the course page when the token says where it is ----------------------
+
+
+def back_link(html: str) -> tuple[str, str] | None:
+    found = re.search(r'<a class="button secondary" href="([^"]+)">([^<]+)</a>', html)
+    return (found.group(1), found.group(2)) if found else None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"exp": int(time.time()) - 3600}, id="expired"),
+        pytest.param({"aud": "another-institution"}, id="wrong-audience"),
+        pytest.param({"price": "-1"}, id="bad-price"),
+    ],
+)
+def test_refused_genuine_token_links_back_to_its_course_page(client, overrides):
+    page = client.post("/openlearning/enrol", data={"jwt": sign(claims(**overrides))})
+    assert 400 <= page.status_code < 500
+    assert back_link(page.text) == (COURSE_URL, "Back to openlearning.com")
+
+
+def test_used_token_links_back_to_its_course_page(client):
+    token_claims = claims()
+    with db.transaction() as session:  # spent, on no order the portal could show instead
+        session.add(
+            UsedToken(
+                jti=token_claims["jti"],
+                issuer="openlearning",
+                order_id=None,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        )
+    page = client.post("/openlearning/enrol", data={"jwt": sign(token_claims)})
+    assert page.status_code == 400
+    assert title(page.text) == "This enrolment request was already used"
+    assert back_link(page.text) == (COURSE_URL, "Back to openlearning.com")
+
+
+def test_forged_or_off_list_course_page_is_never_linked(make_app):
+    client = make_app(**OL_SETTINGS, BRAND_HOME_URL="https://brand.test/").test_client()
+    forged = sign(claims(exp=int(time.time()) - 3600), key=OTHER_RSA_KEY)
+    page = client.post("/openlearning/enrol", data={"jwt": forged})
+    assert back_link(page.text) == ("https://brand.test", "Back to brand.test")
+    elsewhere = sign(claims(exp=int(time.time()) - 3600, redirect_url="https://evil.test/x"))
+    page = client.post("/openlearning/enrol", data={"jwt": elsewhere})
+    assert back_link(page.text) == ("https://brand.test", "Back to brand.test")

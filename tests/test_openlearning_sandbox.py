@@ -42,12 +42,17 @@ def course_page(server, browser, slug: str, learner: str) -> requests.Response:
 
 
 def join(server, browser, slug: str, learner: str) -> tuple[requests.Response, str]:
-    """Press "Join now": returns the portal's answer and the token that was posted."""
+    """Press "Join now": returns the page the portal's 303 sends the browser to (Post/Redirect/
+    Get: the POST itself never answers with a page) and the token that was posted."""
     page = course_page(server, browser, slug, learner)
     action = re.search(r'action="([^"]+)" class="actions" id="join"', page.text).group(1)
     token = re.search(r'name="jwt" value="([^"]+)"', page.text).group(1)
     assert action == f"{server.url}/openlearning/enrol"
-    return browser.post(action, data={"jwt": token}, allow_redirects=False), token
+    posted = browser.post(action, data={"jwt": token}, allow_redirects=False)
+    assert posted.status_code == 303, posted.text
+    location = urljoin(posted.url, posted.headers["Location"])
+    assert location.startswith(f"{server.url}/")
+    return browser.get(location, allow_redirects=False), token
 
 
 def pay(server, browser, review: requests.Response) -> requests.Response:
@@ -153,6 +158,8 @@ def test_replayed_join_after_enrolment_says_already_enrolled(server):
     calls = len(server.store.calls())
     again = browser.post(f"{server.url}/openlearning/enrol", data={"jwt": token})
     assert again.status_code == 200
+    assert again.history[0].status_code == 303
+    assert again.url.endswith("/enrolled")
     assert "You’re already enrolled" in again.text
     assert "/sandbox/openlearning/courses/python-foundations/learn?learner=ada" in again.text
     assert len(server.store.calls()) == calls  # no new Stripe session, no new enrolment

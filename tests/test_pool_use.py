@@ -17,6 +17,7 @@ from portal import jobs
 from portal.db import db, default_pool_size
 from portal.models import OrderState
 from portal.sandbox.stripe_api import build_event
+from tests.conftest import STRIPE_BASE
 from tests.test_skilljar_checkout import (
     PURCHASE_URL,
     SESSIONS_URL,
@@ -27,6 +28,7 @@ from tests.test_skilljar_checkout import (
 )
 from tests.test_webhooks import FULFIL_URL, SESSION_URL, deliver, run_worker
 
+COUPONS_URL = f"{STRIPE_BASE}/v1/coupons"
 FULFILLED = {"redirect_url": "https://academy.test/thanks", "purchase": {"state": "SUCCESS"}}
 
 
@@ -134,12 +136,13 @@ def test_a_whole_purchase_holds_no_connection_while_it_calls_out(
     calls = [(method, url) for method, url, _held in watch.upstream]
     assert calls == [
         ("GET", PURCHASE_URL),
+        ("POST", COUPONS_URL),  # the purchase's promo, as Stripe shows discounts
         ("POST", SESSIONS_URL),
         ("GET", SESSION_URL),
         ("POST", FULFIL_URL),
         ("GET", SESSION_URL),
     ]
-    assert [held for _method, _url, held in watch.upstream] == [0, 0, 0, 0, 0]
+    assert [held for _method, _url, held in watch.upstream] == [0, 0, 0, 0, 0, 0]
     assert watch.inline_waits == [0]
     assert watch.second_checkouts == []
 

@@ -217,17 +217,29 @@ def test_pay_creates_one_checkout_session_from_the_platform_amounts(
     response = pay(client, mocked, review.text, checkout_session)
     assert response.status_code == 303
     assert response.headers["Location"] == "https://checkout.stripe.test/c/pay/cs_test_1"
-    create = mocked.calls[-1].request
+    coupon, create = (c.request for c in mocked.calls[-2:])
     assert create.method == "POST"
     assert create.url == SESSIONS_URL
     assert create.headers["Authorization"] == "Bearer sk_test_unit"
     order = order_row()
     assert create.headers["Idempotency-Key"] == f"{order.reference}-attempt-1"
+    # What the review page showed: 2 seats at $49.00, less LAUNCH20's $19.60, $78.40 to pay.
+    assert coupon.url == f"{STRIPE_BASE}/v1/coupons"
+    assert coupon.headers["Idempotency-Key"] == f"{order.reference}-attempt-1-coupon"
+    assert form(coupon.body) == {
+        "amount_off": "1960",
+        "currency": "usd",
+        "duration": "once",
+        "max_redemptions": "1",
+        "name": "LAUNCH20",
+        "metadata[order_reference]": order.reference,
+    }
     body = form(create.body)
     assert body["mode"] == "payment"
-    assert body["line_items[0][quantity]"] == "1"
+    assert body["line_items[0][quantity]"] == "2"
     assert body["line_items[0][price_data][currency]"] == "usd"
-    assert body["line_items[0][price_data][unit_amount]"] == "7840"
+    assert body["line_items[0][price_data][unit_amount]"] == "4900"
+    assert body["discounts[0][coupon]"] == "co_test_1"
     assert body["line_items[0][price_data][product_data][name]"] == "Introduction to Python"
     assert "line_items[1][price_data][unit_amount]" not in body
     assert body["customer_email"] == "learner@example.com"
@@ -267,7 +279,8 @@ def test_tampered_form_fields_change_nothing(client, mocked, purchase, checkout_
         price_cents="1",
     )
     body = form(mocked.calls[-1].request.body)
-    assert body["line_items[0][price_data][unit_amount]"] == "7840"
+    assert body["line_items[0][price_data][unit_amount]"] == "4900"
+    assert body["line_items[0][quantity]"] == "2"
     assert body["line_items[0][price_data][currency]"] == "usd"
     assert order_row().amount_minor == 7840
     assert order_row().quantity == 2
@@ -290,7 +303,7 @@ def test_double_click_reuses_the_open_session(client, mocked, purchase, checkout
     )
     second = client.post(f"/orders/{order.reference}/pay", data={"csrf_token": csrf(review.text)})
     assert second.headers["Location"] == first.headers["Location"]
-    creates = [c for c in mocked.calls if c.request.method == "POST"]
+    creates = [c for c in mocked.calls if c.request.url == SESSIONS_URL]
     assert len(creates) == 1
 
 

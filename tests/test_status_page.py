@@ -66,5 +66,12 @@ def test_a_paid_merchant_order_shows_no_tax_line_of_zero(client):
     page = client.get(f"/orders/{merchant.reference}/status").text
     assert "<dt>Tax</dt>" not in page
     assert '<dt class="total">Total paid</dt><dd class="total">$78.40</dd>' in page
-    skilljar = make_order(platform_ref="p2abc", redirect_url=None)
-    assert "<dt>Tax</dt><dd>$0.00</dd>" in client.get(f"/orders/{skilljar.reference}/status").text
+    # The same for any platform when no tax applies (issue 27: not "Tax $0.00" everywhere) ...
+    untaxed = make_order(platform_ref="p2abc", redirect_url=None)
+    assert "<dt>Tax</dt>" not in client.get(f"/orders/{untaxed.reference}/status").text
+    # ... and a tax line when tax applies: the portal's tax mode, even at a zero rate, or tax
+    # Stripe charged.
+    fixed = make_order(platform_ref="p3abc", redirect_url=None, tax_mode="fixed")
+    assert "<dt>Tax</dt><dd>$0.00</dd>" in client.get(f"/orders/{fixed.reference}/status").text
+    charged = make_order(platform_ref="p4abc", redirect_url=None, tax_paid_minor=784)
+    assert "<dt>Tax</dt><dd>$7.84</dd>" in client.get(f"/orders/{charged.reference}/status").text

@@ -7,11 +7,14 @@ from __future__ import annotations
 import sys
 
 import click
+from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from portal.admin import operations
 from portal.admin.audit import Actor
-from portal.admin.auth import normalise_email
+from portal.admin.auth import normalise_email, verify_password
+from portal.cli import SettingError
 from portal.db import db
 from portal.models import Role, User
 
@@ -56,7 +59,36 @@ def create_user(email: str, role: str, password_stdin: bool, update: bool):
     click.echo(f"created {user.email} ({role})")
 
 
+# The sandbox's console accounts, one per role. Their passwords are printed on every `make demo`:
+# they guard nothing but a sandbox on the local machine, and create-demo-users refuses to run
+# anywhere else.
+DEMO_USERS = tuple((f"{role}@demo.example", str(role), f"demo-{role}-password") for role in Role)
+
+
+@click.command("create-demo-users")
+@with_appcontext
+def create_demo_users():
+    """Sandbox only: create (or reset) a console account for each role, printed with its
+    password. Run again, it leaves the same accounts with the same passwords."""
+    if not current_app.config["PORTAL"]["SANDBOX"]:
+        raise SettingError(
+            "create-demo-users needs PORTAL_SANDBOX=1 (demo accounts are sandbox only)"
+        )
+    actor = Actor.command_line()
+    for email, role, password in DEMO_USERS:
+        with db.reader() as session:
+            user = session.scalar(select(User).where(User.email == email))
+        if user is None:
+            operations.create_user(actor, email, role, password)
+        elif not (
+            user.role == role and user.active and verify_password(user.password_hash, password)
+        ):
+            operations.update_user(actor, user.id, role=role, active=True, password=password)
+        click.echo(f"{role:<9} {email:<23} {password}")
+
+
 def init_app(app) -> None:
     from portal.cli import portal_cli
 
     portal_cli.add_command(create_user)
+    portal_cli.add_command(create_demo_users)

@@ -53,9 +53,9 @@ class OrderSearchForm(FlaskForm):
 
     platform = SelectField("Platform", choices=[], validators=[Optional()])
     platform_ref = StringField(
-        "Platform or order reference", validators=[Optional(), Length(max=190)]
+        "Purchase, order or learner id", validators=[Optional(), Length(max=190)]
     )
-    email = StringField("Learner email", validators=[Optional(), Length(max=320)])
+    email = StringField("Email (platform’s or paid with)", validators=[Optional(), Length(max=320)])
     stripe_id = StringField(
         "Stripe session or payment intent", validators=[Optional(), Length(max=255)]
     )

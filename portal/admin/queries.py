@@ -35,10 +35,16 @@ ATTENTION_LIMIT = 20
 MONEY_ALERTS_FOR = timedelta(days=14)  # the attention list shows money alerts this recent
 
 
+# Where the platforms' drafts keep their own id of the learner or customer (platform_data).
+USER_ID_KEYS = ("user_id", "user", "customer_id")
+
+
 @dataclass
 class OrderFilters:
     platform: str | None = None
-    platform_ref: str | None = None  # the platform's reference, or our own ord_… reference
+    # the platform's reference (a purchase id, a token's jti), our own ord_… reference, or the
+    # platform's id of the learner
+    platform_ref: str | None = None
     email: str | None = None
     stripe_id: str | None = None  # a Checkout Session (cs_…) or PaymentIntent (pi_…) id
     state: str | None = None
@@ -51,9 +57,18 @@ class OrderFilters:
             where.append(Order.platform == self.platform)
         if self.platform_ref:
             ref = self.platform_ref.strip()
-            where.append(or_(Order.platform_ref == ref, Order.reference == ref))
+            where.append(
+                or_(
+                    Order.platform_ref == ref,
+                    Order.reference == ref,
+                    # The platform's own id of the learner or customer, as its draft kept it.
+                    *(Order.platform_data[key].as_string() == ref for key in USER_ID_KEYS),
+                )
+            )
         if self.email:
-            where.append(func.lower(Order.customer_email) == self.email.strip().lower())
+            email = self.email.strip().lower()
+            # The email the platform gave, or the one the payer typed on Stripe's page.
+            where.append(or_(func.lower(Order.customer_email) == email, Order.payer_email == email))
         if self.stripe_id:
             stripe_id = self.stripe_id.strip()
             where.append(

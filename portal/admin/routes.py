@@ -24,7 +24,7 @@ from flask_wtf import FlaskForm
 from wtforms import SelectChoice, SelectField, StringField
 from wtforms.validators import Length, Optional
 
-from portal import ratelimit
+from portal import i18n, ratelimit
 from portal.admin import audit, auth, bp, oidc, operations, queries
 from portal.admin.audit import Actor
 from portal.admin.forms import (
@@ -42,7 +42,12 @@ from portal.api import queries as webhook_log
 from portal.api import webhooks_out
 from portal.config import SETTINGS
 from portal.models import Order, Role
-from portal.money import MoneyError, format_money, to_decimal, to_minor
+from portal.money import (
+    MoneyError,
+    format_amount_input,
+    format_money,
+    parse_amount,
+)
 from portal.urls import mask_credentials
 
 
@@ -356,7 +361,7 @@ ACTION_PAGES = {
 }
 
 
-def _action_page(action: str, order: Order, form, status: int = 200):
+def _action_page(action: str, order: Order, form, status: int = 200, refused: str | None = None):
     title, explanation = ACTION_PAGES[action]
     remaining = (order.amount_paid_minor or 0) - (order.amount_refunded_minor or 0)
     return render_template(
@@ -368,7 +373,15 @@ def _action_page(action: str, order: Order, form, status: int = 200):
         form=form,
         remaining=remaining,
         refund_effects=services().platform(order.platform).refund_effects,
+        refused=refused,
+        amount_example=format_amount_input(max(remaining, 0), order.currency, operator_locale()),
     ), status
+
+
+def operator_locale() -> str:
+    """The operator's locale, from their browser: amounts are typed and shown as they write
+    them ("50,00" in French)."""
+    return i18n.negotiate(None, request.accept_languages, "en")
 
 
 @bp.route("/orders/<reference>/retry", methods=["GET", "POST"])
@@ -386,25 +399,32 @@ def retry(reference):
 def refund(reference):
     order = _order_or_404(reference)
     form = RefundForm()
+    locale = operator_locale()
     if request.method == "GET":
         remaining = (order.amount_paid_minor or 0) - (order.amount_refunded_minor or 0)
-        form.amount.data = str(to_decimal(max(remaining, 0), order.currency))
+        form.amount.data = format_amount_input(max(remaining, 0), order.currency, locale)
         form.refunded_before.data = order.amount_refunded_minor or 0
+    refused = None
     if form.validate_on_submit():
         try:
-            amount_minor = to_minor(form.amount.data, order.currency)
+            amount_minor = parse_amount(form.amount.data, order.currency, locale)
         except MoneyError as exc:
             form.amount.errors = [*form.amount.errors, str(exc)]
         else:
             reason = form.reason.data.strip()
             before = form.refunded_before.data
-            return _run(
-                lambda: operations.refund(
+            try:
+                result = operations.refund(
                     services(), actor(), reference, amount_minor, reason, expected_refunded=before
-                ),
-                reference,
-            )
-    return _action_page("refund", order, form, 400 if request.method == "POST" else 200)
+                )
+            except operations.ActionRefused as exc:
+                # Refused (over what is left, say): the same form again, with what was typed.
+                refused = str(exc)
+            else:
+                flash(result.message, "ok" if result.ok else "warning")
+                return redirect(url_for("admin.order", reference=reference), 303)
+    status = 400 if request.method == "POST" else 200
+    return _action_page("refund", order, form, status, refused=refused)
 
 
 @bp.route("/orders/<reference>/cancel", methods=["GET", "POST"])

@@ -23,8 +23,36 @@ from portal.outbound import allow_loopback
 )
 @click.option("--brand", "brand_name", help="The brand shown in pay-link emails.")
 @click.option("--webhook-url", help="An endpoint that receives this key's order events.")
-def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
-    """Create a merchant API key; the key (and webhook secret) is printed once."""
+@click.option(
+    "--billing-address",
+    type=click.Choice(["auto", "required"]),
+    help="Checkout asks for the billing address (required) or only when needed (auto).",
+)
+@click.option(
+    "--shipping-country",
+    "shipping_countries",
+    multiple=True,
+    help="Collect a shipping address in this country (ISO code; repeat for more).",
+)
+@click.option("--tax-id", is_flag=True, help="Let buyers enter a VAT or other tax id.")
+@click.option("--invoice", is_flag=True, help="Stripe makes an invoice (PDF) for each payment.")
+@click.option("--promotion-codes", is_flag=True, help="Let buyers enter a promotion code.")
+@click.option("--phone", is_flag=True, help="Ask buyers for a phone number.")
+def create_api_key(
+    name,
+    live,
+    allowed_hosts,
+    brand_name,
+    webhook_url,
+    billing_address,
+    shipping_countries,
+    tax_id,
+    invoice,
+    promotion_codes,
+    phone,
+):
+    """Create a merchant API key; the key (and webhook secret) is printed once. The Checkout
+    options are the defaults of its sessions (a session's own checkout_options replace them)."""
     if brand_name is not None and (not header_safe(brand_name) or not brand_name.strip()):
         raise click.BadParameter(
             "a brand name of text without line breaks or control characters (it is the "
@@ -37,6 +65,20 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
             webhook_url = keys.checked_webhook_url(webhook_url, loopback_ok=loopback_ok)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--webhook-url") from exc
+    countries = sorted({c.strip().upper() for c in shipping_countries})
+    for country in countries:
+        if len(country) != 2 or not country.isalpha():
+            raise click.BadParameter(
+                f"{country!r} is not a country code", param_hint="--shipping-country"
+            )
+    options = {
+        "billing_address_collection": billing_address,
+        "shipping_address_countries": countries,
+        "tax_id_collection": tax_id,
+        "invoice_creation": invoice,
+        "allow_promotion_codes": promotion_codes,
+        "phone_number_collection": phone,
+    }
     try:
         made = keys.create_key(
             name,
@@ -45,6 +87,7 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
             brand_name=brand_name,
             webhook_url=webhook_url,
             loopback_ok=loopback_ok,
+            checkout_options={k: v for k, v in options.items() if v},
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allowed-host") from exc
@@ -55,6 +98,9 @@ def create_api_key(name, live, allowed_hosts, brand_name, webhook_url):
         click.echo(f"  {made.endpoint.secret}")
     hosts = ", ".join(made.key.allowed_hosts) or "none (add with --allowed-host)"
     click.echo(f"Allowed redirect hosts: {hosts}")
+    if made.key.checkout_options:
+        chosen = ", ".join(sorted(made.key.checkout_options))
+        click.echo(f"Checkout collects by default: {chosen}")
 
 
 @portal_cli.command("revoke-api-key")

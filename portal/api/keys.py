@@ -54,6 +54,7 @@ def create_key(
     brand_name: str | None = None,
     webhook_url: str | None = None,
     loopback_ok: bool = False,
+    checkout_options: dict | None = None,
 ) -> NewKey:
     """`loopback_ok`: the webhook may be on this machine (portal.outbound.allow_loopback)."""
     if webhook_url:
@@ -68,6 +69,7 @@ def create_key(
             live=live,
             brand_name=brand_name,
             allowed_hosts=hosts,
+            checkout_options=checkout_options or None,
         )
         session.add(key)
         session.flush()

@@ -108,6 +108,7 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
         "expires_at": _iso(expires_at(settings, order)),
         "replaced_by": data.get("replaced_by"),
         "replaces": data.get("replaces"),
+        "collected": collected(order),
     }
 
 
@@ -146,6 +147,13 @@ def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> d
         for refund in refunds.for_order(order.id)
     ]
     return body
+
+
+def collected(order: Order) -> dict | None:
+    """What Stripe Checkout collected from the buyer (portal.checkout.collected_details)."""
+    if order.payer_email is None and not order.checkout_details:
+        return None
+    return {"email": order.payer_email, **(order.checkout_details or {})}
 
 
 def serialize_session(services, key: ApiKey, order: Order) -> dict:
@@ -285,10 +293,19 @@ def create_checkout_session(services, key: ApiKey, body: dict) -> dict:
             "cancel_url": cancel_url,
             "sales_rep_email": body.get("sales_rep_email"),
             "brand": key.brand_name,
+            **checkout_options(key, body),
         },
         success_url=success_url,
     )
     return serialize_session(services, key, order)
+
+
+def checkout_options(key: ApiKey, body: dict) -> dict:
+    """The session's Stripe Checkout options: the key's defaults, each one the request gives
+    replacing the key's. Kept on the order (platform_data) for portal.platforms.merchant."""
+    options = {**(key.checkout_options or {}), **(body.get("checkout_options") or {})}
+    options = {name: value for name, value in options.items() if value not in (None, False, [])}
+    return {"checkout_options": options} if options else {}
 
 
 def _open(

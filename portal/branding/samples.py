@@ -41,6 +41,8 @@ def sample_order(**fields) -> dict:
         "tax_minor": 0,
         "customer_email": "learner@example.com",
         "customer_name": "Grace Hopper",
+        "payer_email": None,
+        "checkout_details": None,
         "locale": None,
         "platform_data": {},
         "stripe_session_id": None,
@@ -145,7 +147,13 @@ def _error(status: int) -> Sample:
         f"Error {status}: {title}",
         template,
         None,
-        {"status": status, "title": title, "message": message, "back_url": None},
+        {
+            "status": status,
+            "title": title,
+            "message": message,
+            "back_url": "https://academy.example.com/",
+            "back_label": "academy.example.com",
+        },
     )
 
 

@@ -35,6 +35,13 @@ class CheckoutOptions:
     cancel_url: str | None = None  # where Stripe's "Back" goes, instead of the generic page
     capture_method: str | None = None  # "manual": authorise now, capture later (merchant API)
     incremental_authorization: bool = False  # ask for a hold that can be raised later
+    # What Stripe Checkout collects for a business buyer (the merchant API's checkout_options).
+    billing_address_collection: str | None = None  # "auto" | "required"
+    shipping_countries: tuple[str, ...] = ()  # collect a shipping address in these countries
+    tax_id_collection: bool = False  # the buyer's VAT or other tax id
+    invoice_creation: bool = False  # a Stripe invoice (PDF) for this one-off payment
+    allow_promotion_codes: bool = False  # the buyer may enter a Stripe promotion code
+    phone_number_collection: bool = False
 
 
 class Platform(ABC):

@@ -42,10 +42,17 @@ class MerchantPlatform(Platform):
 
     def checkout_options(self, order) -> CheckoutOptions:
         manual = order.capture_method == "manual"
+        collect = (order.platform_data or {}).get("checkout_options") or {}
         return CheckoutOptions(
             tax_included=True,  # the merchant's items are the price; its own system does tax
             capture_method="manual" if manual else None,
             incremental_authorization=manual and increase_limit(self.settings, order) > 0,
+            billing_address_collection=collect.get("billing_address_collection"),
+            shipping_countries=tuple(collect.get("shipping_address_countries") or ()),
+            tax_id_collection=bool(collect.get("tax_id_collection")),
+            invoice_creation=bool(collect.get("invoice_creation")),
+            allow_promotion_codes=bool(collect.get("allow_promotion_codes")),
+            phone_number_collection=bool(collect.get("phone_number_collection")),
         )
 
     def fulfil(self, order, *, retry: bool = False) -> Outcome:

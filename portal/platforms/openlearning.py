@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode
 
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from flask import Blueprint, request
+from flask import Blueprint, redirect, request, url_for
 from joserfc import jwt
 from joserfc.errors import (
     DecodeError,
@@ -47,7 +47,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, jsonlimits, timeline
-from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
+from portal.checkout import CheckoutError, OrderDraft, find_order, open_order, view_order
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
@@ -194,6 +194,7 @@ class TokenRefused(Exception):
         self.reason = reason
         self.detail = detail
         self.status, self.title, self.message = REFUSALS[reason]
+        self.back_url: str | None = None  # the course page, when the token is genuine
 
 
 class KeySourceUnavailable(Exception):
@@ -405,8 +406,15 @@ class TokenVerifier:
             if jsonlimits.depth(decoded) > jsonlimits.MAX_DEPTH:
                 raise TokenRefused("malformed", "the token's JSON is nested too deep")
         claims = self._signed_claims(token)
-        self._check_registered_claims(claims)
-        return self._read_claims(claims, redirect_allowed)
+        try:
+            self._check_registered_claims(claims)
+            return self._read_claims(claims, redirect_allowed)
+        except TokenRefused as refusal:
+            # Signed by OpenLearning: its course page is where the error page links (when
+            # allow-listed: the error page checks).
+            redirect_url = claims.get("redirect_url")
+            refusal.back_url = redirect_url if isinstance(redirect_url, str) else None
+            raise
 
     def _signed_claims(self, token: str) -> dict:
         for attempt in (1, 2):
@@ -744,8 +752,7 @@ def enrol_page():
 def enrol():
     """OpenLearning's External Enrolment URL: a cross-site form POST with `jwt`, authenticated by
     the token's signature instead of a CSRF token."""
-    from portal.branding.render import render_learner
-    from portal.views import learner_locale, render_review, services, show_order
+    from portal.views import learner_locale, services, show_order
 
     portal = services()
     platform: OpenLearningPlatform = portal.platform(PLATFORM)
@@ -767,7 +774,9 @@ def enrol():
         token = platform.verifier.verify(raw_token, portal.allowed_redirect)
     except TokenRefused as refusal:
         log.warning("OpenLearning token refused (%s): %s", refusal.reason, refusal.detail)
-        raise CheckoutError(refusal.status, refusal.title, refusal.message) from None
+        raise CheckoutError(
+            refusal.status, refusal.title, refusal.message, back_url=refusal.back_url
+        ) from None
     except KeySourceUnavailable as exc:
         log.error("OpenLearning token not checked: %s", exc)
         raise CheckoutError(
@@ -786,7 +795,7 @@ def enrol():
         # since the look-up above (the order commits before the token does): look again.
         order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
         if order is None:
-            raise CheckoutError(*REFUSALS["used"])
+            raise CheckoutError(*REFUSALS["used"], back_url=token.redirect_url)
     if order is None:
         order = open_order(token.draft(learner_locale()))
         _remember_token(token, order)
@@ -800,14 +809,28 @@ def enrol():
             )
     else:
         timeline.record(order.id, "note", "OpenLearning enrolment token posted again")
+    # Every answer to the POST is a 303 to a page the browser GETs: Back from Stripe's page then
+    # shows that page again, never the browser's "Confirm Form Resubmission". The reference in
+    # those addresses is the order's capability, as on every learner page (status, return).
     if order.state == OrderState.FULFILLED:
-        locale = order.locale or learner_locale()
-        return render_learner(
-            "openlearning/already_enrolled.html",
-            order=order,
-            locale=locale,
-            continue_url=portal.allowed_redirect(order.redirect_url),
-        )
+        return redirect(url_for("openlearning.enrolled", reference=order.reference), code=303)
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
-    return render_review(order)
+    return redirect(url_for("orders.review", reference=order.reference), code=303)
+
+
+@bp.get("/orders/<reference>/enrolled")
+def enrolled(reference):
+    """ "You're already enrolled": where a Join now for a course the learner has paid for lands."""
+    from portal.branding.render import render_learner
+    from portal.views import learner_locale, services, view_reference
+
+    order = view_order(view_reference(reference))
+    if order.platform != PLATFORM or order.state != OrderState.FULFILLED:
+        return redirect(url_for("orders.review", reference=order.reference), code=303)
+    return render_learner(
+        "openlearning/already_enrolled.html",
+        order=order,
+        locale=order.locale or learner_locale(),
+        continue_url=services().allowed_redirect(order.redirect_url),
+    )

@@ -17,7 +17,14 @@ def index():
     store = current_app.extensions["sandbox_store"]
     sessions = store.list("checkout.session")[:20]
     calls = store.calls("skilljar")[-20:]
-    return render_template("sandbox/index.html", sessions=sessions, calls=list(reversed(calls)))
+    from portal.admin.cli import DEMO_USERS
+
+    return render_template(
+        "sandbox/index.html",
+        sessions=sessions,
+        calls=list(reversed(calls)),
+        demo_users=DEMO_USERS,
+    )
 
 
 @bp.post("/control")

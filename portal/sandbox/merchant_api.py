@@ -125,6 +125,19 @@ def send_link():
     }
     if form.get("sales_rep_email"):
         body["sales_rep_email"] = form["sales_rep_email"]
+    options = {
+        "tax_id_collection": bool(form.get("tax_id_collection")),
+        "invoice_creation": bool(form.get("invoice_creation")),
+        "allow_promotion_codes": bool(form.get("promotion_codes")),
+        "phone_number_collection": bool(form.get("phone")),
+    }
+    if form.get("billing_required"):
+        options["billing_address_collection"] = "required"
+    if form.get("shipping"):
+        options["shipping_address_countries"] = ["GB", "IE", "FR", "DE", "NL", "US"]
+    options = {name: value for name, value in options.items() if value}
+    if options:
+        body["checkout_options"] = options
     status, answer = call_api("POST", "/checkout-sessions", body)
     if status != 200:
         flash(f"The API said {status}: {answer['error']['message']}")
@@ -205,11 +218,13 @@ def mail_message(mail_id):
 
 @bp.get("/mail/<mail_id>/html")
 def mail_html(mail_id):
-    """The HTML part as the customer's mail program shows it (its own inline styles; no script,
-    no remote content)."""
+    """The HTML part as the customer's mail program shows it (its own inline styles; no script;
+    images only from the portal itself, as the brand's logo is, once the reader allows them)."""
     response = current_app.make_response(_message(mail_id)["html"])
+    public = urlsplit(_settings()["PUBLIC_URL"])
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+        "default-src 'none'; style-src 'unsafe-inline'; "
+        f"img-src data: 'self' {public.scheme}://{public.netloc}; frame-ancestors 'self'"
     )
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response

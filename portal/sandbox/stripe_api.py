@@ -329,10 +329,12 @@ def build_session(params: dict) -> dict:
             {
                 "description": (price.get("product_data") or {}).get("name", ""),
                 "quantity": quantity,
+                "unit_amount": unit_amount,
                 "amount_total": unit_amount * quantity,
                 "currency": currency,
             }
         )
+    discount, discounts, discount_name = _session_discount(params, subtotal, currency)
     automatic_tax = (params.get("automatic_tax") or {}).get("enabled") == "true"
     session_id = new_id("cs")
     public = _settings()["PUBLIC_URL"]
@@ -347,8 +349,9 @@ def build_session(params: dict) -> dict:
         "expires_at": expires_at,
         "currency": currency,
         "amount_subtotal": subtotal,
-        "amount_total": subtotal,
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "amount_total": subtotal - discount,
+        "total_details": {"amount_discount": discount, "amount_shipping": 0, "amount_tax": 0},
+        "discounts": discounts,
         "automatic_tax": {"enabled": automatic_tax, "status": None},
         "client_reference_id": params.get("client_reference_id"),
         "customer_email": params.get("customer_email"),
@@ -362,8 +365,243 @@ def build_session(params: dict) -> dict:
         "cancel_url": params.get("cancel_url"),
         "url": f"{public}/sandbox/stripe/pay/{session_id}",
         "sandbox_line_items": items,
+        "sandbox_discount_name": discount_name,
+        **_collection(params),
         "sandbox_payment_method_options": params.get("payment_method_options") or {},
     }
+
+
+def _flag(value) -> bool:
+    return str(value).lower() == "true"
+
+
+def _collection(params: dict) -> dict:
+    """What the session collects from the buyer, as Stripe's Session object shows it."""
+    shipping = params.get("shipping_address_collection")
+    return {
+        "billing_address_collection": params.get("billing_address_collection"),
+        "shipping_address_collection": (
+            {"allowed_countries": list(shipping.get("allowed_countries") or [])}
+            if shipping
+            else None
+        ),
+        "tax_id_collection": {
+            "enabled": _flag((params.get("tax_id_collection") or {}).get("enabled"))
+        },
+        "phone_number_collection": {
+            "enabled": _flag((params.get("phone_number_collection") or {}).get("enabled"))
+        },
+        "allow_promotion_codes": _flag(params.get("allow_promotion_codes")),
+        "invoice_creation": {
+            "enabled": _flag((params.get("invoice_creation") or {}).get("enabled")),
+            "invoice_data": (params.get("invoice_creation") or {}).get("invoice_data") or {},
+        },
+        "invoice": None,
+        "collected_information": None,
+    }
+
+
+# The stand-in's only promotion code: 10% off.
+SANDBOX_PROMOTION_CODES = {"SANDBOX10": 10}
+TAX_ID_TYPES = ("eu_vat", "gb_vat", "ch_vat", "no_vat", "au_abn", "ca_bn", "us_ein")
+
+
+def _collect_from_form(session: dict, form) -> tuple[dict, str | None]:
+    """What the buyer typed for the session's collection options; an error message if some
+    required part is missing (Stripe's page would not let them pay either)."""
+
+    def address(prefix: str) -> dict:
+        return {
+            "line1": form.get(f"{prefix}_line1", "").strip() or None,
+            "line2": None,
+            "city": form.get(f"{prefix}_city", "").strip() or None,
+            "postal_code": form.get(f"{prefix}_postal_code", "").strip() or None,
+            "state": None,
+            "country": form.get(f"{prefix}_country", "").strip().upper() or None,
+        }
+
+    collected: dict = {"address": None, "phone": None, "tax_ids": [], "shipping": None}
+    wants_billing = session.get("billing_address_collection") == "required" or (
+        session.get("tax_id_collection") or {}
+    ).get("enabled")
+    if wants_billing:
+        billing = address("billing")
+        if not (billing["line1"] and billing["city"] and billing["country"]):
+            return collected, "Your billing address is incomplete."
+        collected["address"] = billing
+    if (session.get("phone_number_collection") or {}).get("enabled"):
+        phone = form.get("phone", "").strip()
+        if len([c for c in phone if c.isdigit()]) < 6:
+            return collected, "Your phone number is incomplete."
+        collected["phone"] = phone
+    if (session.get("tax_id_collection") or {}).get("enabled") and form.get("tax_id_value"):
+        kind = form.get("tax_id_type", "eu_vat")
+        if kind not in TAX_ID_TYPES:
+            return collected, "Choose the type of your tax ID."
+        collected["tax_ids"] = [{"type": kind, "value": form["tax_id_value"].strip()}]
+    shipping = session.get("shipping_address_collection")
+    if shipping:
+        ship_to = address("shipping")
+        if not (ship_to["line1"] and ship_to["city"]):
+            return collected, "Your shipping address is incomplete."
+        if ship_to["country"] not in shipping["allowed_countries"]:
+            return collected, "We cannot ship to that country."
+        collected["shipping"] = {"name": form.get("shipping_name") or None, "address": ship_to}
+    return collected, None
+
+
+def _promotion(session: dict, form) -> tuple[int, str | None]:
+    code = form.get("promotion_code", "").strip().upper()
+    if not code or not session.get("allow_promotion_codes"):
+        return 0, None
+    percent = SANDBOX_PROMOTION_CODES.get(code)
+    if percent is None:
+        return 0, "This code is invalid."
+    return session["amount_subtotal"] * percent // 100, None
+
+
+def _create_invoice(session: dict, total: int, tax: int, intent_id: str) -> dict:
+    invoice_id = new_id("in")
+    public = _settings()["PUBLIC_URL"]
+    count = len(_store().list("invoice")) + 1
+    customer = session.get("customer_details") or {}
+    invoice = {
+        "id": invoice_id,
+        "object": "invoice",
+        "number": f"SANDBOX-{count:04d}",
+        "status": "paid",
+        "currency": session["currency"],
+        "amount_paid": total,
+        "subtotal": session["amount_subtotal"],
+        "tax": tax,
+        "total": total,
+        "discount": session["total_details"]["amount_discount"],
+        "customer_email": customer.get("email"),
+        "customer_name": customer.get("name"),
+        "customer_address": customer.get("address"),
+        "customer_phone": customer.get("phone"),
+        "customer_tax_ids": customer.get("tax_ids") or [],
+        "customer_shipping": (session.get("collected_information") or {}).get("shipping_details"),
+        "payment_intent": intent_id,
+        "metadata": (session.get("invoice_creation") or {}).get("invoice_data", {}).get("metadata")
+        or {},
+        "hosted_invoice_url": f"{public}/sandbox/stripe/invoices/{invoice_id}",
+        "invoice_pdf": f"{public}/sandbox/stripe/invoices/{invoice_id}/pdf",
+        "sandbox_lines": session.get("sandbox_line_items") or [],
+        "created": int(time.time()),
+    }
+    _store().put("invoice", invoice_id, invoice)
+    return invoice
+
+
+@bp.get("/v1/invoices/<invoice_id>")
+def retrieve_invoice(invoice_id):
+    invoice = _store().get("invoice", invoice_id)
+    if invoice is None:
+        raise StripeInputError(
+            f"No such invoice: '{invoice_id}'", "id", status=404, code="resource_missing"
+        )
+    return jsonify({k: v for k, v in invoice.items() if not k.startswith("sandbox_")})
+
+
+@bp.get("/invoices/<invoice_id>")
+@bp.get("/invoices/<invoice_id>/pdf")
+def invoice_page(invoice_id):
+    """Stripe's hosted invoice page (and, in the sandbox, its printable "PDF")."""
+    invoice = _store().get("invoice", invoice_id)
+    if invoice is None:
+        abort(404)
+    return render_template("sandbox/stripe_invoice.html", invoice=invoice)
+
+
+def _session_discount(params: dict, subtotal: int, currency: str | None):
+    """The amount `discounts` takes off the subtotal (a coupon's amount_off or percent_off), and
+    the session's `discounts` as Stripe answers them. Stripe takes one discount per session, and
+    never together with allow_promotion_codes."""
+    wanted = params.get("discounts") or []
+    if not wanted:
+        return 0, [], None
+    if params.get("allow_promotion_codes"):
+        raise StripeInputError(
+            "You may only specify one of these parameters: allow_promotion_codes, discounts.",
+            "discounts",
+        )
+    if len(wanted) > 1:
+        raise StripeInputError("You may only specify one discount.", "discounts")
+    (item,) = wanted
+    if "coupon" not in item:
+        raise StripeInputError(
+            "The sandbox has no promotion codes: pass a coupon.", "discounts[0][promotion_code]"
+        )
+    coupon = _store().get("coupon", item["coupon"])
+    if coupon is None:
+        raise StripeInputError(
+            f"No such coupon: '{item['coupon']}'", "discounts[0][coupon]", code="resource_missing"
+        )
+    if not coupon["valid"]:
+        raise StripeInputError("This coupon is no longer valid.", "discounts[0][coupon]")
+    if coupon["amount_off"] is not None:
+        if coupon["currency"] != currency:
+            raise StripeInputError(
+                "The coupon's currency must match the session's.", "discounts[0][coupon]"
+            )
+        amount = min(coupon["amount_off"], subtotal)
+    else:
+        amount = subtotal * int(coupon["percent_off"]) // 100
+    return amount, [{"coupon": coupon["id"], "promotion_code": None}], coupon["name"]
+
+
+@bp.post("/v1/coupons")
+def create_coupon():
+    from stripe.params._coupon_create_params import CouponCreateParams
+
+    params = decode_form(request.form.items(multi=True))
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        previous = _store().remembered(key)
+        if previous is not None:
+            return current_app.response_class(
+                previous.response, status=previous.status, mimetype="application/json"
+            )
+    check_params(params, CouponCreateParams, "")
+    amount_off = params.get("amount_off")
+    percent_off = params.get("percent_off")
+    if (amount_off is None) == (percent_off is None):
+        raise StripeInputError("Coupons take one of amount_off and percent_off.", "amount_off")
+    if amount_off is not None and not params.get("currency"):
+        raise StripeInputError("A coupon with amount_off needs a currency.", "currency")
+    if amount_off is not None and not (amount_off.isdigit() and int(amount_off) > 0):
+        raise StripeInputError("Invalid integer: amount_off", "amount_off")
+    name = params.get("name")
+    if name is not None and len(name) > 40:
+        raise StripeInputError("Coupon names are at most 40 characters.", "name")
+    coupon = {
+        "id": new_id("co"),
+        "object": "coupon",
+        "amount_off": int(amount_off) if amount_off is not None else None,
+        "percent_off": float(percent_off) if percent_off is not None else None,
+        "currency": params.get("currency"),
+        "duration": params.get("duration", "once"),
+        "max_redemptions": int(params["max_redemptions"]) if "max_redemptions" in params else None,
+        "name": name,
+        "metadata": params.get("metadata") or {},
+        "times_redeemed": 0,
+        "valid": True,
+        "livemode": False,
+        "created": int(time.time()),
+    }
+    store = _store()
+    try:
+        store.write(
+            [("coupon", coupon["id"], coupon)],
+            remember=(key, "", coupon, 200) if key else None,
+        )
+    except IntegrityError:
+        previous = store.remembered(key)
+        return current_app.response_class(
+            previous.response, status=previous.status, mimetype="application/json"
+        )
+    return jsonify(coupon)
 
 
 @bp.get("/v1/checkout/sessions/<session_id>")
@@ -590,6 +828,7 @@ def _page(session: dict, error: str | None = None, form=None, status: int = 200)
         error=error,
         form=form or {},
         tax_countries=sorted(SANDBOX_TAX) + ["US"],
+        tax_id_types=TAX_ID_TYPES,
     ), status
 
 
@@ -639,14 +878,23 @@ def pay(session_id):
     problem = _card_problem(form)
     if problem:
         return _page(session, problem, form, 402)
-    country = (form.get("country") or "US").upper()
+    collected, problem = _collect_from_form(session, form)
+    if problem:
+        return _page(session, problem, form, 400)
+    promotion, problem = _promotion(session, form)
+    if problem:
+        return _page(session, problem, form, 400)
+    session["total_details"]["amount_discount"] += promotion
+    country = (form.get("country") or (collected["address"] or {}).get("country") or "US").upper()
     tax = 0
+    discounted = session["amount_subtotal"] - session["total_details"]["amount_discount"]
     if session["automatic_tax"]["enabled"]:
-        tax = session["amount_subtotal"] * SANDBOX_TAX.get(country, 0) // 100
+        tax = discounted * SANDBOX_TAX.get(country, 0) // 100
         session["automatic_tax"]["status"] = "complete"
     intent_id = new_id("pi")
     charge_id = new_id("ch")
-    total = session["amount_subtotal"] + tax
+    total = discounted + tax
+    _redeem_coupons(session)
     number = "".join(ch for ch in form.get("card_number", "") if ch.isdigit())
     _store().put(
         "payment_intent",
@@ -691,10 +939,17 @@ def pay(session_id):
         customer_details={
             "email": email,
             "name": form.get("name") or None,
-            "address": {"country": country},
+            "phone": collected["phone"],
+            "address": collected["address"] or {"country": country},
+            "tax_exempt": "none",
+            "tax_ids": collected["tax_ids"],
         },
     )
+    if collected["shipping"]:
+        session["collected_information"] = {"shipping_details": collected["shipping"]}
     session["total_details"]["amount_tax"] = tax
+    if (session.get("invoice_creation") or {}).get("enabled"):
+        session["invoice"] = _create_invoice(session, total, tax, intent_id)["id"]
     authorise_only(session, intent_id, charge_id)
     _store().put("checkout.session", session_id, session)
     send_event("checkout.session.completed", session)
@@ -783,6 +1038,17 @@ def dashboard_close_dispute(dispute_id):
     _store().put("dispute", dispute_id, dispute)
     send_event("charge.dispute.closed", dispute)
     return _back(f"Dispute {dispute_id} {outcome}.")
+
+
+def _redeem_coupons(session: dict) -> None:
+    for discount in session.get("discounts") or []:
+        coupon = _store().get("coupon", discount["coupon"])
+        if coupon is None:
+            continue
+        coupon["times_redeemed"] += 1
+        if coupon["max_redemptions"] and coupon["times_redeemed"] >= coupon["max_redemptions"]:
+            coupon["valid"] = False
+        _store().put("coupon", coupon["id"], coupon)
 
 
 # --- webhooks -------------------------------------------------------------------------------------
