@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 
-from portal import alerts, jobs, receipts, timeline
+from portal import alerts, jobs, receipts, recovery, timeline
 from portal.branding.cache import Recent
 from portal.db import db
 from portal.http import UpstreamError
@@ -698,6 +698,7 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         list_unit_minor=None if options.tax_included else order.list_unit_minor,
         promo_code=None if options.tax_included else order.promo_code,
         billing_address_collection=options.billing_address_collection,
+        recovery=recovery.offered(services.settings, order),
         shipping_countries=options.shipping_countries,
         tax_id_collection=options.tax_id_collection,
         invoice_creation=options.invoice_creation,
@@ -927,6 +928,7 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
             checkout_details=details,
         )
         if won:
+            recovery.record_recovered(session, order, stripe_session, amount_total, currency)
             timeline.record(
                 order.id,
                 "payment",

@@ -77,6 +77,9 @@ class CheckoutRequest:
     invoice_creation: bool = False
     allow_promotion_codes: bool = False
     phone_number_collection: bool = False
+    # Abandoned-checkout recovery (the brand opted in): Stripe keeps a recovery link when the
+    # session expires, and asks the buyer's consent to promotional email.
+    recovery: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ class StripeGateway:
         params = _capture_params(params, request)
         params = _saved_card_params(params, request)
         params = _collection_params(params, request)
+        if request.recovery and request.mode == "payment":
+            params["after_expiration"] = {"recovery": {"enabled": True}}
+            params["consent_collection"] = {"promotions": "auto"}
         if lines.discount_minor and request.mode == "payment":
             params.pop("allow_promotion_codes", None)  # Stripe takes one or the other
             coupon = self.create_coupon(

@@ -318,6 +318,8 @@ def _email(key, label, template, order, *, reference, manual, notice=None) -> Sa
                 "refunded_minor": 0,
                 "full": False,
                 "expired": False,
+                "recovery_url": "",
+                "recovery_until": None,
                 **(notice or {}),
             },
         },
@@ -415,6 +417,18 @@ def _email_samples() -> list[Sample]:
                 sample_order(state="payment_failed"),
                 reference=None,
                 manual=False,
+            ),
+            _email(
+                f"email-checkout-recovery-{kind}",
+                f"Email, finish your purchase ({shown}): an abandoned checkout",
+                f"email/checkout_recovery.{kind}",
+                sample_order(state="expired"),
+                reference=None,
+                manual=False,
+                notice={
+                    "recovery_url": "https://checkout.stripe.com/c/pay/cs_test_recovery",
+                    "recovery_until": "2027-01-07T10:00:00+00:00",
+                },
             ),
             _email(
                 f"email-pay-link-cancelled-{kind}",
