@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, has_app_context
-from flask.json.tag import TaggedJSONSerializer
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask
 from flask_wtf import CSRFProtect
 
 from portal.config import ConfigError, load_settings, validate
-from portal.signing import TokenSerializer
 
 csrf = CSRFProtect()
 
@@ -61,95 +56,6 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     root.setLevel(level)
     # The Stripe SDK logs every request at INFO; portal.stripe already logs each call once.
     logging.getLogger("stripe").setLevel(logging.WARNING)
-
-
-class SessionJSON(TaggedJSONSerializer):
-    """Flask's tagged JSON for the session cookie. A session of plain strings (a learner's: the
-    form token's raw half) is written by json.dumps directly, as the app's JSON provider would:
-    tagging leaves such a dict as it is, so the text is the same, without a walk through the
-    tags for every value. Anything else (the console's flashed messages, say) is tagged as
-    Flask tags it."""
-
-    def dumps(self, value) -> str:
-        if (
-            type(value) is dict
-            and has_app_context()  # else flask.json writes without the app's provider
-            and all(type(k) is str and type(v) is str for k, v in value.items())
-            and not (len(value) == 1 and next(iter(value)) in self.tags)
-        ):
-            provider = current_app.json
-            return json.dumps(
-                value,
-                separators=(",", ":"),
-                ensure_ascii=provider.ensure_ascii,
-                sort_keys=provider.sort_keys,
-            )
-        return super().dumps(value)
-
-
-def _vary_cookie(response) -> None:
-    """`response.vary.add("Cookie")` without parsing and writing back the header each time."""
-    vary = response.headers.get("Vary")
-    if vary is None:
-        response.headers["Vary"] = "Cookie"
-    elif "cookie" not in {part.strip().lower() for part in vary.split(",")}:
-        response.vary.add("Cookie")
-
-
-class SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with the signing serializer made once per key rather
-    than on every request (Flask builds a new one each time; it depends only on the keys), and
-    that serializer portal.signing's: the same cookie, its keys derived once per process."""
-
-    digest_method = staticmethod(hashlib.sha1)  # Flask's default SHA-1, computed in OpenSSL
-    serializer = SessionJSON()
-
-    def __init__(self):
-        self._serializers: dict = {}
-
-    def save_session(self, app, session, response) -> None:
-        """Flask's save_session, the same cookie and `Vary: Cookie`, in fewer steps for what
-        nearly every request is: a session left as it was, or one to write. A session emptied
-        by the request (its cookie deleted) goes through Flask's own."""
-        if not session:
-            if session.modified:
-                super().save_session(app, session, response)
-            elif session.accessed:
-                _vary_cookie(response)
-            return
-        if not self.should_set_cookie(app, session):
-            if session.accessed:
-                _vary_cookie(response)
-            return
-        response.set_cookie(
-            self.get_cookie_name(app),
-            self.get_signing_serializer(app).dumps(dict(session)),
-            expires=self.get_expiration_time(app, session),
-            httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            partitioned=self.get_cookie_partitioned(app),
-            samesite=self.get_cookie_samesite(app),
-        )
-        _vary_cookie(response)
-
-    def get_signing_serializer(self, app):
-        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
-        serializer = self._serializers.get(keys)
-        if serializer is None and app.secret_key:
-            # Flask's own recipe (SecureCookieSessionInterface), on portal.signing's class.
-            serializer = TokenSerializer(
-                [*keys[1], keys[0]],  # itsdangerous signs with the last, the current key
-                salt=self.salt,
-                serializer=self.serializer,
-                signer_kwargs={
-                    "key_derivation": self.key_derivation,
-                    "digest_method": self.digest_method,
-                },
-            )
-            self._serializers = {keys: serializer}  # a changed key replaces the old one
-        return serializer
 
 
 def serving_threads() -> int:
@@ -241,7 +147,6 @@ def create_app(config: dict | None = None) -> Flask:
         TEMPLATES_AUTO_RELOAD=False,
     )
 
-    app.session_interface = SessionInterface()
     from jinja2 import StrictUndefined
 
     app.jinja_env.undefined = StrictUndefined

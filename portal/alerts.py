@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 
-from portal import jobs, timeline
+from portal import jobs, outbound, timeline
 from portal.db import db
-from portal.http import UpstreamError, new_session
+from portal.http import UpstreamError
 from portal.models import Order
 
 log = logging.getLogger("portal.alerts")
-_session = new_session(4)
 
 # The kinds operators are alerted about (the attention list and the webhook body name them).
 KINDS = {
@@ -68,11 +67,15 @@ def run_operator_alert(services, job) -> None:
         return
     payload = job.payload
     try:
-        response = _session.post(
+        response = outbound.post(
+            services.settings,
             url,
             json=body(order, payload["kind"], payload["message"], payload.get("detail") or {}),
             timeout=(3.05, 10),
         )
+    except outbound.BlockedDestination as exc:
+        # A loopback, private or metadata address: refused now, refused on every retry.
+        raise jobs.PermanentJobError(f"alert webhook refused: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any failure to reach the hook is worth a retry
         raise UpstreamError(f"alert webhook unreachable: {exc}", transient=True) from exc
     if response.status_code >= 300:

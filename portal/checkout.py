@@ -14,18 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from types import MappingProxyType
 
+from cachetools import TTLCache
 from flask import current_app, has_app_context
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import configure_mappers
-from sqlalchemy.orm.instrumentation import manager_of_class
 
 from portal import alerts, jobs, receipts, recovery, timeline
-from portal.branding.cache import Recent
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -84,9 +84,8 @@ class Next:
 
 
 # Built once: every page of an order and every entry runs one of these.
-_ROW_BY_PLATFORM_REF = select(*Order.__table__.c).where(
-    Order.__table__.c.platform == bindparam("platform"),
-    Order.__table__.c.platform_ref == bindparam("platform_ref"),
+_ROW_BY_PLATFORM_REF = select(*_ORDERS.c).where(
+    _ORDERS.c.platform == bindparam("platform"), _ORDERS.c.platform_ref == bindparam("platform_ref")
 )
 _BY_REFERENCE = select(Order).where(Order.reference == bindparam("reference"))
 
@@ -120,29 +119,26 @@ def find_learner_order(platform: str, learner_key: str) -> Order | None:
         return session.scalar(_BY_LEARNER_KEY, {"platform": platform, "learner_key": learner_key})
 
 
-_ORDER_MANAGER = manager_of_class(Order)
-
-
-def order_from_row(row) -> Order:
-    """An `Order` from a Core row of all its columns, never added to a session (its
-    relationships are not loaded), as the constructor would make it: built the way the ORM's
-    own loading builds an instance (its state made, the columns put in its `__dict__`), not
-    through the constructor, whose attribute events for each of 40 columns cost ~130 µs."""
-    configure_mappers()  # as the ORM's loading does first (a flag check once they are)
-    order = _ORDER_MANAGER.new_instance()
-    order.__dict__.update(row._mapping)
-    return order
+def order_from_columns(columns: Mapping) -> Order:
+    """A new `Order` (never added to a session) from a mapping of all its columns: a Core
+    row's `.mappings()`, or the review page's kept columns. Where a path has a Core row at hand
+    (an entry's look-up, an `INSERT … RETURNING`, Pay's compare-and-set), this is half what
+    loading it through an ORM session costs."""
+    return Order(**columns)
 
 
 def find_order(platform: str, platform_ref: str) -> Order | None:
-    """The order of a platform's purchase, or None. Every entry page asks, and for a new
-    purchase the answer is None: one Core SELECT, and an `Order` made from the row as
-    `read_order` makes one (never added to a session; its relationships are not loaded)."""
+    """The order of a platform's purchase, or None (every entry page asks; for a new purchase
+    the answer is None): one Core SELECT."""
     with db.statements() as connection:
-        row = connection.execute(
-            _ROW_BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
-        ).first()
-    return order_from_row(row) if row is not None else None
+        row = (
+            connection.execute(
+                _ROW_BY_PLATFORM_REF, {"platform": platform, "platform_ref": platform_ref}
+            )
+            .mappings()
+            .first()
+        )
+    return order_from_columns(row) if row is not None else None
 
 
 def order_not_found() -> CheckoutError:
@@ -157,64 +153,51 @@ def load_order(reference: str) -> Order:
     return order
 
 
-_ROW_BY_REFERENCE = select(*Order.__table__.c).where(
-    Order.__table__.c.reference == bindparam("reference")
-)
-
-
-def read_order(reference: str) -> Order:
-    """The order for a path that only reads it and writes by id (Pay): one Core SELECT and an
-    `Order` made from the row, without the ORM's loading (a third of the cost). Never added to
-    a session, and its relationships are not loaded."""
-    with db.statements() as connection:
-        row = connection.execute(_ROW_BY_REFERENCE, {"reference": reference}).first()
-    if row is None:
-        raise order_not_found()
-    return order_from_row(row)
-
-
 # --- the pages of an order, read while the row has not changed -----------------------------------
 #
 # Learners reload the review page, come back to it from Stripe, keep it open in a tab. On
-# PostgreSQL each process keeps the orders it showed last, each with its row version (`xmin`, the
-# transaction that wrote the row as it is now: any UPDATE, from any process, host or psql prompt,
-# gives the row a new one).
+# PostgreSQL each process keeps the columns of the orders it showed last, each with its row
+# version (`xmin`, the transaction that wrote the row as it is now: any UPDATE, from any process,
+# host or psql prompt, gives the row a new one).
 #
 # - While the process's order change listener is live (portal.order_changes: a trigger NOTIFYs
 #   every change to an order as it commits), a kept order is shown again without asking the
 #   database at all; the notification of a change drops it.
-# - Otherwise (the listener is connecting, reconnecting, or cannot hear), a page asks only for the
-#   row's version, a one-column index look-up, and loads the row again when it differs.
+# - Otherwise (the listener is connecting, reconnecting, cannot hear, or is switched off), a page
+#   asks only for the row's version, a one-column index look-up, and reads the row again when it
+#   differs.
 #
-# On SQLite, which has neither, every page loads the row.
+# What is kept is an immutable mapping of the columns; every page gets an `Order` of its own made
+# from it, so no object is shared between requests. On SQLite, which has neither, every page
+# reads the row.
 
 KEPT_ORDERS_EXTENSION = "portal.kept_orders"
 _VERSION_BY_REFERENCE = select(literal_column("xmin::text")).where(
     Order.reference == bindparam("reference")
 )
-_WITH_VERSION_BY_REFERENCE = select(Order, literal_column("orders.xmin::text")).where(
-    Order.reference == bindparam("reference")
-)
+_ROW_WITH_VERSION = select(
+    *_ORDERS.c, literal_column("orders.xmin::text").label("row_version")
+).where(_ORDERS.c.reference == bindparam("reference"))
 
 
 class KeptOrders:
-    """The last `size` orders shown by this process, by reference, each with its row version.
+    """The last `size` orders shown by this process (a cachetools TTLCache behind a lock), by
+    reference: each one's columns, with its row version.
 
-    Without a live listener an entry is only used for the version it was read with (`get`), so
-    nothing needs expiring; `max_age` bounds it anyway (a transaction id comes round again after
-    ~4 billion). With one, an entry read after the listener went live and with no change heard
-    for its order since the read began is `trusted`: used without asking, for at most
-    `trusted_for` seconds, until the listener hears of a change, or until it stops being live.
+    Without a live listener an entry is only used for the version it was read with (`get`);
+    `max_age` bounds it anyway (a transaction id comes round again after ~4 billion). With one,
+    an entry read after the listener went live and with no change heard for its order since the
+    read began is `trusted`: used without asking, for at most `trusted_for` seconds, until the
+    listener hears of a change, or until it stops being live.
     """
 
     CHANGES_REMEMBERED = 4096
 
     def __init__(self, size: int = 256, max_age: float = 600.0, trusted_for: float = 60.0):
-        self.max_age = max_age
         self.trusted_for = trusted_for
         self.live = False
         self.listener = None  # the ChangeListener this is subscribed to, once it is
-        self._orders = Recent(size)
+        self._orders = TTLCache(size, ttl=max_age, timer=lambda: time.monotonic())
         self._lock = threading.Lock()
         self._sequence = 0  # counts what the listener heard: changes, and resets
         self._changed_at: dict[str, int] = {}  # reference -> sequence of its last change
@@ -229,7 +212,7 @@ class KeptOrders:
                 self._changed_at.clear()
                 self._floor = self._sequence
             self._changed_at[reference] = self._sequence
-        self._orders.discard(reference)
+            self._orders.pop(reference, None)
 
     def reset(self, live: bool) -> None:
         with self._lock:
@@ -246,29 +229,30 @@ class KeptOrders:
         been missed during the read. None while the listener is not live."""
         return self._sequence if self.live else None
 
-    def trusted(self, reference: str) -> Order | None:
-        """The kept order, if the listener is live and has heard of no change since it was read."""
+    def trusted(self, reference: str) -> Mapping | None:
+        """The kept columns, if the listener is live and has heard of no change since they
+        were read."""
         if not self.live:
             return None
-        entry = self._orders.get(reference)
+        with self._lock:
+            entry = self._orders.get(reference)
         if entry is None:
             return None
-        _version, kept_at, order, trusted = entry
+        _version, kept_at, columns, trusted = entry
         if not trusted or time.monotonic() - kept_at > self.trusted_for:
             return None
-        return order
+        return columns
 
-    def get(self, reference: str, version: str) -> Order | None:
-        entry = self._orders.get(reference)
-        if entry is None:
-            return None
-        kept_version, kept_at, order, _trusted = entry
-        if kept_version != version or time.monotonic() - kept_at > self.max_age:
-            self._orders.discard(reference)
-            return None
-        return order
+    def get(self, reference: str, version: str) -> Mapping | None:
+        """The kept columns, if they are of row version `version`."""
+        with self._lock:
+            entry = self._orders.get(reference)
+            if entry is not None and entry[0] != version:
+                del self._orders[reference]
+                entry = None
+        return entry[2] if entry is not None else None
 
-    def put(self, reference: str, version: str, order: Order, mark: int | None = None) -> None:
+    def put(self, reference: str, version: str, columns: Mapping, mark: int | None = None) -> None:
         with self._lock:
             trusted = (
                 mark is not None
@@ -276,7 +260,7 @@ class KeptOrders:
                 and mark >= self._floor
                 and self._changed_at.get(reference, 0) <= mark
             )
-        self._orders.put(reference, (version, time.monotonic(), order, trusted))
+            self._orders[reference] = (version, time.monotonic(), columns, trusted)
 
     def __len__(self) -> int:
         return len(self._orders)
@@ -287,9 +271,9 @@ def init_app(app) -> None:
 
 
 def view_order(reference: str) -> Order:
-    """The order for a learner page that only shows it (the review page). The object may be
-    shared with other requests of this process: read it, never change it. Its `row_version`
-    (None on SQLite) names the row as it was read, for the page cache."""
+    """The order for a learner page that only shows it (the review page): a new `Order` on each
+    call, made from the kept columns while its row has not changed. Its `row_version` (None on
+    SQLite) names the row as it was read, for the page cache (portal.branding.render)."""
     kept = current_app.extensions.get(KEPT_ORDERS_EXTENSION) if has_app_context() else None
     if kept is None or not db.is_postgres:
         order = load_order(reference)
@@ -298,26 +282,32 @@ def view_order(reference: str) -> Order:
     if kept.listener is None and current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]:
         kept.listener = db.order_changes()
         kept.listener.subscribe(kept)
-    order = kept.trusted(reference)
-    if order is not None:
-        return order
+    columns = kept.trusted(reference)
+    if columns is None:
+        columns = _read_columns(kept, reference)
+    order = order_from_columns({k: v for k, v in columns.items() if k != "row_version"})
+    order.row_version = columns["row_version"]
+    return order
+
+
+def _read_columns(kept: KeptOrders, reference: str) -> Mapping:
+    """The order's columns and `row_version`: the kept ones if its row has not changed since
+    they were read, else read afresh and kept."""
     mark = kept.mark()
-    if mark is None:
-        with db.statements() as connection:
+    with db.statements() as connection:
+        if mark is None:
             version = connection.execute(_VERSION_BY_REFERENCE, {"reference": reference}).scalar()
-        if version is None:
-            raise order_not_found()
-        order = kept.get(reference, version)
-        if order is not None:
-            return order
-    with db.reader() as session:
-        row = session.execute(_WITH_VERSION_BY_REFERENCE, {"reference": reference}).first()
+            if version is None:
+                raise order_not_found()
+            columns = kept.get(reference, version)
+            if columns is not None:
+                return columns
+        row = connection.execute(_ROW_WITH_VERSION, {"reference": reference}).mappings().first()
     if row is None:
         raise order_not_found()
-    order, version = row
-    order.row_version = version
-    kept.put(reference, version, order, mark)
-    return order
+    columns = MappingProxyType(dict(row))
+    kept.put(reference, columns["row_version"], columns, mark)
+    return columns
 
 
 def reload(order: Order) -> Order:
@@ -418,9 +408,9 @@ def _insert_order(values: dict) -> Order:
     opened = timeline.event(None, "state", "order opened", {"to": "open"})
     with db.statements() as connection:
         if not db.is_postgres:  # a transaction (db.statements): both or neither
-            row = connection.execute(_INSERT_ORDER, values).one()
-            timeline.write({**opened, "order_id": row.id}, connection)
-            return order_from_row(row)
+            row = connection.execute(_INSERT_ORDER, values).mappings().one()
+            timeline.write({**opened, "order_id": row["id"]}, connection)
+            return order_from_columns(row)
         names = tuple(values)
         statement = _OPENING.get(names)
         if statement is None:
@@ -434,7 +424,7 @@ def _insert_order(values: dict) -> Order:
             _OPENING[names] = statement
         params = {f"o_{name}": value for name, value in values.items()}
         row = connection.execute(statement, {**params, **timeline.bind_events("a", [opened])})
-        return order_from_row(row.one())
+        return order_from_columns(row.mappings().one())
 
 
 def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
@@ -587,27 +577,31 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
     # One compare-and-set statement, atomic on its own: committed as it runs, built once.
     with db.statements() as connection:
-        row = connection.execute(
-            _PREPARE_ATTEMPT,
-            {
-                "order_id": order.id,
-                "attempt": order.session_attempt,
-                "next_attempt": order.session_attempt + 1,
-                "expires_at": (now + timedelta(minutes=lifetime)).replace(microsecond=0),
-                "mode": quote.mode,
-                "country": quote.country,
-                "rate": None if quote.rate is None else f"{quote.rate.normalize():f}",
-                "tax": quote.amount_minor,
-                "now": now,
-            },
-        ).first()
+        row = (
+            connection.execute(
+                _PREPARE_ATTEMPT,
+                {
+                    "order_id": order.id,
+                    "attempt": order.session_attempt,
+                    "next_attempt": order.session_attempt + 1,
+                    "expires_at": (now + timedelta(minutes=lifetime)).replace(microsecond=0),
+                    "mode": quote.mode,
+                    "country": quote.country,
+                    "rate": None if quote.rate is None else f"{quote.rate.normalize():f}",
+                    "tax": quote.amount_minor,
+                    "now": now,
+                },
+            )
+            .mappings()
+            .first()
+        )
     # The row as this update left it; if another click changed it first, as it is now.
-    return order_from_row(row) if row is not None else reload(order)
+    return order_from_columns(row) if row is not None else reload(order)
 
 
 def start_payment(services, reference: str, country: str | None = None) -> Next:
     """The Pay button: reuse the open Checkout Session or create one; return where to go."""
-    order = read_order(reference)
+    order = load_order(reference)
     if order.is_paid:
         return Next(page="status", order=order)
     if order.state in {OrderState.CANCELLED, OrderState.PAYMENT_FAILED}:

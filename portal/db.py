@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,82 +61,9 @@ def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
         pool_size=pool_size,
         max_overflow=0,
         pool_recycle=1800,
-        connect_args={"cursor_factory": described_lazily_cursor()},
     )
     ping_when_idle(engine)
     return engine
-
-
-class LazyDescription(Sequence):
-    """A psycopg cursor's `description` whose `Column`s are made only when one is asked for.
-
-    SQLAlchemy reads `cursor.description` after every statement, but once a statement's result
-    columns are known (its compiled form is cached) it only checks that there is one. psycopg
-    makes a `Column` for each result column on every read (a name decode and a type look-up
-    each: for a 40-column SELECT of an order, about as much as the rest of the driver's work
-    for the statement; 7% of a checkout handoff's instructions). This holds the result the
-    description was taken of, so it describes that result even after the cursor has moved on,
-    as psycopg's own list does."""
-
-    __slots__ = ("_columns", "_count", "_source")
-
-    def __init__(self, cursor, result):
-        self._source = _Described(result, cursor._encoding, cursor.adapters)
-        self._count = result.nfields
-        self._columns = None
-
-    def _made(self) -> list:
-        if self._columns is None:
-            from psycopg import Column
-
-            self._columns = [Column(self._source, index) for index in range(self._count)]
-        return self._columns
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, index):
-        return self._made()[index]
-
-    def __iter__(self):
-        return iter(self._made())
-
-    def __repr__(self) -> str:
-        return repr(self._made())
-
-
-class _Described:
-    """What psycopg's `Column` reads from a cursor, as it was when the description was taken."""
-
-    __slots__ = ("_encoding", "adapters", "pgresult")
-
-    def __init__(self, pgresult, encoding, adapters):
-        self.pgresult = pgresult
-        self._encoding = encoding
-        self.adapters = adapters
-
-
-@functools.cache
-def described_lazily_cursor():
-    """psycopg's `Cursor` with a `LazyDescription` (made once, on first use, so SQLite-only runs
-    never import psycopg)."""
-    import psycopg
-    from psycopg import pq
-
-    with_rows = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.SINGLE_TUPLE, pq.ExecStatus.TUPLES_CHUNK)
-
-    class DescribedLazilyCursor(psycopg.Cursor):
-        __module__ = __name__
-
-        @property
-        def description(self):
-            result = self.pgresult
-            # None exactly where psycopg answers None: no result, or one without rows.
-            if result and (result.nfields or result.status in with_rows):
-                return LazyDescription(self, result)
-            return None
-
-    return DescribedLazilyCursor
 
 
 def ping_when_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> None:

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from portal.admin import auth
 from portal.admin.audit import Actor
@@ -39,23 +39,59 @@ def user(email: str) -> User:
 
 def test_passwords_are_stored_as_salted_scrypt():
     stored = hash_password(PASSWORD)
-    assert stored.startswith("scrypt$32768$8$1$")
+    assert stored.startswith("scrypt:32768:8:1$")  # werkzeug.security's format
     assert PASSWORD not in stored
     assert hash_password(PASSWORD) != stored  # a fresh salt each time
     assert verify_password(stored, PASSWORD)
     assert not verify_password(stored, PASSWORD + "x")
     assert not verify_password("sha256$abc", PASSWORD)
+    assert not verify_password("nonsense:1:2$salt$hash", PASSWORD)
+    assert not verify_password("", PASSWORD)
     assert not verify_password(None, PASSWORD)
 
 
 def test_a_weaker_stored_hash_is_upgraded_at_sign_in(app, fast_hashing):
     make_user("ops@example.com", "operator")
     weak = user("ops@example.com").password_hash
-    assert weak.startswith("scrypt$1024$")
+    assert weak.startswith("scrypt:1024:8:1$")
     auth.SCRYPT_N = 2**11  # the deployment raised the cost (monkeypatch restores it)
     response = sign_in(app.test_client(), "ops@example.com")
     assert response.status_code == 303
-    assert user("ops@example.com").password_hash.startswith("scrypt$2048$")
+    assert user("ops@example.com").password_hash.startswith("scrypt:2048:8:1$")
+
+
+def legacy_hash(password: str, n: int = 2**10, r: int = 8, p: int = 1) -> str:
+    """A hash as the console wrote them before werkzeug.security: `scrypt$n$r$p$salt$hash`."""
+    import base64
+    import hashlib
+    import os
+
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return (
+        f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    )
+
+
+def test_a_hash_in_the_old_format_still_signs_in_and_is_rehashed(app, fast_hashing):
+    old = legacy_hash(PASSWORD)
+    assert verify_password(old, PASSWORD)
+    assert not verify_password(old, PASSWORD + "x")
+    assert not verify_password(old[:-8] + "AAAAAAA=", PASSWORD)  # another digest
+    make_user("ops@example.com", "operator")
+    with db.transaction() as session:
+        session.execute(
+            update(User).where(User.email == "ops@example.com").values(password_hash=old)
+        )
+    refused = sign_in(app.test_client(), "ops@example.com", PASSWORD + "x")
+    assert refused.status_code != 303
+    assert user("ops@example.com").password_hash == old  # a wrong password rehashes nothing
+    response = sign_in(app.test_client(), "ops@example.com")
+    assert response.status_code == 303
+    rehashed = user("ops@example.com").password_hash
+    assert rehashed.startswith("scrypt:1024:8:1$")
+    assert verify_password(rehashed, PASSWORD)
+    assert sign_in(app.test_client(), "ops@example.com").status_code == 303
 
 
 # --- signing in --------------------------------------------------------------------------------

@@ -80,12 +80,21 @@ def test_every_committed_change_to_an_order_is_notified_and_a_rolled_back_one_is
                 {"id": order.id},
             )
             connection.rollback()
-        assert list(listening.notifies(timeout=0.5)) == []
+        # The channel is the database's: test runs in other schemas of it notify on it too, so
+        # only this order's notifications count.
+        assert ours(listening.notifies(timeout=0.5), order) == []
         psql_update(
             other_host, "UPDATE orders SET description = 'kept' WHERE id = :id", id=order.id
         )
-        heard = list(listening.notifies(timeout=2.0, stop_after=1))
+        heard = []
+        deadline = time.monotonic() + 2.0
+        while not heard and time.monotonic() < deadline:
+            heard = ours(listening.notifies(timeout=0.2), order)
     assert [(n.channel, n.payload) for n in heard] == [(CHANNEL, order.reference)]
+
+
+def ours(notifications, order: Order) -> list:
+    return [n for n in notifications if n.payload == order.reference]
 
 
 # --- pages with a live listener ---------------------------------------------------------------
@@ -211,8 +220,9 @@ def test_a_listener_tells_its_subscribers_each_change_once_live(app, postgres, o
         wait_until(lambda: listener.live, what="the listener goes live")
         assert subscriber.resets == [False, True]  # subscribed, then live
         psql_update(other_host, "UPDATE orders SET quantity = 3 WHERE id = :id", id=order.id)
-        wait_until(lambda: subscriber.changes, what="the change is heard")
-        assert subscriber.changes == [order.reference]
+        wait_until(lambda: order.reference in subscriber.changes, what="the change is heard")
+        # Other schemas of the database notify on the same channel: only this order counts.
+        assert [r for r in subscriber.changes if r == order.reference] == [order.reference]
     finally:
         listener.stop()
     assert subscriber.resets[-1] is False

@@ -1,11 +1,10 @@
-"""The stand-ins' cheap hot paths: the sandbox store's direct SQLite calls write exactly what its
-SQLAlchemy path writes, controls set anywhere hold at once, idempotency keys answer once, and the
+"""The stand-ins' store and hot paths: what the sandbox store keeps and answers, controls set
+anywhere hold at once, idempotency keys answer once, concurrent writers lose nothing, and the
 Stripe stand-in's memoised parameter checks report what the SDK's annotations say."""
 
 from __future__ import annotations
 
 import base64
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,24 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from portal.sandbox import store as store_module
 from portal.sandbox.store import Store
 from portal.sandbox.stripe_api import StripeInputError, check_params
-
-TABLES = ("sandbox_objects", "sandbox_idempotency", "sandbox_calls", "sandbox_controls")
-
-
-def make_store(tmp_path, name: str, *, direct: bool) -> Store:
-    store = Store(f"sqlite:///{tmp_path / name}")
-    assert store._direct is not None  # a plain SQLite file: the direct path
-    if not direct:
-        store._direct = None  # the SQLAlchemy path, as on any other database
-    return store
-
-
-def rows(path) -> dict[str, list[tuple]]:
-    with sqlite3.connect(path) as connection:
-        return {
-            table: connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()  # noqa: S608
-            for table in TABLES
-        }
 
 
 def exercise(store: Store) -> list:
@@ -64,17 +45,28 @@ def exercise(store: Store) -> list:
     return answers
 
 
-def test_the_direct_path_stores_and_answers_what_the_sqlalchemy_path_does(tmp_path, monkeypatch):
+def test_the_store_keeps_and_answers_what_was_written(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module.time, "time", lambda: 1_750_000_000.5)
-    direct = make_store(tmp_path, "direct.db", direct=True)
-    core = make_store(tmp_path, "core.db", direct=False)
-    assert exercise(direct) == exercise(core)
-    assert rows(tmp_path / "direct.db") == rows(tmp_path / "core.db")
+    store = Store(f"sqlite:///{tmp_path / 'sandbox.db'}")
+    answers = exercise(store)
+    assert answers[0] == {"id": "ch_1", "amount": 50, "created": 1_700_000_099}
+    assert answers[1] == {"id": "ch_2", "x": 1}
+    assert answers[2] is None
+    assert [c["id"] for c in answers[3]] == ["ch_2", "ch_1"]  # newest first
+    assert answers[4][:2] == ("key-1", "h1")
+    assert answers[5] is None
+    assert (answers[6], answers[7]) == (12.5, -1.0)
+    assert answers[8] == {"skilljar_latency_ms": 0.0, "skilljar_fault_rate": 0.25}
+    assert [(c["method"], c["status"], c["body"]) for c in answers[9]] == [
+        ("GET", 200, None),
+        ("PUT", 400, '{"state": "X"}'),
+    ]
+    assert len(store.list("refund")) + len(store.list("charge")) == 3
+    assert store.calls("skilljar")[0]["at"] == 1_750_000_000.5
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_an_idempotency_key_keeps_its_first_answer(tmp_path, direct):
-    store = make_store(tmp_path, "sandbox.db", direct=direct)
+def test_an_idempotency_key_keeps_its_first_answer(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'sandbox.db'}")
     first = {"id": "cs_1", "created": 1}
     store.write([("checkout.session", "cs_1", first)], remember=("k", "h", first, 200))
     second = {"id": "cs_2", "created": 2}
@@ -118,15 +110,6 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         thread.join(60)
     assert len(store.calls("skilljar")) == 400
     assert len(store.list("thing")) == 400
-
-
-def test_a_forked_child_opens_connections_of_its_own(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'sandbox.db'}")
-    store.put("thing", "a", {"id": "a"})
-    assert store._direct.idle
-    store_module._forget_connections()  # what os.register_at_fork runs in a child
-    assert store._direct.idle == []
-    assert store.get("thing", "a") == {"id": "a"}
 
 
 class Params(TypedDict, total=False):

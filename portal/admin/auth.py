@@ -1,5 +1,5 @@
-"""Who may use the console: password hashing (scrypt), sign-in with lockout, console sessions with
-idle and absolute timeouts, and the role each route needs.
+"""Who may use the console: password hashing (werkzeug.security's scrypt), sign-in with lockout,
+console sessions with idle and absolute timeouts, and the role each route needs.
 
 Sessions live in Flask's signed cookie (HttpOnly, SameSite=Lax, Secure on https). The cookie holds
 the user id, the user's session epoch and two timestamps; every request checks them against the
@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from portal.admin import audit
 from portal.admin.audit import Actor
@@ -26,46 +26,59 @@ from portal.models import LoginAttempt, Role, User, utcnow
 
 # --- passwords ---------------------------------------------------------------------------------
 
-# scrypt at 2^15 x 8 x 1 costs 32 MiB and tens of milliseconds per guess (RFC 7914; OWASP's
-# password storage advice). The parameters are stored with each hash, so raising them later only
-# rehashes at the next sign-in.
+# werkzeug.security's scrypt at 2^15 x 8 x 1: 32 MiB and tens of milliseconds per guess (RFC 7914;
+# OWASP's password storage advice). The method and its parameters are stored with each hash
+# (`scrypt:32768:8:1$salt$hash`), so raising them later only rehashes at the next sign-in.
 SCRYPT_N = 2**15
 SCRYPT_R = 8
 SCRYPT_P = 1
-SCRYPT_MAXMEM = 64 * 1024 * 1024
 MIN_PASSWORD_LENGTH = 12
+# Hashes written before werkzeug's were `scrypt$n$r$p$salt$hash` (base64): still verified, and
+# replaced with werkzeug's at the next sign-in.
+LEGACY_SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32
-    )
+def _method() -> str:
+    return f"scrypt:{SCRYPT_N}:{SCRYPT_R}:{SCRYPT_P}"
 
 
 def hash_password(password: str) -> str:
-    salt = os.urandom(16)
-    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return generate_password_hash(password, method=_method())
 
 
-def verify_password(stored: str | None, password: str) -> bool:
+def _verify_legacy(stored: str, password: str) -> bool:
     try:
-        scheme, n, r, p, salt, digest = (stored or "").split("$")
+        scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        actual = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=LEGACY_SCRYPT_MAXMEM,
+            dklen=32,
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
 
 
+def verify_password(stored: str | None, password: str) -> bool:
+    if not stored:
+        return False
+    if stored.startswith("scrypt$"):
+        return _verify_legacy(stored, password)
+    try:
+        return check_password_hash(stored, password)
+    except (ValueError, TypeError):  # not a hash werkzeug knows
+        return False
+
+
 def needs_rehash(stored: str) -> bool:
-    return not stored.startswith(f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}$")
+    return not stored.startswith(_method() + "$")
 
 
 _dummy_hash: str | None = None

@@ -5,6 +5,9 @@ the database on every page. A save or publish clears the cache of the process th
 once; other processes and hosts see it within those seconds. 0 turns the cache off.
 
 Only answers the database gave are kept: a failed lookup is asked again on the next page.
+
+The rendered learner pages are kept here too (`RenderedPages`, used by
+`portal.branding.render.render_learner`). Both are cachetools caches behind a lock.
 """
 
 from __future__ import annotations
@@ -12,38 +15,47 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from cachetools import LRUCache, TTLCache
 from flask import Flask, current_app, has_app_context
 
 EXTENSION = "portal.branding_cache"
+KEPT = 256  # brands by platform source, and the overrides: a handful in practice
 
 
 class TimedCache:
-    """A small map of loaded values, each kept for `seconds`. Thread-safe: two threads that miss
-    at once may both load; the later answer wins, and both are correct."""
+    """Loaded values, each kept for `seconds` (a cachetools TTLCache behind a lock). Two threads
+    that miss at once may both load; the later answer wins, and both are correct. A load that
+    raises keeps nothing."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self._entries: dict[Hashable, tuple[float, object]] = {}
+        # The timer is looked up on each call, so a test can move the clock (time.monotonic).
+        self._entries = (
+            TTLCache(KEPT, ttl=seconds, timer=lambda: time.monotonic()) if seconds > 0 else None
+        )
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], object]):
-        if self.seconds <= 0:
+        if self._entries is None:
             return load()
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and now - entry[0] < self.seconds:
-            return entry[1]
+        with self._lock:
+            value = self._entries.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
         value = load()
         with self._lock:
-            self._entries[key] = (now, value)
+            self._entries[key] = value
         return value
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        if self._entries is not None:
+            with self._lock:
+                self._entries.clear()
+
+
+_MISSING = object()
 
 
 # Every app's cache in this process (one in production; one per app in the tests), so a write
@@ -79,50 +91,32 @@ PAGES_EXTENSION = "portal.rendered_pages"
 PAGES_KEPT = 256
 
 
-class Recent:
-    """The last `size` values used in this process, by key: a lookup makes a value the newest,
-    and the oldest falls off the end. Thread-safe."""
+class RenderedPages:
+    """The last `size` learner pages rendered in this process (a cachetools LRUCache behind a
+    lock), by a digest of everything they were rendered from (template, language, the order's
+    columns, the brand, the published overrides' versions, the view's data). A page is the same
+    for the same inputs, so there is nothing to expire: a change to any input is a new key, and
+    old pages fall off the end. The CSRF token, the one part that differs per learner, is put in
+    after the cache (portal.branding.render)."""
 
-    def __init__(self, size: int):
-        self.size = size
-        self._values: OrderedDict[Hashable, object] = OrderedDict()
+    def __init__(self, size: int = PAGES_KEPT):
+        self._pages = LRUCache(size)
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable):
+    def get(self, key: Hashable) -> str | None:
         with self._lock:
-            value = self._values.get(key)
-            if value is not None:
-                self._values.move_to_end(key)
-            return value
+            return self._pages.get(key)
 
-    def put(self, key: Hashable, value) -> None:
+    def put(self, key: Hashable, page: str) -> None:
         with self._lock:
-            self._values[key] = value
-            self._values.move_to_end(key)
-            while len(self._values) > self.size:
-                self._values.popitem(last=False)
-
-    def discard(self, key: Hashable) -> None:
-        with self._lock:
-            self._values.pop(key, None)
+            self._pages[key] = page
 
     def clear(self) -> None:
         with self._lock:
-            self._values.clear()
+            self._pages.clear()
 
     def __len__(self) -> int:
-        return len(self._values)
-
-
-class RenderedPages(Recent):
-    """The last PAGES_KEPT learner pages rendered in this process, by a digest of everything
-    they were rendered from (template, language, the order's columns, the brand, the published
-    overrides' versions, the view's data). A page is the same for the same inputs, so there is
-    nothing to expire: a change to any input is a new key, and old pages fall off the end.
-    The CSRF token, the one part that differs per learner, is put in after the cache."""
-
-    def __init__(self, size: int = PAGES_KEPT):
-        super().__init__(size)
+        return len(self._pages)
 
 
 def init_pages(app: Flask) -> None:

@@ -25,21 +25,21 @@ import logging
 import re
 import secrets
 import threading
-import time
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
 from urllib.parse import quote, urlencode, urlsplit
 
-from flask import current_app, g, request, session, url_for
+from cachetools import LRUCache
+from flask import current_app, g, request, url_for
+from flask_wtf.csrf import generate_csrf
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SecurityError
 from sqlalchemy import select, update
 
-from portal import i18n, signing
+from portal import i18n
 from portal.branding import brands, markup
 from portal.branding import cache as branding_cache
-from portal.branding.cache import Recent
 from portal.branding.environment import (
     TEMPLATES_DIR,
     fixed_environment,
@@ -118,36 +118,6 @@ def money_formatter(currency: str, locale: str):
     return fmt
 
 
-# Signed CSRF tokens by the session's raw token, each reused for up to SIGNED_REUSE_SECONDS:
-# Flask-WTF signs afresh (with the time) on every page, though a token signed a minute ago is
-# as good for WTF_CSRF_TIME_LIMIT less a minute. A learner back on a page skips the signing.
-SIGNED_REUSE_SECONDS = 60.0
-_signed_tokens = Recent(1024)  # ~0.5 MB at most: the learners of the last minute or so
-
-
-def _csrf_token() -> str:
-    """The signed form token, as Flask-WTF's generate_csrf makes it (a raw token kept in the
-    session under `csrf_token`, signed with WTF_CSRF_SECRET_KEY or SECRET_KEY and Flask-WTF's
-    salt, kept in `g.csrf_token` for the rest of the request), which its CSRFProtect checks on
-    the POST. Made here on portal.signing's serializer, built once per key, where
-    generate_csrf builds one and derives its key on every call."""
-    token = g.get("csrf_token")
-    if token is not None:
-        return token
-    raw = session.get("csrf_token")
-    key = current_app.config.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key
-    if raw is not None:
-        kept = _signed_tokens.get((key, raw))
-        if kept is not None and time.monotonic() - kept[1] < SIGNED_REUSE_SECONDS:
-            g.csrf_token = kept[0]
-            return kept[0]
-    else:
-        raw = session["csrf_token"] = signing.new_raw_form_token()
-    token = g.csrf_token = signing.form_token_serializer(key).dumps(raw)
-    _signed_tokens.put((key, raw), (token, time.monotonic()))
-    return token
-
-
 def request_locale(settings: dict) -> str:
     return i18n.negotiate(None, request.accept_languages, settings["DEFAULT_LOCALE"])
 
@@ -159,7 +129,7 @@ def page_context(
     order: dict | None,
     context: dict,
     preview: bool = False,
-    csrf_token=_csrf_token,
+    csrf_token=generate_csrf,
 ) -> dict:
     settings = current_app.config["PORTAL"]
     language = i18n.language_for(locale)
@@ -271,7 +241,7 @@ def render_in(env, name: str, context: dict, overrides: dict) -> str:
 def render_learner(name: str, *, order: Order | None = None, locale: str | None = None, **context):
     """The HTML of learner page `name` for `order` (or none, for error pages). An order's pages
     are kept rendered (portal.branding.cache.RenderedPages) with a mark where the CSRF token
-    goes; each learner's own token is put in on the way out."""
+    goes; each learner's own token (Flask-WTF's `generate_csrf`) is put in on the way out."""
     settings = current_app.config["PORTAL"]
     locale = locale or (order.locale if order is not None else None) or request_locale(settings)
     brand = brands.brand_for(order, settings, url_for)
@@ -287,7 +257,7 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
         locale=locale,
         order=order_data(order) if order is not None and version is None else None,
         context=context,
-        csrf_token=_csrf_token if pages is None else _marking(marks),
+        csrf_token=generate_csrf if pages is None else _marking(marks),
     )
     language = i18n.language_for(locale)
     env = live_environment(language)
@@ -308,7 +278,7 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
     if html.count(CSRF_MARK) != len(marks):
         # The token did not go into the page exactly as it came (an override changed or reused
         # it): the page is not kept, and renders with the real token.
-        page["csrf_token"] = _csrf_token
+        page["csrf_token"] = generate_csrf
         return _render(env, name, page, overrides, order)[0]
     pages.put(key, html)
     return _with_csrf(html)
@@ -347,7 +317,7 @@ def _marking(marks: list[bool]):
 
 
 def _with_csrf(html: str) -> str:
-    return html.replace(CSRF_MARK, _csrf_token()) if CSRF_MARK in html else html
+    return html.replace(CSRF_MARK, generate_csrf()) if CSRF_MARK in html else html
 
 
 def page_key(name: str, language: str, page: dict, overrides: dict, row=None) -> bytes:
@@ -411,7 +381,7 @@ def email_rules(settings: dict, brand: dict) -> markup.Rules:
 
 
 # The alerts sent in this process, so a broken override alerts once, not on every page.
-_alerted = Recent(256)
+_alerted: LRUCache = LRUCache(256)
 _alert_lock = threading.Lock()
 
 
@@ -428,27 +398,29 @@ def _not_served(names: list[str], text: str, order: Order | None, kind: str = "t
     _record_failure(names, text)
     key = (tuple(names), text)
     with _alert_lock:
-        if _alerted.get(key) is not None:
+        if key in _alerted:
             return
-        _alerted.put(key, True)
+        _alerted[key] = True
     try:
-        url = current_app.config["PORTAL"].get("ALERT_WEBHOOK_URL")
+        settings = current_app.config["PORTAL"]
     except RuntimeError:  # no app context (an email job on a thread of its own)
-        url = None
+        settings = {}
+    url = settings.get("ALERT_WEBHOOK_URL")
     if url:
         payload = {
             "text": f"Checkout portal: template override {', '.join(names)} was not served "
             f"(learners get the default page): {text}"[:2000],
             "templates": names,
         }
-        threading.Thread(target=_post_alert, args=(url, payload), daemon=True).start()
+        threading.Thread(target=_post_alert, args=(settings, url, payload), daemon=True).start()
 
 
-def _post_alert(url: str, payload: dict) -> None:
-    from portal.http import new_session
+def _post_alert(settings: dict, url: str, payload: dict) -> None:
+    from portal import outbound
 
     try:
-        new_session(1).post(url, json=payload, timeout=(3.05, 10))
+        # The alert URL is an operator's, but it is still checked and pinned at send time.
+        outbound.post(settings, url, json=payload, timeout=(3.05, 10))
     except Exception:  # noqa: BLE001 - the log line already carries the alert
         log.exception("alert webhook failed")
 

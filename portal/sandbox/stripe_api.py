@@ -197,7 +197,7 @@ def check_params(value, annotation, path: str) -> None:
 
 
 def _create_params_type():
-    from stripe.params.checkout._session_create_params import SessionCreateParams
+    from stripe.params.checkout import SessionCreateParams
 
     return SessionCreateParams
 
@@ -700,7 +700,7 @@ def retrieve_payment_intent(intent_id):
 
 
 def _refund_params_type():
-    from stripe.params._refund_create_params import RefundCreateParams
+    from stripe.params import RefundCreateParams
 
     return RefundCreateParams
 
