@@ -25,7 +25,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
-from portal import alerts, jobs, receipts, timeline
+from portal import alerts, jobs, receipts, recovery, timeline
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -692,6 +692,7 @@ def start_payment(services, reference: str, country: str | None = None) -> Next:
         list_unit_minor=None if options.tax_included else order.list_unit_minor,
         promo_code=None if options.tax_included else order.promo_code,
         billing_address_collection=options.billing_address_collection,
+        recovery=recovery.offered(services.settings, order),
         shipping_countries=options.shipping_countries,
         tax_id_collection=options.tax_id_collection,
         invoice_creation=options.invoice_creation,
@@ -921,6 +922,7 @@ def record_payment(services, order: Order, stripe_session, *, source: str) -> bo
             checkout_details=details,
         )
         if won:
+            recovery.record_recovered(session, order, stripe_session, amount_total, currency)
             timeline.record(
                 order.id,
                 "payment",

@@ -248,6 +248,11 @@ SETTINGS: dict[str, tuple[object, object]] = {
     "CLEENG_PAYMENT_METHOD_ID": (None, str),
     "CLEENG_WEBHOOK_SECRET": ((), _secrets),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
     "CLEENG_RETURN_URL": (None, _checked_url),  # the page after payment (host allow-listed)
+    # Opt-in: the portal creates the first Cleeng order from a link the publisher signed with
+    # this key (HMAC-SHA256; rotation: old,new). Unset: /cleeng/checkout takes orderId only.
+    "CLEENG_OFFER_LINK_SECRET": ((), _secrets),
+    # Abandoned-checkout recovery, opt-in per brand: brand ids (comma-separated), or * for all.
+    "CHECKOUT_RECOVERY_BRANDS": ((), _secrets),
     "REDIRECT_HOSTS": ((), _hosts),
     "RETRY_BASE_SECONDS": (30.0, _float),
     "RETRY_MAX_SECONDS": (3600.0, _float),

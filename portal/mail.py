@@ -39,10 +39,18 @@ SUBJECTS = {
     "refund_issued": N_("%(brand)s: your refund"),
     "payment_failed": N_("%(brand)s: your payment did not go through"),
     "pay_link_cancelled": N_("%(brand)s: your pay link can no longer be used"),
+    "checkout_recovery": N_("%(brand)s: finish your purchase"),
 }
 # What a notice adds to its message (refund_issued, payment_failed, pay_link_cancelled); every
 # key is always there for the strict templates.
-NOTICE = {"amount_minor": 0, "refunded_minor": 0, "full": False, "expired": False}
+NOTICE = {
+    "amount_minor": 0,
+    "refunded_minor": 0,
+    "full": False,
+    "expired": False,
+    "recovery_url": "",  # checkout_recovery: Stripe's recovery link, and until when it works
+    "recovery_until": None,
+}
 
 
 def queue(

@@ -360,6 +360,7 @@ class CleengCustomer(Base):
 
 class CleengPaymentStatus(enum.StrEnum):
     CHARGING = "charging"  # a recurring charge is under way (Stripe's answer not recorded yet)
+    AUTHORISED = "authorized"  # held on the card (manual capture); Cleeng's own spelling
     CAPTURED = "captured"
     REJECTED = "rejected"
     REFUNDED = "refunded"

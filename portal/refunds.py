@@ -42,6 +42,9 @@ REFUNDABLE = (
 PARTIALLY_REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
 # Metadata a refund carries when the platform asked for it and is told by its own job.
 PLATFORM_TOLD = "portal_platform_told"
+# Metadata a refund asked for with a client's idempotency key carries: the key, so a retry that
+# finds nothing left to refund can find the refund its first try made.
+REQUEST_KEY = "portal_request"
 
 
 class RefundRefused(Exception):
@@ -124,22 +127,55 @@ def refund(
     reason: str | None = None,
     metadata: dict | None = None,
     also=None,
+    client_key: bool = False,
 ) -> tuple[dict, Recorded]:
     """Check, refund through Stripe (outside any transaction), then record. `also(session,
-    recorded)` runs in the recording transaction (the console's audit entry). Raises
-    RefundRefused, or portal.http.UpstreamError when Stripe did not refund."""
-    check(order, amount_minor)
-    stripe_refund = services.stripe.refund(
-        order.stripe_payment_intent_id,
-        amount_minor,
-        idempotency_key[:255],
-        order_id=order.id,
-        metadata={"order_reference": order.reference, **(metadata or {})},
-    )
+    recorded)` runs in the recording transaction (the console's audit entry); `client_key`: the
+    idempotency key is the client's own (the merchant API's Idempotency-Key). Raises
+    RefundRefused, or portal.http.UpstreamError when Stripe did not refund.
+
+    A retry of a request whose answer was lost (same `idempotency_key`) is the same refund: while
+    something is left to refund, Stripe replays its first answer; once the refund itself used up
+    what was left (its `charge.refunded` recorded it between the two tries), the refund is found
+    at Stripe by the key it carries, and answered again, never refused nor counted twice."""
+    key = idempotency_key[:255]
+    try:
+        check(order, amount_minor)
+    except RefundRefused:
+        made = None
+        if client_key and order.stripe_payment_intent_id:
+            made = _made_with_key(services, order, key)
+        if made is None:
+            raise
+        stripe_refund = made
+    else:
+        stripe_refund = services.stripe.refund(
+            order.stripe_payment_intent_id,
+            amount_minor,
+            key,
+            order_id=order.id,
+            metadata={
+                "order_reference": order.reference,
+                **(metadata or {}),
+                **({REQUEST_KEY: key} if client_key else {}),
+            },
+        )
     # Stripe's answer says what was refunded (a replayed request: the first refund's amount).
     answer = {"amount": amount_minor, **{k: v for k, v in stripe_refund.items() if v is not None}}
     recorded = record(order.id, answer, source=source, reason=reason, also=also)
     return stripe_refund, recorded
+
+
+def _made_with_key(services, order: Order, key: str) -> dict | None:
+    """The refund an earlier try of this request made at Stripe, when it is recorded on the order
+    (a refund the portal has not recorded is not taken as done: the request is refused)."""
+    recorded = {r.stripe_id for r in for_order(order.id)}
+    if not recorded:
+        return None
+    for made in services.stripe.list_refunds(order.stripe_payment_intent_id, order_id=order.id):
+        if (made.get("metadata") or {}).get(REQUEST_KEY) == key and made.get("id") in recorded:
+            return made
+    return None
 
 
 def record(

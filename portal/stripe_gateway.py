@@ -77,6 +77,9 @@ class CheckoutRequest:
     invoice_creation: bool = False
     allow_promotion_codes: bool = False
     phone_number_collection: bool = False
+    # Abandoned-checkout recovery (the brand opted in): Stripe keeps a recovery link when the
+    # session expires, and asks the buyer's consent to promotional email.
+    recovery: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ class StripeGateway:
         params = _capture_params(params, request)
         params = _saved_card_params(params, request)
         params = _collection_params(params, request)
+        if request.recovery and request.mode == "payment":
+            params["after_expiration"] = {"recovery": {"enabled": True}}
+            params["consent_collection"] = {"promotions": "auto"}
         if lines.discount_minor and request.mode == "payment":
             params.pop("allow_promotion_codes", None)  # Stripe takes one or the other
             coupon = self.create_coupon(
@@ -452,6 +458,7 @@ class StripeGateway:
         idempotency_key: str,
         description: str | None = None,
         metadata: dict | None = None,
+        capture_method: str | None = None,
     ) -> OffSessionCharge:
         """Charge a saved card with the customer away (a renewal). A decline is an answer, not an
         error: it comes back as `declined` with Stripe's message. The idempotency key makes a
@@ -467,6 +474,9 @@ class StripeGateway:
         }
         if description:
             params["description"] = description[:1000]
+        if capture_method:
+            # "manual": authorise only; the PaymentIntent waits in requires_capture.
+            params["capture_method"] = capture_method
 
         def create():
             try:
@@ -503,6 +513,10 @@ class OffSessionCharge:
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
+
+    @property
+    def authorised(self) -> bool:
+        return self.status == "requires_capture"
 
 
 def _saved_card_params(params: dict, request: CheckoutRequest) -> dict:

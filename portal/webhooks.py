@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from portal import checkout, disputes, jsonlimits, refunds, timeline
+from portal import checkout, disputes, jsonlimits, recovery, refunds, timeline
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Order, StripeEvent, utcnow
@@ -142,6 +142,8 @@ def handle_event(services, event) -> tuple[str, int | None]:
         if order is None:
             return "ignored: not our session", None
         timeline.record(order.id, "webhook", event.type, {"event": event.id})
+        if event.type == "checkout.session.expired":
+            recovery.expired(services, order, stripe_session)
         return f"order {order.state}", order.id
     if event.type == "charge.refunded":
         order = _order_by_payment_intent(obj.get("payment_intent"))

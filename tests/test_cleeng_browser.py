@@ -96,7 +96,7 @@ def test_the_branded_cleeng_review_page_on_a_phone(portal, new_page, axe_source)
     lines = page.locator("#cleeng-lines")
     expect(lines).to_contain_text("Offer price (per month)")
     expect(lines).to_contain_text("WELCOME20")
-    expect(lines).to_contain_text("Tax (21%), included")
+    expect(lines).to_contain_text("Tax (21%)+€1.68")
     assert page.locator("[style], script").count() == 0  # before axe adds its own
     # The brand's theme is applied: its font stack and its primary colour on the button.
     font = page.evaluate("getComputedStyle(document.body).fontFamily")
@@ -125,3 +125,48 @@ def test_the_cleeng_free_trial_page_in_french_on_a_phone(portal, new_page, axe_s
     expect(page.get_by_role("button", name="Commencer votre essai gratuit")).to_be_visible()
     assert page.locator("[style], script").count() == 0
     check_page(page, axe_source, "cleeng-trial-phone-fr")
+
+
+@pytest.mark.parametrize(
+    ("name", "offer", "fields", "lines_text", "renewal_text"),
+    [
+        (
+            "monthly",
+            "S100000001_NL",
+            {},
+            ["Offer price (per month) before tax€10.00", "Tax (21%)+€2.10", "Total€12.10"],
+            r"^Then €12\.10 per month from \w+ \d+, \d{4}, tax included\.$",
+        ),
+        (
+            "coupon",
+            "S100000001_NL",
+            {"coupon": "WELCOME20"},
+            ["WELCOME20", "−€2.00", "Tax (21%)+€1.68", "Total€9.68"],
+            r"^Then €12\.10 per month from \w+ \d+, \d{4}, tax included\.$",
+        ),
+        (
+            "trial",
+            "S100000002_NL",
+            {},
+            ["Free trial", "−€100.00", "Total today€0.00"],
+            r"^Free until \w+ \d+, \d{4}, then €121\.00 per year, tax included\.$",
+        ),
+    ],
+)
+def test_honest_subscription_prices_on_a_phone_and_a_desktop(
+    portal, new_page, axe_source, name, offer, fields, lines_text, renewal_text
+):
+    """Issue 26: each line as Cleeng's order breaks it down, adding up as labelled, then what
+    renewals cost and from when. Screenshots: cleeng-review-{monthly,coupon,trial}.png (360 px)
+    and cleeng-review-{...}-desktop.png."""
+    server = portal()
+    page = new_page(PHONE)
+    page.goto(subscribe(server, offer, **fields))
+    lines = page.locator("#cleeng-lines")
+    for text in lines_text:
+        expect(lines).to_contain_text(text)
+    expect(page.locator("#renewal-terms")).to_have_text(re.compile(renewal_text))
+    expect(page.locator("#renewal-terms")).to_be_in_viewport()
+    check_page(page, axe_source, f"cleeng-review-{name}")
+    page.set_viewport_size(DESKTOP)
+    check_page(page, axe_source, f"cleeng-review-{name}-desktop")

@@ -95,8 +95,9 @@ def test_subscribe_with_a_coupon_pay_and_renew(server):
         "€10.00",
         "WELCOME20",
         "−€2.00",
-        "Tax (21%), included",
-        "€1.68",
+        "Tax (21%)",
+        "+€1.68",
+        "Then €12.10 per month from",
         "Pay €9.68",
     ):
         assert expected in text
@@ -283,3 +284,41 @@ def test_cleeng_outage_after_payment_is_retried_by_the_worker(server):
     assert calls(server, "POST", "/sandbox/cleeng/3.1/payments")[-1]["status"] == 200
     final = browser.get(status_url, allow_redirects=False)
     assert final.headers["Location"] == f"{server.url}/sandbox/cleeng/return?orderId={order_id}"
+
+
+def test_a_split_authorisation_then_capture_charges_once_through_the_real_sdk(server):
+    """Issue 26: the sandbox's "Send authorisation, then capture": the portal holds the renewal
+    on the card (a PaymentIntent with capture_method=manual, checked against the SDK's own
+    parameters by the Stripe stand-in), reports `authorized`, then captures the same hold and
+    updates the payment to `captured`; the subscription is extended once."""
+    browser = requests.Session()
+    review = subscribe(server, browser, "S100000001_NL")
+    order_id = cleeng_order_id(review)
+    pay(server, browser, review)
+    subscription = subscription_of(server, order_id)
+    back = browser.post(
+        f"{server.url}/sandbox/cleeng/subscriptions/{subscription['id']}/renew",
+        data={"split": "1", "wait": "0"},
+        allow_redirects=False,
+    )
+    assert "status=200" in back.headers["Location"]
+    run_worker(server)
+    run_worker(server)
+    renewals = [i for i in server.store.list("payment_intent") if i.get("description")]
+    assert len(renewals) == 1
+    (intent,) = renewals
+    assert (intent["capture_method"], intent["status"], intent["amount_received"]) == (
+        "manual",
+        "succeeded",
+        1210,
+    )
+    (authorised,) = [
+        c["json"]
+        for c in calls(server, "POST", "/sandbox/cleeng/3.1/payments")
+        if c["json"]["paymentOperation"] == "recurring-payment"
+    ]
+    assert authorised["status"] == "authorized"
+    assert authorised["externalPaymentId"] == intent["id"]
+    patches = [c for c in server.store.calls("cleeng") if c["method"] == "PATCH"]
+    assert [json.loads(c["body"])["status"] for c in patches] == ["captured"]
+    assert subscription_of(server, order_id)["renewals"] == 1

@@ -263,3 +263,99 @@ def test_a_dashboard_refund_reaches_a_failing_merchant_endpoint_once(
         "status": "succeeded",
     }
     assert receiver.events[-1]["data"]["object"]["status"] == "refunded"
+
+
+def _lost_then_recorded(app, client, api, mocked, *, amount: int | None):
+    """A merchant API refund whose answer from Stripe is lost (Stripe made it: every try of the
+    SDK answers 500), then Stripe's charge.refunded records it, then the merchant retries with
+    the same Idempotency-Key. Returns the order's reference, its total, the two answers and what
+    Stripe was asked."""
+    import responses
+
+    order = api.post("/checkout-sessions", session_body()).json["order"]
+    authorise(app, mocked, order["id"], manual=False, stripe_base=STRIPE_BASE)
+    full = order_row(order["id"]).amount_paid_minor
+    refunded = full if amount is None else amount
+    intent = f"pi_{order['id'][-8:]}"
+    asked: list[dict] = []
+
+    def stripe_refunds(request):
+        from urllib.parse import parse_qs
+
+        asked.append({k: v[0] for k, v in parse_qs(request.body).items()})
+        if len(asked) <= 3:  # the first request and the SDK's two retries: the answers are lost
+            return (500, {}, json.dumps({"error": {"type": "api_error", "message": "lost"}}))
+        return (200, {}, json.dumps(made))  # Stripe replays the refund the key made
+
+    mocked.add_callback(responses.POST, f"{STRIPE_BASE}/v1/refunds", callback=stripe_refunds)
+    body = {"order": order["id"]} if amount is None else {"order": order["id"], "amount": amount}
+    headers = {"Idempotency-Key": "refund-once"}
+    first = api.post("/refunds", body, headers=headers)
+    assert first.status_code >= 500  # the merchant saw an outage
+    key = asked[0]["metadata[portal_request]"]
+    made = {
+        "id": "re_lost",
+        "object": "refund",
+        "amount": refunded,
+        "status": "succeeded",
+        "payment_intent": intent,
+        "created": 1_800_000_000,
+        "metadata": {"order_reference": order["id"], "portal_request": key},
+    }
+    mocked.get(
+        f"{STRIPE_BASE}/v1/refunds", json={"object": "list", "data": [made], "has_more": False}
+    )
+    charge = {"id": "ch_1", "object": "charge", "amount": full, "payment_intent": intent}
+    event = build_event("charge.refunded", {**charge, "amount_refunded": refunded})
+    assert deliver(client, event).status_code == 200
+    assert order_row(order["id"]).amount_refunded_minor == refunded
+    second = api.post("/refunds", body, headers=headers)
+    return order["id"], full, first, second, asked
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+def test_a_refund_retried_after_a_lost_answer_is_counted_once(
+    app, client, api, mocked, receiver, partial
+):
+    """The interleaving tests/test_faults.py found under load, step by step: the API refund's
+    answer is lost, charge.refunded records the refund, the merchant retries with the same key.
+    The retry answers the same refund (not a refusal, not a second one) and the books count it
+    once; the merchant is told of it once."""
+    reference, full, _first, second, asked = _lost_then_recorded(
+        app, client, api, mocked, amount=1000 if partial else None
+    )
+    refunded = 1000 if partial else full
+    assert second.status_code == 200, second.json
+    assert second.json["id"] == "re_lost"
+    assert second.json["amount"] == refunded
+    row = order_row(reference)
+    assert row.amount_refunded_minor == refunded
+    assert row.state == (OrderState.PARTIALLY_REFUNDED if partial else OrderState.REFUNDED)
+    # Every try at Stripe carried the same idempotency key and the same amount.
+    assert {a["amount"] for a in asked} == {str(refunded)}
+    assert api.get(f"/orders/{reference}").json["refunds"] == [
+        {
+            "id": "re_lost",
+            "amount": refunded,
+            "currency": "usd",
+            "status": "succeeded",
+            "created": "2027-01-15T08:00:00Z",
+        }
+    ]
+    run_queued(app, "platform_refund")
+    run_queued(app, "webhook_delivery")
+    assert [
+        e["data"]["refund"]["id"] for e in receiver.events if e["type"] == "order.refunded"
+    ] == ["re_lost"]
+
+
+def test_a_retry_with_another_key_after_everything_was_refunded_is_refused(
+    app, client, api, mocked
+):
+    """The cousin: the refund is found only by the key that made it. Another request (another
+    key, or none) for money already refunded is refused, and nothing is counted."""
+    reference, full, *_ = _lost_then_recorded(app, client, api, mocked, amount=None)
+    for headers in ({"Idempotency-Key": "another"}, {}):
+        again = api.post("/refunds", {"order": reference}, headers=headers)
+        assert again.status_code in (400, 409), again.json
+    assert order_row(reference).amount_refunded_minor == full

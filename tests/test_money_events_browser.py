@@ -110,6 +110,8 @@ EMAIL_SAMPLES = [
     ("email/refund_issued.html", "email-refund-full-html", "fr"),
     ("email/payment_failed.html", "email-payment-failed-html", "en"),
     ("email/pay_link_cancelled.html", "email-pay-link-cancelled-html", "en"),
+    ("email/checkout_recovery.html", "email-checkout-recovery-html", "en"),
+    ("email/checkout_recovery.html", "email-checkout-recovery-html", "fr"),
 ]
 
 
@@ -134,4 +136,10 @@ def test_each_new_email_as_a_marketer_previews_it(chromium, sandbox_server):  # 
         "?state=email-refund-full-html&lang=fr"
     )
     expect(page.locator("body")).to_contain_text("Votre commande est désormais entièrement")
+    page.goto(
+        f"{server.url}/admin/branding/templates/email/checkout_recovery.html/preview"
+        "?state=email-checkout-recovery-html&lang=fr"
+    )
+    expect(page.locator("body")).to_contain_text("Finaliser votre achat")
+    expect(page.locator("body")).to_contain_text("cs_test_recovery")
     context.close()

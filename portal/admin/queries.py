@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import and_, case, func, or_, select
 
+from portal import recovery
 from portal.api import queries as webhook_log
 from portal.db import db
 from portal.models import (
@@ -332,6 +333,9 @@ class Dashboard:
     # (alert event, order): disputes opened or lost, amount mismatches, refunds not taken.
     money_alerts: list[tuple[OrderEvent, Order]] = field(default_factory=list)
     money_alerts_count: int = 0
+    # Abandoned checkouts recovered (paid through Stripe's recovery link), last 30 days:
+    # (currency, orders, amount paid in minor units).
+    recovered: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def _window(session, label: str, since: datetime) -> Window:
@@ -482,6 +486,7 @@ def dashboard(now: datetime | None = None) -> Dashboard:
         backlog=job_backlog(now),
         money_alerts=needs["money_alerts"][0],
         money_alerts_count=needs["money_alerts"][1],
+        recovered=recovery.revenue(now - timedelta(days=30)),
     )
 
 

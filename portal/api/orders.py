@@ -506,6 +506,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
             source="api",
             reason=reason,
             metadata={"reason": (reason or "")[:500]},
+            client_key=request_key is not None,
         )
     except refunds.RefundRefused as exc:
         if exc.code in {"amount_too_large", "nothing_left", "amount_invalid"}:
@@ -527,7 +528,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
         "id": stripe_refund.get("id"),
         "object": "refund",
         "order": serialize_order(order, livemode=key.live, settings=services.settings),
-        "amount": amount,
+        "amount": recorded.amount_minor,  # Stripe's answer: a retry's is the first try's refund
         "currency": order.currency.lower(),
         "reason": reason,
         "status": stripe_refund.get("status") or "succeeded",

@@ -193,6 +193,10 @@ CLEENG_MONTHLY = {
     "trial": False,
     "discount_type": "coupon",
     "coupon_code": "WELCOME20",
+    "discounted_minor": 800,
+    "fees_minor": 0,
+    "tax_added": True,
+    "recurring": {"amount_minor": 1210, "period": "month", "trial_days": 0, "trial_periods": 0},
 }
 CLEENG_TRIAL = {
     **CLEENG_MONTHLY,
@@ -204,6 +208,8 @@ CLEENG_TRIAL = {
     "trial": True,
     "discount_type": "trial",
     "coupon_code": None,
+    "discounted_minor": 0,
+    "recurring": {"amount_minor": 12100, "period": "year", "trial_days": 7, "trial_periods": 0},
 }
 CLEENG_WEEKLY_JPY = {
     **CLEENG_MONTHLY,
@@ -216,6 +222,9 @@ CLEENG_WEEKLY_JPY = {
     "tax_percent": "10",
     "discount_type": None,
     "coupon_code": None,
+    "discounted_minor": 500,
+    "tax_added": True,
+    "recurring": {"amount_minor": 550, "period": "week", "trial_days": 0, "trial_periods": 0},
 }
 
 
@@ -309,6 +318,8 @@ def _email(key, label, template, order, *, reference, manual, notice=None) -> Sa
                 "refunded_minor": 0,
                 "full": False,
                 "expired": False,
+                "recovery_url": "",
+                "recovery_until": None,
                 **(notice or {}),
             },
         },
@@ -406,6 +417,18 @@ def _email_samples() -> list[Sample]:
                 sample_order(state="payment_failed"),
                 reference=None,
                 manual=False,
+            ),
+            _email(
+                f"email-checkout-recovery-{kind}",
+                f"Email, finish your purchase ({shown}): an abandoned checkout",
+                f"email/checkout_recovery.{kind}",
+                sample_order(state="expired"),
+                reference=None,
+                manual=False,
+                notice={
+                    "recovery_url": "https://checkout.stripe.com/c/pay/cs_test_recovery",
+                    "recovery_until": "2027-01-07T10:00:00+00:00",
+                },
             ),
             _email(
                 f"email-pay-link-cancelled-{kind}",

@@ -12,8 +12,11 @@ PaymentMethod id, which Cleeng hands back with every renewal). A failed payment 
 
 Cleeng-managed recurring billing and refunds arrive as webhooks at `POST /webhooks/cleeng`,
 authenticated by an HMAC-SHA256 signature of the raw body, and are stored as jobs before the 200:
-- `subscriptionReadyForPaymentAuthorisation` / `subscriptionReadyForPaymentCapture`: create the
-  recurring order, charge the saved card off-session, report `captured` or `rejected`;
+- `subscriptionReadyForPaymentAuthorisation`: create the recurring order, authorise the saved card
+  off-session with manual capture, report `authorized` (or `rejected`);
+- `subscriptionReadyForPaymentCapture`: capture that authorisation for the same period and
+  `PATCH` the payment to `captured`; with no authorisation, charge the card at once and report
+  `captured` or `rejected`;
 - `refundPayment`: refund through Stripe, then `PATCH {base}/payments/{id}` to `refunded`;
 - `paymentDetailsDeactivated`: detach the card from its Stripe Customer.
 
@@ -32,12 +35,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs, jsonlimits, outbound, receipts
+from portal import jobs, jsonlimits, outbound, receipts, recurring
 from portal.branding.render import render_learner
 from portal.checkout import (
     CheckoutError,
@@ -77,6 +80,7 @@ PLATFORM = "cleeng"
 ORDER_ID = re.compile(r"[0-9]{1,20}")  # Cleeng ids are integers; nothing else reaches a URL path
 INITIAL = "initial-payment"
 RECURRING = "recurring-payment"
+AUTHORISATION_TOPIC = "subscriptionReadyForPaymentAuthorisation"
 SIGNATURE_HEADER = "X-Cleeng-Signature"
 RENEWAL_TOPICS = ("subscriptionReadyForPaymentAuthorisation", "subscriptionReadyForPaymentCapture")
 # Webhook topic -> the job kind that handles it. Other topics are acknowledged and ignored.
@@ -287,6 +291,7 @@ def draft_from_order(order: dict, locale: str | None, return_url: str | None) ->
     trial = bool(discount.get("applied")) and discount.get("type") == "trial"
     coupon = order.get("couponCode") or None
     offer_price = _minor(breakdown.get("offerPrice"), currency, "offerPrice", exact=False)
+    prices = _breakdown(order, breakdown, currency, total)
     return OrderDraft(
         platform=PLATFORM,
         platform_ref=str(order["id"]),
@@ -315,8 +320,88 @@ def draft_from_order(order: dict, locale: str | None, return_url: str | None) ->
             "trial": trial,
             "discount_type": discount.get("type") if discount.get("applied") else None,
             "coupon_code": str(coupon) if coupon else None,
+            **prices,
         },
     )
+
+
+def _breakdown(order: dict, breakdown: dict, currency: str, total: int) -> dict:
+    """The rest of Cleeng's breakdown for the review page, and what the subscription costs after
+    today. Cleeng prices offers before tax (`offerPrice`, `discountedPrice`) and adds `taxValue`
+    and its fees to make `totalPrice`; an order whose total already holds the tax (the total is
+    the discounted price and fees) says so, and the page labels the tax "included". Whichever
+    Cleeng's figures add up to is what the page shows: the lines add up as labelled."""
+    offer_price = _minor(breakdown.get("offerPrice"), currency, "offerPrice", exact=False)
+    discount = _minor(breakdown.get("discountAmount"), currency, "discountAmount", exact=False)
+    tax = _minor(breakdown.get("taxValue"), currency, "taxValue", exact=False)
+    if breakdown.get("discountedPrice") is not None:
+        discounted = _minor(
+            breakdown.get("discountedPrice"), currency, "discountedPrice", exact=False
+        )
+    else:
+        discounted = max(offer_price - discount, 0)
+    fees = _minor(
+        breakdown.get("customerServiceFee"), currency, "customerServiceFee", exact=False
+    ) + _minor(breakdown.get("paymentMethodFee"), currency, "paymentMethodFee", exact=False)
+    tax_added = not (tax and discounted + fees == total)
+    offer = order.get("offer") if isinstance(order.get("offer"), dict) else {}
+    discount_info = order.get("discount") if isinstance(order.get("discount"), dict) else {}
+    applied = bool(discount_info.get("applied"))
+    kind = discount_info.get("type") if applied else None
+    periods = _small_int(discount_info.get("periods")) if applied else 0
+    renewal = _renewal_minor(order, breakdown, currency, discounted, tax, tax_added)
+    plan = recurring.plan(
+        amount_minor=renewal,
+        period=offer.get("period"),
+        trial_days=_small_int(offer.get("freeDays")) if kind == "trial" else None,
+        trial_periods=(periods or 1) if kind == "trial" else None,
+    )
+    if plan is not None and kind not in (None, "trial") and periods > 1:
+        plan["discounted_periods"] = periods  # the discounted price is charged this many times
+    return {
+        "discounted_minor": discounted,
+        "fees_minor": fees,
+        "tax_added": tax_added,
+        "recurring": plan,
+    }
+
+
+def _small_int(value) -> int:
+    """Cleeng's counts (`freeDays`, `discount.periods`) come as numbers or digit strings."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value if 0 <= value <= 100_000 else 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 6:
+        return int(value)
+    return 0
+
+
+def _renewal_minor(order, breakdown, currency, discounted, tax, tax_added) -> int | None:
+    """What each renewal charges, tax included: the offer price before any discount, plus tax at
+    Cleeng's `taxRate` when Cleeng adds tax (or at the rate its own figures show). None when
+    Cleeng's answer does not say."""
+    if "offerPrice" not in breakdown:
+        return None
+    net = plain_decimal(breakdown.get("offerPrice")).scaleb(exponent(currency))
+    if not tax_added:
+        return int(net.quantize(Decimal(1), ROUND_HALF_UP))
+    rate = _rate(order.get("taxRate"))
+    if rate is None and discounted:
+        rate = Decimal(tax) / Decimal(discounted)
+    if rate is None:
+        return None  # no rate, and nothing charged today to see it from (a trial)
+    return int((net * (1 + rate)).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+def _rate(value) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        rate = plain_decimal(value)
+    except MoneyError:
+        return None
+    return rate if rate < 1 else None
 
 
 # --- webhook signatures ---------------------------------------------------------------------------
@@ -688,10 +773,20 @@ class CleengPlatform(Platform):
 
     # --- renewals, refunds and deactivated cards (webhook jobs) -------------------------------
 
-    def renew(self, data: dict, key: str) -> str:
+    def renew(self, data: dict, key: str, topic: str | None = None) -> str:
         """Charge one renewal of a subscription and report it. Each step is recorded before the
-        next, so a retried job resumes where it stopped and never charges twice."""
+        next, so a retried job resumes where it stopped and never charges twice.
+
+        Split authorise and capture, as Cleeng asks where the gateway allows: an authorisation
+        event holds the amount on the card (a PaymentIntent with manual capture) and reports
+        `authorized`; the capture event for the same period captures that hold and updates the
+        payment to `captured`. A capture event with no authorisation charges at once."""
         renewal = Renewal.from_event(data)
+        authorise = topic == AUTHORISATION_TOPIC
+        if not authorise:
+            held = self._authorised_for(renewal)
+            if held is not None:
+                return self._capture(held, renewal)
         attempt = self._claim_renewal(renewal, key)
         if attempt is None:
             return f"subscription {renewal.subscription_id}: this period is already paid"
@@ -707,7 +802,7 @@ class CleengPlatform(Platform):
                 raise
             if attempt.cleeng_order_id is None:
                 attempt = self._recurring_order(attempt, renewal)
-            attempt = self._charge(attempt, renewal, customer, method_id)
+            attempt = self._charge(attempt, renewal, customer, method_id, authorise=authorise)
         fields = {
             "orderId": _cleeng_id(attempt.cleeng_order_id),
             "status": attempt.status,
@@ -820,8 +915,70 @@ class CleengPlatform(Platform):
             attempt.id, cleeng_order_id=str(order["id"]), amount_minor=amount, currency=currency
         )
 
+    def _authorised_for(self, renewal: Renewal) -> CleengPayment | None:
+        """The authorisation held for this subscription period, if one is waiting for capture."""
+        if not renewal.period:
+            return None
+        with db.reader() as session:
+            held = session.scalar(
+                select(CleengPayment).where(
+                    CleengPayment.renewal_key == f"{renewal.subscription_id}:{renewal.period}"
+                )
+            )
+        if held is None or held.stripe_payment_intent_id is None:
+            return None
+        if held.status == CleengPaymentStatus.AUTHORISED or (
+            held.status == CleengPaymentStatus.CAPTURED
+            and held.cleeng_payment_id is not None
+            and held.reported_at is None
+        ):
+            return held
+        return None
+
+    def _capture(self, held: CleengPayment, renewal: Renewal) -> str:
+        """Capture the period's authorisation at Stripe, then `PATCH` Cleeng's payment to
+        `captured` (or `rejected` when the hold is gone: expired or voided at Stripe; Cleeng's
+        dunning then sends a new capture, which charges at once). Recorded step by step."""
+        if held.reported_at is None and held.status == CleengPaymentStatus.AUTHORISED:
+            # Stripe holds the money but Cleeng has not heard of the authorisation yet: its own
+            # job reports it first, and this capture is retried after.
+            raise UpstreamError(
+                f"subscription {renewal.subscription_id}: the authorisation is not reported yet",
+                transient=True,
+            )
+        if held.status == CleengPaymentStatus.AUTHORISED:
+            try:
+                self.stripe.capture_payment_intent(
+                    held.stripe_payment_intent_id,
+                    f"cleeng-capture-{held.stripe_payment_intent_id}",
+                )
+            except UpstreamError as exc:
+                if exc.transient:
+                    raise
+                held = _save(
+                    held.id,
+                    status=CleengPaymentStatus.REJECTED,
+                    renewal_key=None,  # the period is free for Cleeng's next attempt
+                    rejected_reason=f"The authorisation could not be captured: {exc}"[:500],
+                    reported_at=None,
+                )
+            else:
+                held = _save(held.id, status=CleengPaymentStatus.CAPTURED, reported_at=None)
+        fields = {"status": held.status, "externalPaymentId": held.stripe_payment_intent_id}
+        if held.status == CleengPaymentStatus.REJECTED:
+            fields["rejectedReason"] = held.rejected_reason or "The authorisation expired."
+        self.client.update_payment(held.cleeng_payment_id, fields)
+        _save(held.id, reported_at=utcnow())
+        return f"subscription {renewal.subscription_id}: authorisation {held.status}"
+
     def _charge(
-        self, attempt: CleengPayment, renewal: Renewal, customer: str, method_id: str
+        self,
+        attempt: CleengPayment,
+        renewal: Renewal,
+        customer: str,
+        method_id: str,
+        *,
+        authorise: bool = False,
     ) -> CleengPayment:
         charge = self.stripe.charge_saved_card(
             customer=customer,
@@ -840,7 +997,15 @@ class CleengPlatform(Platform):
                 "cleeng_order_id": attempt.cleeng_order_id,
                 "cleeng_customer_id": renewal.customer_id,
             },
+            capture_method="manual" if authorise else None,
         )
+        if authorise and charge.authorised:
+            return _save(
+                attempt.id,
+                status=CleengPaymentStatus.AUTHORISED,
+                stripe_payment_intent_id=charge.payment_intent_id,
+                stripe_payment_method_id=method_id,
+            )
         if charge.succeeded:
             return _save(
                 attempt.id,
@@ -992,7 +1157,9 @@ def _platform(services) -> CleengPlatform:
 
 
 def run_renewal(services, job) -> None:
-    outcome = _platform(services).renew(job.payload["data"], job.dedupe_key)
+    outcome = _platform(services).renew(
+        job.payload["data"], job.dedupe_key, job.payload.get("topic")
+    )
     log.info("Cleeng %s: %s", job.payload.get("topic"), outcome)
 
 
@@ -1063,9 +1230,11 @@ def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
     )
 
 
-def review_data(platform_data: dict) -> dict:
+def review_data(platform_data: dict, today=None) -> dict:
     """What the Cleeng review page reads of the order's platform data: the offer's period,
-    Cleeng's price breakdown (tax included) and how the discount came about. Every key is always
+    Cleeng's price breakdown (tax added or included, as Cleeng's figures add up), how the
+    discount came about, and what the subscription costs after today (`recurring`: the renewal
+    price and the first date it is charged, from `today`, the learner's day). Every key is always
     there (strict templates), with None for what Cleeng did not send."""
     return {
         "period": platform_data.get("period") or None,
@@ -1078,14 +1247,131 @@ def review_data(platform_data: dict) -> dict:
         "trial": bool(platform_data.get("trial")),
         "discount_type": platform_data.get("discount_type") or None,
         "coupon_code": platform_data.get("coupon_code") or None,
+        # Cleeng adds tax to its (net) offer price; an order whose total holds it says so.
+        "tax_added": platform_data.get("tax_added", True) is not False,
+        "fees_minor": platform_data.get("fees_minor") or 0,
+        "recurring": recurring.terms(platform_data.get("recurring"), today or utcnow().date()),
     }
+
+
+OFFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+COUPON = re.compile(r"[A-Za-z0-9_-]{1,64}")
+OFFER_LINK_MAX_SECONDS = 7 * 86400  # a signed link lives at most a week
+OFFER_LINK_FIELDS = ("offerId", "customerId", "couponCode", "currency", "country", "expires")
+COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def offer_link_signature(params: dict, secret: str) -> str:
+    """The publisher's signature of an offer link: hex HMAC-SHA256, keyed with
+    `PORTAL_CLEENG_OFFER_LINK_SECRET`, of `offerId`, `customerId`, `couponCode`, `currency`,
+    `country` (each empty when not given) and `expires` (Unix seconds), joined by newlines in
+    that order."""
+    message = "\n".join(str(params.get(name) or "") for name in OFFER_LINK_FIELDS)
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def _known_currency(code: str) -> bool:
+    try:
+        return normalise_currency(code) == code
+    except MoneyError:
+        return False
+
+
+def _offer_link_refused() -> CheckoutError:
+    return CheckoutError(
+        400,
+        N_("This checkout link is not valid"),
+        N_(
+            "The link that brought you here is incomplete, damaged or too old. Please go back to "
+            "the subscription page and choose your plan again."
+        ),
+    )
+
+
+def _order_from_offer(platform: CleengPlatform, settings: dict) -> str:
+    """The opt-in entry `?offerId=&customerId=[&couponCode=]&expires=&signature=`: a link the
+    publisher's server signed. The portal creates the Cleeng order (`POST /3.1/orders`) and
+    returns its id; every price still comes from Cleeng's answer, never from the link."""
+    secrets = settings["CLEENG_OFFER_LINK_SECRET"]
+    if not secrets:
+        raise CheckoutError(
+            404,
+            N_("Order not found"),
+            N_(
+                "We could not find this order. Please go back to the subscription page and "
+                "choose your plan again."
+            ),
+        )
+    args = request.args
+    params = {name: args.get(name, "") for name in OFFER_LINK_FIELDS}
+    given = args.get("signature", "").lower()
+    now = int(utcnow().timestamp())
+    if (
+        not OFFER_ID.fullmatch(params["offerId"])
+        or not ORDER_ID.fullmatch(params["customerId"])
+        or (params["couponCode"] and not COUPON.fullmatch(params["couponCode"]))
+        or (params["currency"] and not _known_currency(params["currency"]))
+        or (params["country"] and not COUNTRY.fullmatch(params["country"]))
+        or not (params["expires"].isascii() and params["expires"].isdigit())
+        or len(params["expires"]) > 12
+        or not now < int(params["expires"]) <= now + OFFER_LINK_MAX_SECONDS
+        or not given
+        or not any(
+            hmac.compare_digest(given, offer_link_signature(params, secret)) for secret in secrets
+        )
+    ):
+        raise _offer_link_refused()
+    fields = {"customerId": _cleeng_id(params["customerId"]), "offerId": params["offerId"]}
+    if platform.payment_method_id:
+        fields["paymentMethodId"] = _cleeng_id(platform.payment_method_id)
+    for name in ("couponCode", "currency", "country"):
+        if params[name]:
+            fields[name] = params[name]
+    try:
+        order = platform.client.create_order(fields)
+    except UpstreamError as exc:
+        if exc.status in {404, 422}:
+            log.warning("Cleeng refused an order for offer %s: %s", params["offerId"], exc)
+            raise CheckoutError(
+                404,
+                N_("This offer is not available"),
+                N_(
+                    "The subscription service does not offer this plan to you. Please go back "
+                    "to the subscription page and choose your plan again."
+                ),
+            ) from exc
+        log.error("Cleeng order for offer %s could not be created: %s", params["offerId"], exc)
+        raise CheckoutError(
+            503,
+            N_("Checkout is temporarily unavailable"),
+            N_(
+                "We could not load your order from the subscription service. Please try again "
+                "in a few minutes; you have not been charged."
+            ),
+        ) from exc
+    return str(order["id"])
 
 
 @bp.get("/cleeng/checkout")
 def checkout():
-    """Cleeng's payment page URL: `?orderId=ID`, an order Cleeng's front end created."""
+    """Cleeng's payment page URL: `?orderId=ID`, an order Cleeng's front end created; or (opt-in,
+    `PORTAL_CLEENG_OFFER_LINK_SECRET`) a signed `?offerId=&customerId=...` link, for which the
+    portal creates the order and redirects to its `?orderId=` page."""
     from portal.views import learner_locale, services, show_order
 
+    if "orderId" not in request.args and "offerId" in request.args:
+        platform = services().platform(PLATFORM)
+        if not platform.client.configured:
+            raise CheckoutError(
+                503,
+                N_("Checkout is not available here yet"),
+                N_(
+                    "Paying for subscriptions is not set up on this site. Please try again "
+                    "later, or contact support."
+                ),
+            )
+        created = _order_from_offer(platform, services().settings)
+        return redirect(url_for("cleeng.checkout", orderId=created), 303)
     cleeng_order_id = request.args.get("orderId", "")
     if not ORDER_ID.fullmatch(cleeng_order_id):
         raise CheckoutError(

@@ -424,8 +424,26 @@ def update_payment(payment_id):
             return _answer(422, errors=["Only a captured payment can be refunded."])
         payment["refundedReason"] = data.get("refundedReason")
         payment["refundedAmount"] = data.get("amount", payment["amount"])
+    captured_now = data["status"] == "captured" and payment["status"] == "authorized"
+    failed_now = data["status"] == "rejected" and payment["status"] == "authorized"
+    if data["status"] in {"captured", "rejected"} and payment["status"] not in {
+        "authorized",
+        data["status"],
+    }:
+        return _answer(
+            422, errors=[f"A {payment['status']} payment cannot become {data['status']}."]
+        )
+    if data["status"] == "rejected" and not data.get("rejectedReason"):
+        return _answer(422, errors=["rejectedReason is required for a rejected payment."])
+    if data.get("externalPaymentId"):
+        payment["externalPaymentId"] = data["externalPaymentId"]
+    if data.get("rejectedReason"):
+        payment["rejectedReason"] = data["rejectedReason"]
     payment["status"] = data["status"]
     store.put("cleeng.payment", payment_id, payment)
+    if captured_now or failed_now:
+        # The capture of an authorisation (split authorise and capture): as a captured payment.
+        _apply_to_subscription(_order_or_404(payment["orderId"]), payment)
     return _answer(data=_public(payment))
 
 
@@ -461,8 +479,9 @@ def _iso(timestamp: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def renewal_event(subscription: dict) -> dict:
-    """`subscriptionReadyForPaymentCapture` for the subscription's current period. Dunning
+def renewal_event(subscription: dict, dunning_status: str = "capture") -> dict:
+    """`subscriptionReadyForPaymentCapture` (or, with `dunning_status="authorize"`,
+    `subscriptionReadyForPaymentAuthorisation`) for the subscription's current period. Dunning
     retries a declined renewal a day apart, so the same period and attempt give the same event
     (a resend is a duplicate) and a retry after a decline is a new one."""
     customer = _store().get("cleeng.customer", str(subscription["customerId"]))
@@ -476,7 +495,7 @@ def renewal_event(subscription: dict) -> dict:
         "paymentDetailsId": subscription["paymentDetailsId"],
         "active": True,
         "dunningAttemptDate": _iso(attempt_date),
-        "dunningStatus": "capture",
+        "dunningStatus": dunning_status,
         "expirationDate": _iso(subscription["expiresAt"]),
         "currency": subscription["currency"],
         "paymentCountry": subscription["country"],
@@ -585,8 +604,40 @@ def renew(subscription_id):
     subscription = _store().get("cleeng.subscription", subscription_id)
     if subscription is None:
         abort(404)
+    if request.form.get("split") == "1":
+        # Cleeng's dunning with authorizedFirst: authorise now, capture the same period after.
+        status = send_webhook(
+            "subscriptionReadyForPaymentAuthorisation", renewal_event(subscription, "authorize")
+        )
+        if status == 200:
+            wait = request.form.get("wait", "10")
+            _wait_for_authorisation(subscription, min(float(wait) if wait.isdigit() else 10, 10))
+            status = send_webhook("subscriptionReadyForPaymentCapture", renewal_event(subscription))
+        return _back(subscription["orderId"], "authorisation and capture", status)
     status = send_webhook("subscriptionReadyForPaymentCapture", renewal_event(subscription))
     return _back(subscription["orderId"], "renewal", status)
+
+
+def _wait_for_authorisation(subscription: dict, seconds: float = 10) -> None:
+    """Cleeng sends the capture some time after the authorisation: here, once the portal's
+    worker has reported it (or after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    since = int(time.time()) - 1
+    while time.monotonic() < deadline:
+        orders = {
+            o["id"]
+            for o in _store().list("cleeng.order")
+            if str(o.get("subscriptionId")) == str(subscription["id"])
+        }
+        if any(
+            p["status"] != "captured"
+            and str(p["orderId"]) in orders
+            and p.get("paymentOperation") == "recurring-payment"
+            and p["created"] >= since
+            for p in _store().list("cleeng.payment")
+        ):
+            return
+        time.sleep(0.1)
 
 
 @bp.post("/payments/<payment_id>/refund")

@@ -238,10 +238,7 @@ def _session(session_id: str) -> dict:
             f"No such checkout.session: '{session_id}'", "id", status=404, code="resource_missing"
         )
     if session["status"] == "open" and session["expires_at"] <= int(time.time()):
-        session["status"] = "expired"
-        session["url"] = None
-        _store().put("checkout.session", session_id, session)
-        send_event("checkout.session.expired", session)
+        _expire(session)
     return session
 
 
@@ -367,8 +364,57 @@ def build_session(params: dict) -> dict:
         "sandbox_line_items": items,
         "sandbox_discount_name": discount_name,
         **_collection(params),
+        **_recovery_fields(params),
         "sandbox_payment_method_options": params.get("payment_method_options") or {},
+        "sandbox_params": params,
     }
+
+
+def _recovery_fields(params: dict) -> dict:
+    """`after_expiration.recovery` and `consent_collection.promotions`, as Stripe's Session
+    shows them: the recovery link appears when the session expires, the buyer's consent when
+    they gave it."""
+    recovery = (params.get("after_expiration") or {}).get("recovery") or {}
+    enabled = _flag(recovery.get("enabled"))
+    promotions = (params.get("consent_collection") or {}).get("promotions")
+    if promotions not in (None, "auto", "none"):
+        raise StripeInputError(
+            "Invalid consent_collection[promotions]: must be one of auto or none",
+            "consent_collection[promotions]",
+        )
+    return {
+        "after_expiration": (
+            {
+                "recovery": {
+                    "enabled": True,
+                    "allow_promotion_codes": _flag(recovery.get("allow_promotion_codes")),
+                    "expires_at": None,
+                    "url": None,
+                }
+            }
+            if enabled
+            else None
+        ),
+        "consent_collection": {"promotions": promotions} if promotions else None,
+        "consent": None,
+        "recovered_from": params.get("sandbox_recovered_from"),
+    }
+
+
+RECOVERY_DAYS = 30  # Stripe keeps a recovery link for 30 days
+
+
+def _expire(session: dict) -> None:
+    """Expire an open session; one with recovery enabled gets its recovery link."""
+    session.update(status="expired", url=None)
+    recovery = (session.get("after_expiration") or {}).get("recovery")
+    if recovery and recovery.get("enabled"):
+        recovery.update(
+            url=f"{_settings()['PUBLIC_URL']}/sandbox/stripe/recover/{session['id']}",
+            expires_at=int(time.time()) + RECOVERY_DAYS * 86400,
+        )
+    _store().put("checkout.session", session["id"], session)
+    send_event("checkout.session.expired", session)
 
 
 def _flag(value) -> bool:
@@ -617,9 +663,7 @@ def expire_session(session_id):
             f"Only Checkout Sessions with a status of `open` can be expired. This session has a "
             f"status of `{session['status']}`.",
         )
-    session.update(status="expired", url=None)
-    _store().put("checkout.session", session_id, session)
-    send_event("checkout.session.expired", session)
+    _expire(session)
     return jsonify(_public(session))
 
 
@@ -954,6 +998,61 @@ def pay(session_id):
     _store().put("checkout.session", session_id, session)
     send_event("checkout.session.completed", session)
     return redirect(session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id), 303)
+
+
+@bp.post("/pay/<session_id>/leave")
+def leave(session_id):
+    """The buyer typed their email (and ticked, or not, "Keep me updated"), then closed the tab.
+    The sandbox's shortcut: the session expires now instead of at its `expires_at`."""
+    try:
+        session = _session(session_id)
+    except StripeInputError:
+        abort(404)
+    if session["status"] != "open":
+        return _page(session, "This checkout session is no longer open.", status=409)
+    email = (request.form.get("email") or session.get("customer_email") or "").strip()
+    if email and "@" in email:
+        session["customer_details"] = {"email": email}
+    if session.get("consent_collection"):
+        opted = request.form.get("promotions") == "opt_in"
+        session["consent"] = {
+            "promotions": "opt_in" if opted else "opt_out",
+            "terms_of_service": None,
+        }
+    _expire(session)
+    return render_template("sandbox/stripe_left.html", session=session)
+
+
+@bp.get("/recover/<session_id>")
+def recover(session_id):
+    """Stripe's recovery link: a new Checkout Session like the expired one (its items,
+    client_reference_id, metadata and URLs), with `recovered_from`; the link opens the same
+    new session while it is open."""
+    try:
+        original = _session(session_id)
+    except StripeInputError:
+        abort(404)
+    recovery = (original.get("after_expiration") or {}).get("recovery") or {}
+    if original["status"] != "expired" or not recovery.get("url"):
+        abort(404)
+    if recovery["expires_at"] <= int(time.time()):
+        abort(410)
+    for other in _store().list("checkout.session"):
+        if other.get("recovered_from") == session_id and other["status"] in ("open", "complete"):
+            if other["status"] == "complete":
+                abort(410)
+            return redirect(other["url"], 303)
+    params = {
+        k: v
+        for k, v in original["sandbox_params"].items()
+        if k not in ("expires_at", "after_expiration", "consent_collection")
+    }
+    params["sandbox_recovered_from"] = session_id
+    session = build_session(params)
+    if (original.get("customer_details") or {}).get("email"):
+        session["customer_email"] = original["customer_details"]["email"]
+    _store().put("checkout.session", session["id"], session)
+    return redirect(session["url"], 303)
 
 
 # --- a dashboard: what an operator does in Stripe's own dashboard ---------------------------------
@@ -1360,7 +1459,9 @@ def retrieve_setup_intent(setup_id):
 @bp.post("/v1/payment_intents")
 def create_payment_intent():
     """A PaymentIntent confirmed at once with a saved card, the customer away (a renewal): it
-    succeeds, or answers 402 with a card error, as Stripe does, for the sandbox's test cards."""
+    succeeds, or answers 402 with a card error, as Stripe does, for the sandbox's test cards.
+    With `capture_method=manual` the card is only authorised: the PaymentIntent waits in
+    `requires_capture` (capture it with /capture, void it with /cancel)."""
 
     def build(params):
         if params.get("confirm") != "true" or params.get("off_session") != "true":
@@ -1380,6 +1481,12 @@ def create_payment_intent():
         amount = int(params["amount"])
         if amount < 1:
             raise StripeInputError("Amount must be at least 1.", "amount")
+        capture_method = params.get("capture_method", "automatic")
+        if capture_method not in {"automatic", "automatic_async", "manual"}:
+            raise StripeInputError(
+                "Invalid capture_method: must be one of automatic, automatic_async, or manual",
+                "capture_method",
+            )
         if _store().get("customer", params["customer"]) is None:
             raise _missing("customer", params["customer"], "customer")
         method = _payment_method(params["payment_method"])
@@ -1429,7 +1536,18 @@ def create_payment_intent():
             "payment_method_details": {"type": "card", "card": _strip(method)["card"]},
             "created": now,
         }
-        intent.update(status="succeeded", amount_received=amount, latest_charge=charge["id"])
+        intent.update(
+            status="succeeded",
+            amount_received=amount,
+            latest_charge=charge["id"],
+            capture_method=capture_method,
+            amount_capturable=0,
+        )
+        charge.update(captured=True, amount_captured=amount)
+        if capture_method == "manual":
+            # Authorised only: nothing is received until the capture.
+            intent.update(status="requires_capture", amount_received=0, amount_capturable=amount)
+            charge.update(captured=False, amount_captured=0)
         return (
             intent,
             200,
