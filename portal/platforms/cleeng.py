@@ -1288,6 +1288,18 @@ def _offer_link_refused() -> CheckoutError:
     )
 
 
+def _unavailable() -> CheckoutError:
+    """Cleeng could not be reached (or answered 5xx) while loading or creating an order."""
+    return CheckoutError(
+        503,
+        N_("Checkout is temporarily unavailable"),
+        N_(
+            "We could not load your order from the subscription service. Please try again "
+            "in a few minutes; you have not been charged."
+        ),
+    )
+
+
 def _order_from_offer(platform: CleengPlatform, settings: dict) -> str:
     """The opt-in entry `?offerId=&customerId=[&couponCode=]&expires=&signature=`: a link the
     publisher's server signed. The portal creates the Cleeng order (`POST /3.1/orders`) and
@@ -1341,14 +1353,7 @@ def _order_from_offer(platform: CleengPlatform, settings: dict) -> str:
                 ),
             ) from exc
         log.error("Cleeng order for offer %s could not be created: %s", params["offerId"], exc)
-        raise CheckoutError(
-            503,
-            N_("Checkout is temporarily unavailable"),
-            N_(
-                "We could not load your order from the subscription service. Please try again "
-                "in a few minutes; you have not been charged."
-            ),
-        ) from exc
+        raise _unavailable() from exc
     return str(order["id"])
 
 
@@ -1412,14 +1417,7 @@ def checkout():
                 ),
             ) from exc
         log.error("Cleeng order %s could not be loaded: %s", cleeng_order_id, exc)
-        raise CheckoutError(
-            503,
-            N_("Checkout is temporarily unavailable"),
-            N_(
-                "We could not load your order from the subscription service. Please try again "
-                "in a few minutes; you have not been charged."
-            ),
-        ) from exc
+        raise _unavailable() from exc
     if order is None:
         raise CheckoutError(
             404,
