@@ -7,12 +7,25 @@ with a `ConfigError` that names the variable, so an operator never discovers a t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One `PORTAL_<name>` setting: its default, the parser that checks a given value, and whether
+    the value is a secret (masked in logs and on the console's settings page)."""
+
+    name: str
+    default: object
+    parse: Callable[[object], object]
+    secret: bool = False
 
 
 def _bool(value) -> bool:
@@ -225,101 +238,121 @@ def _receipt_sender(value) -> str:
     return chosen
 
 
-SETTINGS: dict[str, tuple[object, object]] = {
-    "SECRET_KEY": (None, str),
-    "DATABASE_URL": (None, str),
-    "PUBLIC_URL": ("http://127.0.0.1:5000", _url),
-    "SANDBOX": (False, _bool),
-    "STRIPE_SECRET_KEY": (None, str),
-    "STRIPE_WEBHOOK_SECRET": ((), _secrets),
-    "STRIPE_API_BASE": ("https://api.stripe.com", _url),
-    "STRIPE_SESSION_MINUTES": (60, _int),
-    "SKILLJAR_API_KEY": (None, str),
-    "SKILLJAR_API_BASE": ("https://api.skilljar.com", _url),
-    "OPENLEARNING_PUBLIC_KEY": (None, str),
-    "OPENLEARNING_PUBLIC_KEY_FILE": (None, str),
-    "OPENLEARNING_API_KEY": (None, str),
-    "OPENLEARNING_API_BASE": ("https://api.openlearning.com/v2.2", _url),
-    "OPENLEARNING_AUDIENCE": (None, str),
-    "OPENLEARNING_JWKS_URL": (None, _url),
-    "OPENLEARNING_LEEWAY_SECONDS": (30, _int),
-    "CLEENG_PUBLISHER_TOKEN": (None, str),
-    "CLEENG_API_BASE": ("https://api.sandbox.cleeng.com/3.1", _url),
-    "CLEENG_PAYMENT_METHOD_ID": (None, str),
-    "CLEENG_WEBHOOK_SECRET": ((), _secrets),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
-    "CLEENG_RETURN_URL": (None, _checked_url),  # the page after payment (host allow-listed)
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SECRET_KEY", None, str, secret=True),
+    Setting("DATABASE_URL", None, str),
+    Setting("PUBLIC_URL", "http://127.0.0.1:5000", _url),
+    Setting("SANDBOX", False, _bool),
+    Setting("STRIPE_SECRET_KEY", None, str, secret=True),
+    Setting("STRIPE_WEBHOOK_SECRET", (), _secrets, secret=True),
+    Setting("STRIPE_API_BASE", "https://api.stripe.com", _url),
+    Setting("STRIPE_SESSION_MINUTES", 60, _int),
+    Setting("SKILLJAR_API_KEY", None, str, secret=True),
+    Setting("SKILLJAR_API_BASE", "https://api.skilljar.com", _url),
+    Setting("OPENLEARNING_PUBLIC_KEY", None, str),
+    Setting("OPENLEARNING_PUBLIC_KEY_FILE", None, str),
+    Setting("OPENLEARNING_API_KEY", None, str, secret=True),
+    Setting("OPENLEARNING_API_BASE", "https://api.openlearning.com/v2.2", _url),
+    Setting("OPENLEARNING_AUDIENCE", None, str),
+    Setting("OPENLEARNING_JWKS_URL", None, _url),
+    Setting("OPENLEARNING_LEEWAY_SECONDS", 30, _int),
+    Setting("CLEENG_PUBLISHER_TOKEN", None, str, secret=True),
+    Setting("CLEENG_API_BASE", "https://api.sandbox.cleeng.com/3.1", _url),
+    Setting("CLEENG_PAYMENT_METHOD_ID", None, str),
+    Setting(
+        "CLEENG_WEBHOOK_SECRET", (), _secrets, secret=True
+    ),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
+    Setting("CLEENG_RETURN_URL", None, _checked_url),  # the page after payment (host allow-listed)
     # Opt-in: the portal creates the first Cleeng order from a link the publisher signed with
     # this key (HMAC-SHA256; rotation: old,new). Unset: /cleeng/checkout takes orderId only.
-    "CLEENG_OFFER_LINK_SECRET": ((), _secrets),
+    Setting("CLEENG_OFFER_LINK_SECRET", (), _secrets, secret=True),
     # Abandoned-checkout recovery, opt-in per brand: brand ids (comma-separated), or * for all.
-    "CHECKOUT_RECOVERY_BRANDS": ((), _secrets),
-    "REDIRECT_HOSTS": ((), _hosts),
-    "RETRY_BASE_SECONDS": (30.0, _float),
-    "RETRY_MAX_SECONDS": (3600.0, _float),
-    "RETRY_MAX_ATTEMPTS": (12, _int),
-    "JOB_LEASE_SECONDS": (120, _int),
-    "INLINE_FULFIL_SECONDS": (4.0, _float),
-    "HTTP_CONNECT_TIMEOUT": (3.05, _float),
-    "HTTP_READ_TIMEOUT": (15.0, _float),
+    Setting("CHECKOUT_RECOVERY_BRANDS", (), _secrets),
+    Setting("REDIRECT_HOSTS", (), _hosts),
+    Setting("RETRY_BASE_SECONDS", 30.0, _float),
+    Setting("RETRY_MAX_SECONDS", 3600.0, _float),
+    Setting("RETRY_MAX_ATTEMPTS", 12, _int),
+    Setting("JOB_LEASE_SECONDS", 120, _int),
+    Setting("INLINE_FULFIL_SECONDS", 4.0, _float),
+    Setting("HTTP_CONNECT_TIMEOUT", 3.05, _float),
+    Setting("HTTP_READ_TIMEOUT", 15.0, _float),
     # Serving (portal/ratelimit.py, portal/observability.py): pools, limits, logs.
-    "HTTP_POOL_SIZE": (None, _positive_int),  # per upstream host; default: gunicorn's threads
-    "DB_POOL_SIZE": (None, _positive_int),  # per process; default: gunicorn's threads, at most 8
-    "RATELIMIT_ENABLED": (True, _bool),
-    "RATELIMIT_STORAGE_URL": ("memory://", _storage_url),  # redis://host:6379/0 for many hosts
-    "RATELIMIT_ENTRY": ("120/minute", _rate_limit),  # each entry point and pay, per client IP
-    "RATELIMIT_API": ("1200/minute", _rate_limit),  # the merchant API, per client IP
-    "RATELIMIT_LOGIN": ("20/minute", _rate_limit),  # console password sign-in, per client IP
-    "WEBHOOK_MAX_BYTES": (256 * 1024, _positive_int),
-    "LOG_FORMAT": ("json", _log_format),
-    "ALERT_WEBHOOK_URL": (None, _checked_url),  # checked by portal.urls and portal.outbound
+    Setting(
+        "HTTP_POOL_SIZE", None, _positive_int
+    ),  # per upstream host; default: gunicorn's threads
+    Setting(
+        "DB_POOL_SIZE", None, _positive_int
+    ),  # per process; default: gunicorn's threads, at most 8
+    Setting("RATELIMIT_ENABLED", True, _bool),
+    Setting(
+        "RATELIMIT_STORAGE_URL", "memory://", _storage_url, secret=True
+    ),  # redis://host:6379/0 for many hosts
+    Setting(
+        "RATELIMIT_ENTRY", "120/minute", _rate_limit
+    ),  # each entry point and pay, per client IP
+    Setting("RATELIMIT_API", "1200/minute", _rate_limit),  # the merchant API, per client IP
+    Setting("RATELIMIT_LOGIN", "20/minute", _rate_limit),  # console password sign-in, per client IP
+    Setting("WEBHOOK_MAX_BYTES", 256 * 1024, _positive_int),
+    Setting("LOG_FORMAT", "json", _log_format),
+    Setting("ALERT_WEBHOOK_URL", None, _checked_url),  # checked by portal.urls and portal.outbound
     # Outbound requests (alert and merchant webhooks) may go to loopback addresses: sandbox, tests.
-    "OUTBOUND_ALLOW_LOOPBACK": (None, _bool),  # default: on with PORTAL_SANDBOX=1, else off
-    "TAX_MODE": ("none", _tax_mode),
-    "TAX_RATES": ({}, _tax_rates),
-    "DEFAULT_LOCALE": ("en", str),
-    "BRAND_NAME": ("Secure checkout", str),
-    "BRAND_SUPPORT_EMAIL": (None, str),
-    "BRAND_HOME_URL": (None, _url),  # error pages link here when no platform page is known
-    "BRANDING_CACHE_SECONDS": (5.0, _float),  # brands and published overrides, per process
-    "ORDER_CHANGE_LISTENER": (True, _bool),  # PostgreSQL: hear order changes (portal.order_changes)
-    "SANDBOX_LATENCY_MS": (0, _int),
-    "SANDBOX_FAULT_RATE": (0.0, _float),
-    "SANDBOX_WEBHOOK_DELAY_SECONDS": (1.0, float),  # negative: never deliver
-    "SANDBOX_DATABASE_URL": (None, str),
+    Setting("OUTBOUND_ALLOW_LOOPBACK", None, _bool),  # default: on with PORTAL_SANDBOX=1, else off
+    Setting("TAX_MODE", "none", _tax_mode),
+    Setting("TAX_RATES", {}, _tax_rates),
+    Setting("DEFAULT_LOCALE", "en", str),
+    Setting("BRAND_NAME", "Secure checkout", str),
+    Setting("BRAND_SUPPORT_EMAIL", None, str),
+    Setting("BRAND_HOME_URL", None, _url),  # error pages link here when no platform page is known
+    Setting("BRANDING_CACHE_SECONDS", 5.0, _float),  # brands and published overrides, per process
+    Setting(
+        "ORDER_CHANGE_LISTENER", True, _bool
+    ),  # PostgreSQL: hear order changes (portal.order_changes)
+    Setting("SANDBOX_LATENCY_MS", 0, _int),
+    Setting("SANDBOX_FAULT_RATE", 0.0, _float),
+    Setting("SANDBOX_WEBHOOK_DELAY_SECONDS", 1.0, float),  # negative: never deliver
+    Setting("SANDBOX_DATABASE_URL", None, str),
     # The operator console (portal/admin): sessions, sign-in lockout, single sign-on, /metrics.
-    "ADMIN_IDLE_MINUTES": (30, _int),
-    "ADMIN_SESSION_HOURS": (12, _int),
-    "ADMIN_LOGIN_MAX_FAILURES": (5, _int),
-    "ADMIN_LOGIN_IP_MAX_FAILURES": (20, _int),
-    "ADMIN_LOCKOUT_MINUTES": (15, _int),
-    "TRUSTED_PROXY_HOPS": (0, _int),
-    "METRICS_TOKEN": (None, str),
-    "OIDC_ISSUER": (None, _url),
-    "OIDC_METADATA_URL": (None, _url),
-    "OIDC_CLIENT_ID": (None, str),
-    "OIDC_CLIENT_SECRET": (None, str),
-    "OIDC_SCOPES": ("openid email profile", str),
-    "OIDC_ROLE_CLAIM": ("groups", str),
-    "OIDC_ROLE_MAP": ({}, _role_map),
+    Setting("ADMIN_IDLE_MINUTES", 30, _int),
+    Setting("ADMIN_SESSION_HOURS", 12, _int),
+    Setting("ADMIN_LOGIN_MAX_FAILURES", 5, _int),
+    Setting("ADMIN_LOGIN_IP_MAX_FAILURES", 20, _int),
+    Setting("ADMIN_LOCKOUT_MINUTES", 15, _int),
+    Setting("TRUSTED_PROXY_HOPS", 0, _int),
+    Setting("METRICS_TOKEN", None, str, secret=True),
+    Setting("OIDC_ISSUER", None, _url),
+    Setting("OIDC_METADATA_URL", None, _url),
+    Setting("OIDC_CLIENT_ID", None, str),
+    Setting("OIDC_CLIENT_SECRET", None, str, secret=True),
+    Setting("OIDC_SCOPES", "openid email profile", str),
+    Setting("OIDC_ROLE_CLAIM", "groups", str),
+    Setting("OIDC_ROLE_MAP", {}, _role_map),
     # The merchant API (portal/api), pay-by-link email (portal/mail.py).
-    "AUTH_CAPTURE_DAYS": (7, _int),  # authorised, not captured after this many days: cancelled
+    Setting(
+        "AUTH_CAPTURE_DAYS", 7, _int
+    ),  # authorised, not captured after this many days: cancelled
     # An increase of an authorised total up to this much (per currency; the Credit Key seed's
     # $100) raises the hold in place; more sends the customer a new pay link to approve.
-    "AUTH_INCREASE_LIMIT": ({"USD": 10000}, _amounts),
-    "AUTH_INCREASE_LIMIT_PERCENT": (0, _int),  # increase an authorisation in place up to this
-    "PAY_LINK_DAYS": (7, _int),  # an unpaid checkout session (link or redirect) expires after
-    "SMTP_URL": (None, _smtp_url),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
-    "MAIL_FROM": ("Checkout <no-reply@localhost>", str),
+    Setting("AUTH_INCREASE_LIMIT", {"USD": 10000}, _amounts),
+    Setting(
+        "AUTH_INCREASE_LIMIT_PERCENT", 0, _int
+    ),  # increase an authorisation in place up to this
+    Setting(
+        "PAY_LINK_DAYS", 7, _int
+    ),  # an unpaid checkout session (link or redirect) expires after
+    Setting(
+        "SMTP_URL", None, _smtp_url, secret=True
+    ),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
+    Setting("MAIL_FROM", "Checkout <no-reply@localhost>", str),
     # Who sends each platform source's receipts and notices (portal/receipts.py).
-    "SKILLJAR_RECEIPTS": ("portal", _receipt_sender),
-    "OPENLEARNING_RECEIPTS": ("portal", _receipt_sender),
-    "CLEENG_RECEIPTS": ("portal", _receipt_sender),
-    "MERCHANT_RECEIPTS": ("portal", _receipt_sender),
+    Setting("SKILLJAR_RECEIPTS", "portal", _receipt_sender),
+    Setting("OPENLEARNING_RECEIPTS", "portal", _receipt_sender),
+    Setting("CLEENG_RECEIPTS", "portal", _receipt_sender),
+    Setting("MERCHANT_RECEIPTS", "portal", _receipt_sender),
     # Learner pages' Content-Security-Policy: extra origins are an admin's deployment setting.
-    "CSP_SCRIPT_ORIGINS": ((), _origins),  # e.g. an analytics script
-    "CSP_IMG_ORIGINS": ((), _origins),
-    "CSP_CONNECT_ORIGINS": ((), _origins),  # where such a script sends its beacons
-}
+    Setting("CSP_SCRIPT_ORIGINS", (), _origins),  # e.g. an analytics script
+    Setting("CSP_IMG_ORIGINS", (), _origins),
+    Setting("CSP_CONNECT_ORIGINS", (), _origins),  # where such a script sends its beacons
+)
 
 
 def load_settings(overrides: dict | None = None, environ=None) -> dict:
@@ -327,7 +360,8 @@ def load_settings(overrides: dict | None = None, environ=None) -> dict:
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
     result: dict = {}
-    for name, (default, parse) in SETTINGS.items():
+    for setting in SETTINGS:
+        name, default, parse = setting.name, setting.default, setting.parse
         env_name = f"PORTAL_{name}"
         if name in overrides:
             raw = overrides[name]
@@ -344,6 +378,11 @@ def load_settings(overrides: dict | None = None, environ=None) -> dict:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{env_name} is malformed: {exc}") from None
     return result
+
+
+def secret_names() -> tuple[str, ...]:
+    """The names of the settings whose values are secrets."""
+    return tuple(setting.name for setting in SETTINGS if setting.secret)
 
 
 def validate(settings: dict, *, testing: bool) -> None:

@@ -95,19 +95,6 @@ class RequestIdMiddleware:
 # A card number stands on its own: a run of digits inside a longer word (a hex request id, a
 # Stripe object id) is left alone even when it happens to pass the Luhn check.
 CARD_NUMBER = re.compile(r"(?<![0-9A-Za-z])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z])")
-SECRET_SETTINGS = (
-    "SECRET_KEY",
-    "STRIPE_SECRET_KEY",
-    "STRIPE_WEBHOOK_SECRET",
-    "SKILLJAR_API_KEY",
-    "OPENLEARNING_API_KEY",
-    "CLEENG_PUBLISHER_TOKEN",
-    "CLEENG_WEBHOOK_SECRET",
-    "OIDC_CLIENT_SECRET",
-    "METRICS_TOKEN",
-    "SMTP_URL",
-    "RATELIMIT_STORAGE_URL",
-)
 STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
     | {"message", "asctime", "order_id", "taskName"}
@@ -137,7 +124,9 @@ def mask_cards(text: str) -> str:
 def secret_values(settings: dict) -> tuple[str, ...]:
     """The secret values among the settings, longest first (so no secret is half-masked)."""
     values: set[str] = set()
-    for name in SECRET_SETTINGS:
+    from portal.config import secret_names
+
+    for name in secret_names():
         value = settings.get(name)
         items = value if isinstance(value, list | tuple) else [value]
         for item in items:

@@ -386,7 +386,8 @@ def test_the_settings_page_never_shows_a_secret_in_any_setting(app, console):
     none of those secrets may appear on /admin/settings."""
     settings = app.config["PORTAL"]
     walked = {}
-    for number, (name, (_default, parse)) in enumerate(SETTINGS.items()):
+    for number, setting in enumerate(SETTINGS):
+        name, parse = setting.name, setting.parse
         if not CAN_CARRY_A_SECRET.search(name):
             continue  # numbers, flags, choices, names and texts shown to learners
         secret, value = _secret_bearing_value(name, parse, number)

@@ -608,12 +608,15 @@ def update_user(user_id):
     return redirect(url_for("admin.users"), 303)
 
 
-def _setting_display(name: str, value) -> str:
+def _setting_display(setting, value) -> str:
     if value is None or value == "" or value == () or value == {}:
         return "—"
-    if any(word in name for word in ("SECRET", "KEY", "TOKEN", "PASSWORD")) or name in {
-        "ALERT_WEBHOOK_URL"
-    }:
+    name = setting.name
+    if (
+        setting.secret
+        or any(word in name for word in ("SECRET", "KEY", "TOKEN", "PASSWORD"))
+        or name in {"ALERT_WEBHOOK_URL"}
+    ):
         return "set (hidden)"
     # Any value may be a URL with a password in it (PORTAL_SMTP_URL=smtp://user:pass@...,
     # redis://:pass@..., postgresql://u:p@...): every one is shown through the same mask.
@@ -628,7 +631,7 @@ def _setting_display(name: str, value) -> str:
 @auth.requires("settings")
 def settings_page():
     values = settings()
-    rows = [(f"PORTAL_{name}", _setting_display(name, values.get(name))) for name in SETTINGS]
+    rows = [(f"PORTAL_{s.name}", _setting_display(s, values.get(s.name))) for s in SETTINGS]
     return render_template("admin/settings.html", rows=rows, roles=list(Role))
 
 
