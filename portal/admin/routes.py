@@ -609,14 +609,14 @@ def update_user(user_id):
 
 
 def _setting_display(setting, value) -> str:
+    """Secrets are hidden; URL-shaped settings (SMTP, Redis, databases) show with their
+    passwords masked."""
     if value is None or value == "" or value == () or value == {}:
         return "—"
     name = setting.name
-    if (
-        setting.secret
-        or any(word in name for word in ("SECRET", "KEY", "TOKEN", "PASSWORD"))
-        or name in {"ALERT_WEBHOOK_URL"}
-    ):
+    if any(word in name for word in ("SECRET", "KEY", "TOKEN", "PASSWORD")) or name in {
+        "ALERT_WEBHOOK_URL"
+    }:
         return "set (hidden)"
     # Any value may be a URL with a password in it (PORTAL_SMTP_URL=smtp://user:pass@...,
     # redis://:pass@..., postgresql://u:p@...): every one is shown through the same mask.
