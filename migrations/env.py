@@ -4,7 +4,9 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from portal.models import Base
+from portal.platforms import registry
 
+registry.installed()  # each platform's tables (e.g. Cleeng's) join Base.metadata
 config = context.config
 target_metadata = Base.metadata
 

@@ -14,15 +14,11 @@ from portal.config import ConfigError, load_settings, validate
 
 csrf = CSRFProtect()
 
+# The sandbox's own values of the core's settings; each platform fills its own
+# (`PlatformSpec.sandbox_defaults`).
 SANDBOX_DEFAULTS = {
     "STRIPE_SECRET_KEY": "sk_test_sandbox",
     "STRIPE_WEBHOOK_SECRET": ("whsec_sandbox",),
-    "SKILLJAR_API_KEY": "sandbox-skilljar-key",
-    "OPENLEARNING_API_KEY": "sandbox-openlearning-key",
-    "OPENLEARNING_AUDIENCE": "sandbox-institution",
-    "CLEENG_PUBLISHER_TOKEN": "sandbox-cleeng-publisher-token",
-    "CLEENG_WEBHOOK_SECRET": ("sandbox-cleeng-webhook-secret",),
-    "CLEENG_PAYMENT_METHOD_ID": "900000001",
 }
 
 
@@ -73,19 +69,13 @@ def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None
             settings[name] = value
     if "PORTAL_STRIPE_API_BASE" not in environ:
         settings["STRIPE_API_BASE"] = public + "/sandbox/stripe"
-    if "PORTAL_SKILLJAR_API_BASE" not in environ:
-        settings["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
-    if "PORTAL_OPENLEARNING_API_BASE" not in environ:
-        settings["OPENLEARNING_API_BASE"] = public + "/sandbox/openlearning/v2.2"
-    if "PORTAL_CLEENG_API_BASE" not in environ:
-        settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
-    if not settings["CLEENG_RETURN_URL"]:
-        settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
     if not settings["BRAND_HOME_URL"]:
         settings["BRAND_HOME_URL"] = public + "/sandbox/"
-    from portal.sandbox.openlearning_api import apply_sandbox_key
+    from portal.platforms import registry
 
-    apply_sandbox_key(settings, instance_path)
+    for spec in registry.installed():
+        if spec.sandbox_defaults is not None:
+            spec.sandbox_defaults(settings, environ, instance_path)
 
 
 def _local_secret_key(instance_path: str) -> str:
@@ -179,23 +169,27 @@ def create_app(config: dict | None = None) -> Flask:
         disputes,
         errors,
         fulfilment,
+        jobs,
         refunds,
         views,
         webhooks,
     )
-    from portal.platforms import cleeng, openlearning, skilljar
+    from portal.platforms import registry
     from portal.services import build_services
+
+    for kind, job in registry.job_kinds().items():  # the platforms' job kinds
+        jobs.register(kind, job.run, give_up=job.give_up, every_seconds=job.every_seconds)
 
     app.extensions["portal"] = build_services(settings)
     checkout.init_app(app)  # the orders learner pages showed last, by row version
     csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)
-    app.register_blueprint(skilljar.bp)
-    app.register_blueprint(openlearning.bp)
-    csrf.exempt(openlearning.bp)  # a cross-site POST from OpenLearning, authenticated by its JWT
-    app.register_blueprint(cleeng.bp)
-    csrf.exempt(cleeng.bp)  # GET pages and Cleeng's webhook, authenticated by its HMAC signature
+    for spec in registry.installed():  # each platform's entry URL, pages and webhooks
+        if spec.blueprint is not None:
+            app.register_blueprint(spec.blueprint, url_prefix=spec.url_prefix)
+            if spec.csrf_exempt:  # the spec says why (a signed POST, a signed webhook)
+                csrf.exempt(spec.blueprint)
     app.register_blueprint(webhooks.bp)
     csrf.exempt(webhooks.bp)
     cli.init_app(app)

@@ -247,25 +247,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STRIPE_WEBHOOK_SECRET", (), _secrets, secret=True),
     Setting("STRIPE_API_BASE", "https://api.stripe.com", _url),
     Setting("STRIPE_SESSION_MINUTES", 60, _int),
-    Setting("SKILLJAR_API_KEY", None, str, secret=True),
-    Setting("SKILLJAR_API_BASE", "https://api.skilljar.com", _url),
-    Setting("OPENLEARNING_PUBLIC_KEY", None, str),
-    Setting("OPENLEARNING_PUBLIC_KEY_FILE", None, str),
-    Setting("OPENLEARNING_API_KEY", None, str, secret=True),
-    Setting("OPENLEARNING_API_BASE", "https://api.openlearning.com/v2.2", _url),
-    Setting("OPENLEARNING_AUDIENCE", None, str),
-    Setting("OPENLEARNING_JWKS_URL", None, _url),
-    Setting("OPENLEARNING_LEEWAY_SECONDS", 30, _int),
-    Setting("CLEENG_PUBLISHER_TOKEN", None, str, secret=True),
-    Setting("CLEENG_API_BASE", "https://api.sandbox.cleeng.com/3.1", _url),
-    Setting("CLEENG_PAYMENT_METHOD_ID", None, str),
-    Setting(
-        "CLEENG_WEBHOOK_SECRET", (), _secrets, secret=True
-    ),  # HMAC key(s) of Cleeng's webhooks; rotation: old,new
-    Setting("CLEENG_RETURN_URL", None, _checked_url),  # the page after payment (host allow-listed)
-    # Opt-in: the portal creates the first Cleeng order from a link the publisher signed with
-    # this key (HMAC-SHA256; rotation: old,new). Unset: /cleeng/checkout takes orderId only.
-    Setting("CLEENG_OFFER_LINK_SECRET", (), _secrets, secret=True),
     # Abandoned-checkout recovery, opt-in per brand: brand ids (comma-separated), or * for all.
     Setting("CHECKOUT_RECOVERY_BRANDS", (), _secrets),
     Setting("REDIRECT_HOSTS", (), _hosts),
@@ -343,11 +324,6 @@ SETTINGS: tuple[Setting, ...] = (
         "SMTP_URL", None, _smtp_url, secret=True
     ),  # smtp://user:pass@host:587 (STARTTLS if offered), smtps://
     Setting("MAIL_FROM", "Checkout <no-reply@localhost>", str),
-    # Who sends each platform source's receipts and notices (portal/receipts.py).
-    Setting("SKILLJAR_RECEIPTS", "portal", _receipt_sender),
-    Setting("OPENLEARNING_RECEIPTS", "portal", _receipt_sender),
-    Setting("CLEENG_RECEIPTS", "portal", _receipt_sender),
-    Setting("MERCHANT_RECEIPTS", "portal", _receipt_sender),
     # Learner pages' Content-Security-Policy: extra origins are an admin's deployment setting.
     Setting("CSP_SCRIPT_ORIGINS", (), _origins),  # e.g. an analytics script
     Setting("CSP_IMG_ORIGINS", (), _origins),
@@ -355,12 +331,28 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+def receipt_setting(platform: str) -> Setting:
+    """Who sends a platform source's receipts: `PORTAL_<PLATFORM>_RECEIPTS` (portal/receipts.py)."""
+    return Setting(f"{platform.upper()}_RECEIPTS", "portal", _receipt_sender)
+
+
+# The parsers the platform packages declare their settings with (portal/platforms/*/settings.py).
+url, checked_url, secret_list, non_negative_int = _url, _checked_url, _secrets, _int
+
+
+def declared_settings() -> tuple[Setting, ...]:
+    """The core's settings, then each installed platform's (portal.platforms.registry)."""
+    from portal.platforms import registry
+
+    return SETTINGS + registry.settings()
+
+
 def load_settings(overrides: dict | None = None, environ=None) -> dict:
     """Read every setting from `overrides` first, then `PORTAL_<NAME>` in the environment."""
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
     result: dict = {}
-    for setting in SETTINGS:
+    for setting in declared_settings():
         name, default, parse = setting.name, setting.default, setting.parse
         env_name = f"PORTAL_{name}"
         if name in overrides:
@@ -382,7 +374,7 @@ def load_settings(overrides: dict | None = None, environ=None) -> dict:
 
 def secret_names() -> tuple[str, ...]:
     """The names of the settings whose values are secrets."""
-    return tuple(setting.name for setting in SETTINGS if setting.secret)
+    return tuple(setting.name for setting in declared_settings() if setting.secret)
 
 
 def validate(settings: dict, *, testing: bool) -> None:

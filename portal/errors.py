@@ -23,6 +23,7 @@ from portal.db import db
 from portal.i18n import N_
 from portal.models import Order
 from portal.money import MoneyError
+from portal.platforms import registry
 
 log = logging.getLogger("portal.errors")
 ORDER_REFERENCE = re.compile(r"ord_[A-Za-z0-9_-]{10,40}")
@@ -215,7 +216,7 @@ def init_app(app) -> None:
     if app.config["PREFERRED_URL_SCHEME"] == "https":
         defaults.append(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
     no_store = ("Cache-Control", "no-store")
-    learner_paths = ("/orders/", "/skilljar/", "/openlearning/", "/cleeng/")
+    learner_paths = ("/orders/", *registry.learner_paths())  # and each platform's pages
 
     @app.after_request
     def security_headers(response):

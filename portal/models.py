@@ -345,61 +345,6 @@ class LoginAttempt(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-# --- Cleeng (portal/platforms/cleeng.py) ---------------------------------------------------------
-
-
-class CleengCustomer(Base):
-    """The Stripe Customer that keeps a Cleeng customer's saved cards for off-session renewals."""
-
-    __tablename__ = "cleeng_customers"
-
-    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # Cleeng's customerId
-    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class CleengPaymentStatus(enum.StrEnum):
-    CHARGING = "charging"  # a recurring charge is under way (Stripe's answer not recorded yet)
-    AUTHORISED = "authorized"  # held on the card (manual capture); Cleeng's own spelling
-    CAPTURED = "captured"
-    REJECTED = "rejected"
-    REFUNDED = "refunded"
-
-
-class CleengPayment(Base):
-    """A payment the portal reports to Cleeng: the initial payment of an order (`order_id`), or
-    one recurring charge attempt started by a Cleeng webhook (`event_key`)."""
-
-    __tablename__ = "cleeng_payments"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    operation: Mapped[str] = mapped_column(String(32))  # initial-payment | recurring-payment
-    # The webhook delivery that started a recurring attempt: one attempt per delivery.
-    event_key: Mapped[str | None] = mapped_column(String(190), unique=True)
-    order_id: Mapped[int | None] = mapped_column(
-        ForeignKey("orders.id", ondelete="SET NULL"), index=True
-    )
-    cleeng_order_id: Mapped[str | None] = mapped_column(String(64))
-    cleeng_payment_id: Mapped[str | None] = mapped_column(String(64), unique=True)
-    customer_id: Mapped[str | None] = mapped_column(String(64))
-    subscription_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    period: Mapped[str | None] = mapped_column(String(64))  # the subscription's expirationDate
-    # "subscription:period" while an attempt is charging or captured, NULL once rejected: the
-    # unique constraint lets one charge per subscription period through, whatever Cleeng sends.
-    renewal_key: Mapped[str | None] = mapped_column(String(190), unique=True)
-    payment_details_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    stripe_payment_method_id: Mapped[str | None] = mapped_column(String(255))
-    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
-    currency: Mapped[str | None] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(16), default=CleengPaymentStatus.CHARGING)
-    rejected_reason: Mapped[str | None] = mapped_column(Text)
-    amount_refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
-    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-
-
 # --- the merchant API (portal/api) and pay-by-link -----------------------------------------------
 
 # A merchant order belongs to the API key that created it; the other platforms leave these empty.

@@ -3,8 +3,9 @@
 Limited, per client IP (behind `PORTAL_TRUSTED_PROXY_HOPS` proxies, the address the nearest
 trusted proxy saw, as ProxyFix sets it):
 
-- the learner entry points (`/skilljar/checkout`, `/openlearning/enrol`, `/cleeng/checkout`) and
-  `POST /orders/<reference>/pay`: `PORTAL_RATELIMIT_ENTRY` each;
+- the learner entry points (each platform's `PlatformSpec.entry_endpoints`: `/skilljar/checkout`,
+  `/openlearning/enrol`, `/cleeng/checkout`) and `POST /orders/<reference>/pay`:
+  `PORTAL_RATELIMIT_ENTRY` each;
 - the merchant API (`/api/v1/...`): `PORTAL_RATELIMIT_API`, shared by the whole API;
 - the console's password sign-in (`POST /admin/login`): `PORTAL_RATELIMIT_LOGIN` (on top of the
   database-backed lockout, which counts failures; this counts attempts).
@@ -27,9 +28,11 @@ import logging
 from flask import abort, request
 from flask_limiter import Limit, Limiter
 
+from portal.platforms import registry
+
 log = logging.getLogger("portal.ratelimit")
 
-ENTRY_ENDPOINTS = ("skilljar.checkout", "openlearning.enrol", "cleeng.checkout", "orders.pay")
+CORE_ENTRY_ENDPOINTS = ("orders.pay",)
 LOGIN_ENDPOINT = "admin.login"
 API_BLUEPRINT = "api"
 WEBHOOK_PREFIX = "/webhooks/"
@@ -61,6 +64,11 @@ def _not_api() -> bool:
     return request.blueprint != API_BLUEPRINT
 
 
+def entry_endpoints() -> tuple[str, ...]:
+    """Every platform's learner entry points, and the pay button."""
+    return registry.entry_endpoints() + CORE_ENTRY_ENDPOINTS
+
+
 def init_app(app) -> Limiter:
     """Call after every blueprint is registered. The limits are checked before anything else
     runs for a request (before CSRF checks and the views), so a flood of refused or malformed
@@ -69,7 +77,7 @@ def init_app(app) -> Limiter:
     storage = settings["RATELIMIT_STORAGE_URL"]
     limits = [
         # Each entry point on its own, per client address.
-        Limit(settings["RATELIMIT_ENTRY"], exempt_when=_only(frozenset(ENTRY_ENDPOINTS))),
+        Limit(settings["RATELIMIT_ENTRY"], exempt_when=_only(frozenset(entry_endpoints()))),
         # The whole merchant API together.
         Limit(settings["RATELIMIT_API"], scope="api", shared=True, exempt_when=_not_api),
         Limit(

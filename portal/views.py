@@ -22,6 +22,7 @@ from portal.branding.render import render_learner
 from portal.db import db
 from portal.models import Order, OrderState
 from portal.money import format_money
+from portal.platforms import registry
 
 bp = Blueprint("orders", __name__)
 
@@ -83,12 +84,11 @@ def render_review(order: Order, *, cancelled: bool = False, status: int = 200):
 
 
 def render_order_review(order: Order, *, cancelled: bool = False):
-    """The review page for the order's platform: Cleeng's own (its offer, renewal period and
-    tax-included breakdown) for a Cleeng order, the common one for the rest."""
-    if order.platform == "cleeng":
-        from portal.platforms.cleeng import render_cleeng_review
-
-        return render_cleeng_review(order, cancelled=cancelled)
+    """The review page for the order's platform: its own where its spec has one (Cleeng's: its
+    offer, renewal period and tax-included breakdown), the common one for the rest."""
+    spec = registry.spec(order.platform)
+    if spec is not None and spec.render_review is not None:
+        return spec.render_review(order, cancelled=cancelled)
     return render_review(order, cancelled=cancelled)
 
 

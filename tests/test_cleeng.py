@@ -18,15 +18,10 @@ from portal import ConfigError
 from portal.checkout import find_order, reload
 from portal.db import db
 from portal.jobs import Worker
-from portal.models import (
-    CleengCustomer,
-    CleengPayment,
-    Job,
-    JobState,
-    OrderEvent,
-    OrderState,
-)
-from portal.platforms.cleeng import SIGNATURE_HEADER, signature
+from portal.models import Job, JobState, OrderEvent, OrderState
+from portal.platforms.cleeng.client import SIGNATURE_HEADER
+from portal.platforms.cleeng.models import CleengCustomer, CleengPayment
+from portal.platforms.cleeng.webhooks import signature
 from portal.sandbox.stripe_api import build_event, sign
 from tests.conftest import STRIPE_BASE
 

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from portal.db import db
-from portal.models import CleengCustomer, CleengPayment, Job, JobState
+from portal.models import Job, JobState
+from portal.platforms.cleeng.models import CleengCustomer, CleengPayment
 from tests.test_cleeng import (
     CLEENG_BASE,
     INTENTS_URL,

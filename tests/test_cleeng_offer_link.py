@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from portal.platforms.cleeng import offer_link_signature
+from portal.platforms.cleeng.offer_link import offer_link_signature
 from tests.test_cleeng import (
     ORDER_ID,
     ORDER_URL,

@@ -12,7 +12,8 @@ from datetime import date
 import pytest
 
 from portal import recurring
-from portal.platforms.cleeng import draft_from_order, review_data
+from portal.platforms.cleeng.drafts import draft_from_order
+from portal.platforms.cleeng.review import review_data
 from tests.test_cleeng import (  # noqa: F401 - the app fixture
     ORDER_ID,
     app,
@@ -60,9 +61,9 @@ def freeze_today(monkeypatch):
     """The learner reviews the order on 8 December 2026 (UTC)."""
     from datetime import UTC, datetime
 
-    from portal.platforms import cleeng
+    from portal.platforms.cleeng import review
 
-    monkeypatch.setattr(cleeng, "utcnow", lambda: datetime(2026, 12, 8, 10, 30, tzinfo=UTC))
+    monkeypatch.setattr(review, "utcnow", lambda: datetime(2026, 12, 8, 10, 30, tzinfo=UTC))
 
 
 def test_recurring_dates_are_calendar_periods():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from portal import i18n
-from portal.platforms.openlearning import REFUSALS
+from portal.platforms.openlearning.tokens import REFUSALS
 from tests.test_cleeng import SETTINGS as CLEENG_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent

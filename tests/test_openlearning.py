@@ -27,7 +27,7 @@ from portal import ConfigError
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import Job, Order, OrderEvent, OrderState, UsedToken
-from portal.platforms import openlearning
+from portal.platforms.openlearning import routes as openlearning
 from tests.conftest import STRIPE_BASE
 
 OL_BASE = "https://openlearning.test/v2.2"
@@ -912,7 +912,7 @@ def test_used_token_ids_are_purged_once_their_tokens_cannot_be_accepted(app):
     from datetime import timedelta
 
     from portal.models import utcnow
-    from portal.platforms.openlearning import run_purge_tokens
+    from portal.platforms.openlearning.jobs import run_purge_tokens
 
     now = utcnow()
     with db.transaction() as session:

@@ -642,7 +642,7 @@ def test_free_purchase_skips_stripe(client, mocked, purchase):
 
 
 def test_unexpected_error_is_a_branded_500_without_traceback(client, monkeypatch):
-    from portal.platforms import skilljar
+    from portal.platforms.skilljar import routes as skilljar
 
     def explode(*_args, **_kwargs):
         raise RuntimeError("secret internals")

@@ -27,6 +27,7 @@ from portal.branding import brands, operations, overrides, samples
 from portal.branding.brands import COPY_BLOCKS, DEFAULT_COLOURS, FONT_STACKS, BrandError, BrandInput
 from portal.branding.environment import default_source, learner_template_names
 from portal.branding.render import preview_email
+from portal.platforms import registry
 
 EMAIL_PREVIEW_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -93,15 +94,24 @@ def _copy_of(form: BrandForm) -> dict[str, str]:
     return copy
 
 
+def _platform_choices() -> list:
+    return [SelectChoice(name) for name in registry.names()]
+
+
+def _source_help() -> str:
+    """What a source is, for each platform that has several (`PlatformSpec.brand_source_help`)."""
+    kinds = [spec.brand_source_help for spec in registry.installed() if spec.brand_source_help]
+    return "; ".join(["* for every source of the platform", *kinds]) + "."
+
+
 class AssignForm(FlaskForm):
-    platform = SelectField("Platform", choices=[SelectChoice(p) for p in operations.PLATFORMS])
-    source_key = StringField(
-        "Source",
-        validators=[Optional(), Length(max=190)],
-        description="* for every source of the platform; an OpenLearning institution id; a "
-        "merchant API key id.",
-    )
+    platform = SelectField("Platform", choices=_platform_choices)
+    source_key = StringField("Source", validators=[Optional(), Length(max=190)])
     brand_id = SelectField("Brand", coerce=int, choices=[])
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.source_key.description = _source_help()
 
 
 class TemplateForm(FlaskForm):

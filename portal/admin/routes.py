@@ -40,7 +40,7 @@ from portal.admin.forms import (
 )
 from portal.api import queries as webhook_log
 from portal.api import webhooks_out
-from portal.config import SETTINGS
+from portal.config import declared_settings
 from portal.models import Order, Role
 from portal.money import (
     MoneyError,
@@ -631,7 +631,9 @@ def _setting_display(setting, value) -> str:
 @auth.requires("settings")
 def settings_page():
     values = settings()
-    rows = [(f"PORTAL_{s.name}", _setting_display(s, values.get(s.name))) for s in SETTINGS]
+    rows = [
+        (f"PORTAL_{s.name}", _setting_display(s, values.get(s.name))) for s in declared_settings()
+    ]
     return render_template("admin/settings.html", rows=rows, roles=list(Role))
 
 

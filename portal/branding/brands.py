@@ -22,6 +22,7 @@ from portal.branding import cache as branding_cache
 from portal.db import db
 from portal.models import ApiKey, Brand, BrandAssignment, Order
 from portal.outbound import check_destination
+from portal.platforms import registry
 from portal.urls import UnsafeUrl
 
 log = logging.getLogger("portal.branding")
@@ -325,17 +326,15 @@ def colours_of(brand: Brand) -> dict[str, str]:
 
 
 def source_key(order: Order | None) -> str | None:
-    """The platform source an order came from: the OpenLearning institution, the merchant's API
-    key; None where the platform has one source per deployment (Skilljar, Cleeng)."""
+    """The platform source an order came from, as its platform's spec says (`brand_source`: the
+    OpenLearning institution, the merchant's API key); None where the platform has one source per
+    deployment (Skilljar, Cleeng)."""
     if order is None:
         return None
-    data = order.platform_data or {}
-    if order.platform == "openlearning":
-        return str(data.get("institution") or "") or None
-    if order.platform == "merchant":
-        key_id = getattr(order, "merchant_key_id", None)
-        return str(key_id) if key_id is not None else None
-    return None
+    spec = registry.spec(order.platform)
+    if spec is None or spec.brand_source is None:
+        return None
+    return spec.brand_source(order)
 
 
 def find_brand(session, order: Order | None) -> Brand | None:

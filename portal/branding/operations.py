@@ -21,8 +21,8 @@ from portal.branding import cache as branding_cache
 from portal.branding.brands import BrandError, BrandInput, clean
 from portal.db import db
 from portal.models import Brand, BrandAssignment, BrandVersion, utcnow
+from portal.platforms import registry
 
-PLATFORMS = ("skilljar", "openlearning", "cleeng", "merchant")
 SOURCE_KEY = re.compile(r"\*|[A-Za-z0-9._:@-]{1,190}")
 
 
@@ -258,7 +258,7 @@ def save_brand(
 
 def assign(actor: Actor, platform: str, source_key: str, brand_id: int) -> None:
     source_key = (source_key or "").strip() or "*"
-    if platform not in PLATFORMS:
+    if platform not in registry.names():
         raise BrandError({"platform": "Choose a platform."})
     if not SOURCE_KEY.fullmatch(source_key):
         raise BrandError({"source_key": "Use * or an id of letters, digits and . _ : @ -"})

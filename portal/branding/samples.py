@@ -1,9 +1,10 @@
 """Sample pages for the marketer's preview and for checking an override before it is published:
 every state a learner can meet (open, cancelled, processing, paid, fulfilled, refunded, expired,
 each error), long titles, zero-decimal (JPY) and three-decimal (KWD) currencies, promo and tax
-lines, the Cleeng subscription review page (period, coupon, free trial, tax included in the
-price) and the pay-link and receipt emails (HTML and plain text). Each sample is the template
-name plus the plain context its view (or the mailer) would pass."""
+lines, each platform's own pages (its spec's `preview_samples`: a subscription review page with
+period, coupon, free trial, tax included in the price) and the pay-link and receipt emails (HTML
+and plain text). Each sample is the template name plus the plain context its view (or the
+mailer) would pass."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 
 from portal.branding.render import email_colours
 from portal.errors import MESSAGES
-from portal.platforms.cleeng import review_data
+from portal.platforms import registry
 
 LONG_TITLE = (
     "Advanced Machine Learning Engineering for Production Systems: Feature Stores, Model "
@@ -25,7 +26,7 @@ def sample_order(**fields) -> dict:
     order = {
         "id": 0,
         "reference": "ord_preview_sample_000",
-        "platform": "skilljar",
+        "platform": registry.names()[0],  # a course platform's purchase
         "platform_ref": "p1sample",
         "state": "open",
         "description": "Introduction to Python",
@@ -77,7 +78,7 @@ def sample_order(**fields) -> dict:
     return order
 
 
-def _paid(**fields) -> dict:
+def paid_order(**fields) -> dict:
     return sample_order(
         amount_paid_minor=fields.get("amount_minor", 7840) + fields.get("tax_paid_minor", 0),
         **{"tax_paid_minor": 0, **fields},
@@ -155,123 +156,6 @@ def _error(status: int) -> Sample:
             "back_label": "academy.example.com",
         },
     )
-
-
-def _cleeng(key, label, order_fields: dict, data: dict, cancelled=False) -> Sample:
-    order = sample_order(
-        platform="cleeng",
-        platform_ref="343967543",
-        quantity=1,
-        promo_code=None,
-        customer_email="viewer@example.com",
-        customer_name=None,
-        redirect_url="https://publisher.example.com/welcome?orderId=343967543",
-        **order_fields,
-    )
-    order["platform_data"] = data
-    return Sample(
-        key,
-        label,
-        "cleeng/review.html",
-        order,
-        {"data": review_data(data), "cancelled": cancelled},
-    )
-
-
-# Cleeng's own breakdown of a monthly offer: €10.00 before tax, a 20% coupon, 21% Dutch VAT
-# included in the €9.68 charged.
-CLEENG_MONTHLY = {
-    "cleeng_order_id": "343967543",
-    "customer_id": "927751142",
-    "offer_id": "S619117184_NL",
-    "period": "month",
-    "country": "NL",
-    "offer_price_minor": 1000,
-    "discount_minor": 200,
-    "tax_minor": 168,
-    "tax_percent": "21",
-    "trial": False,
-    "discount_type": "coupon",
-    "coupon_code": "WELCOME20",
-    "discounted_minor": 800,
-    "fees_minor": 0,
-    "tax_added": True,
-    "recurring": {"amount_minor": 1210, "period": "month", "trial_days": 0, "trial_periods": 0},
-}
-CLEENG_TRIAL = {
-    **CLEENG_MONTHLY,
-    "offer_id": "S838562951_NL",
-    "period": "year",
-    "offer_price_minor": 10000,
-    "discount_minor": 10000,
-    "tax_minor": 0,
-    "trial": True,
-    "discount_type": "trial",
-    "coupon_code": None,
-    "discounted_minor": 0,
-    "recurring": {"amount_minor": 12100, "period": "year", "trial_days": 7, "trial_periods": 0},
-}
-CLEENG_WEEKLY_JPY = {
-    **CLEENG_MONTHLY,
-    "offer_id": "S500700900_JP",
-    "period": "week",
-    "country": "JP",
-    "offer_price_minor": 500,
-    "discount_minor": 0,
-    "tax_minor": 50,
-    "tax_percent": "10",
-    "discount_type": None,
-    "coupon_code": None,
-    "discounted_minor": 500,
-    "tax_added": True,
-    "recurring": {"amount_minor": 550, "period": "week", "trial_days": 0, "trial_periods": 0},
-}
-
-
-def _cleeng_samples() -> list[Sample]:
-    monthly = {
-        "description": "Premium Monthly",
-        "sku": "S619117184_NL",
-        "currency": "EUR",
-        "amount_minor": 968,
-        "list_unit_minor": 1000,
-    }
-    return [
-        _cleeng(
-            "cleeng-open", "Cleeng: subscription, coupon, tax included", monthly, CLEENG_MONTHLY
-        ),
-        _cleeng(
-            "cleeng-cancelled",
-            "Cleeng: payment not completed",
-            monthly,
-            CLEENG_MONTHLY,
-            cancelled=True,
-        ),
-        _cleeng(
-            "cleeng-trial",
-            "Cleeng: free trial (card saved, nothing charged)",
-            {
-                "description": "Premium Annual",
-                "sku": "S838562951_NL",
-                "currency": "EUR",
-                "amount_minor": 0,
-                "list_unit_minor": 10000,
-            },
-            CLEENG_TRIAL,
-        ),
-        _cleeng(
-            "cleeng-jpy",
-            "Cleeng: weekly, JPY (no decimals), long title",
-            {
-                "description": LONG_TITLE,
-                "sku": "S500700900_JP",
-                "currency": "JPY",
-                "amount_minor": 550,
-                "list_unit_minor": 500,
-            },
-            CLEENG_WEEKLY_JPY,
-        ),
-    ]
 
 
 # The default theme's colours, as an email's inline styles read them (the console's preview
@@ -359,7 +243,7 @@ def _email_samples() -> list[Sample]:
         capture_method="automatic",
         platform_data={"mode": "link"},
     )
-    receipt = _paid(
+    receipt = paid_order(
         state="paid",
         **merchant,
         capture_method="automatic",
@@ -396,7 +280,7 @@ def _email_samples() -> list[Sample]:
                 f"email-refund-partial-{kind}",
                 f"Email, refund issued ({shown}): part of a course purchase",
                 f"email/refund_issued.{kind}",
-                _paid(state="partially_refunded", amount_refunded_minor=3920),
+                paid_order(state="partially_refunded", amount_refunded_minor=3920),
                 reference=None,
                 manual=False,
                 notice={"amount_minor": 3920, "refunded_minor": 3920},
@@ -405,7 +289,7 @@ def _email_samples() -> list[Sample]:
                 f"email-refund-full-{kind}",
                 f"Email, refund issued ({shown}): refunded in full",
                 f"email/refund_issued.{kind}",
-                _paid(state="refunded", amount_refunded_minor=7840),
+                paid_order(state="refunded", amount_refunded_minor=7840),
                 reference=None,
                 manual=False,
                 notice={"amount_minor": 7840, "refunded_minor": 7840, "full": True},
@@ -475,9 +359,9 @@ def all_samples() -> list[Sample]:
             sample_order(amount_minor=0, list_unit_minor=4900, quantity=1, promo_code="FREE100"),
         ),
         _status("processing", "Processing", sample_order(state="processing"), waiting=True),
-        _status("paid", "Payment received, finishing", _paid(state="paid"), waiting=True),
-        _status("fulfilled", "Paid and enrolled", _paid(state="fulfilled")),
-        _status("fulfil-failed", "Paid, enrolment delayed", _paid(state="fulfil_failed")),
+        _status("paid", "Payment received, finishing", paid_order(state="paid"), waiting=True),
+        _status("fulfilled", "Paid and enrolled", paid_order(state="fulfilled")),
+        _status("fulfil-failed", "Paid, enrolment delayed", paid_order(state="fulfil_failed")),
         _status("cancelled-order", "Order cancelled", sample_order(state="cancelled")),
         _status(
             "payment-failed",
@@ -487,18 +371,11 @@ def all_samples() -> list[Sample]:
         _status(
             "refunded",
             "Refunded",
-            _paid(state="refunded", amount_refunded_minor=7840),
+            paid_order(state="refunded", amount_refunded_minor=7840),
         ),
         _status("expired", "Checkout expired", sample_order(state="expired")),
-        Sample(
-            "already-enrolled",
-            "OpenLearning: already enrolled",
-            "openlearning/already_enrolled.html",
-            _paid(state="fulfilled", platform="openlearning"),
-            {"continue_url": "https://www.openlearning.com/courses/sample"},
-        ),
         *[_error(status) for status in (400, 403, 404, 405, 429, 500, 503)],
-        *_cleeng_samples(),
+        *registry.preview_samples(),
         *_email_samples(),
     ]
 

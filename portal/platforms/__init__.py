@@ -1,13 +1,16 @@
-"""The platform interface. A platform is one module that knows how to tell its originating system
-that an order was paid (fulfil) or abandoned (cancel). The checkout core calls only this.
+"""The platform interface. A platform is one package (`portal/platforms/<name>/`) that knows how to
+tell its originating system that an order was paid (fulfil) or abandoned (cancel), and declares
+in a `PlatformSpec` everything else the core needs from it (its blueprint, settings, entry points,
+brand source, review page, jobs...). The checkout core calls only this.
 
-Adding a platform means writing a module with a `Platform` subclass and an entry blueprint, and
-listing it in `build_platforms`; the core, the jobs and the webhooks do not change.
+Adding a platform means writing such a package and naming it in `portal.platforms.registry`;
+the core, the jobs and the webhooks do not change (docs/adding-a-platform.md).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -97,15 +100,41 @@ class Platform(ABC):
 
 
 def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
-    from portal.platforms.cleeng import CleengPlatform
-    from portal.platforms.merchant import MerchantPlatform
-    from portal.platforms.openlearning import OpenLearningPlatform
-    from portal.platforms.skilljar import SkilljarPlatform
+    from portal.platforms import registry
 
-    platforms: list[Platform] = [
-        SkilljarPlatform(settings, recorder),
-        OpenLearningPlatform(settings, recorder),
-        CleengPlatform(settings, recorder),
-        MerchantPlatform(settings, recorder),
-    ]
-    return {platform.name: platform for platform in platforms}
+    return {spec.name: spec.factory(settings, recorder) for spec in registry.installed()}
+
+
+@dataclass(frozen=True)
+class PlatformSpec:
+    """What a platform package declares to the core (its `spec.py` has one, `SPEC`). The core's
+    lists (blueprints, CSRF exemptions, rate-limited entry points, no-store pages, settings and
+    their masking, sandbox defaults, brands, review pages, preview samples, job kinds) are built
+    from these; `portal.platforms.registry` lists the installed ones."""
+
+    name: str  # `orders.platform`; also the `PORTAL_<NAME>_RECEIPTS` setting's prefix
+    label: str  # shown to operators
+    factory: Callable[[dict, object], Platform]  # (settings, recorder) -> the Platform
+    # The package's `portal.config.Setting`s (secret=True: masked in logs and on the console),
+    # its receipt sender among them (`PORTAL_<NAME>_RECEIPTS`, portal/receipts.py).
+    settings: tuple = ()
+    blueprint: object = None  # a flask.Blueprint with the platform's entry URL and pages, or None
+    url_prefix: str | None = None  # where the blueprint is mounted (None: its rules are absolute)
+    # Why the blueprint takes requests without the portal's CSRF token (None: it does not).
+    csrf_exempt: str | None = None
+    entry_endpoints: tuple[str, ...] = ()  # the learner entry points: rate limited per client
+    learner_paths: tuple[str, ...] = ()  # path prefixes of learner pages: never cached (no-store)
+    # (settings, environ, instance_path) -> None: fill the sandbox's values (PORTAL_SANDBOX=1).
+    sandbox_defaults: Callable[[dict, Mapping, str], None] | None = None
+    sandbox_stand_in: str | None = None  # the module of its stand-in under portal/sandbox/
+    # The brand source of an order (e.g. an institution id), or None: one source per deployment.
+    brand_source: Callable[[object], str | None] | None = None
+    brand_source_help: str = ""  # how the console's brand assignment form names such a source
+    review_template: str = "review.html"  # the learner template of its review page
+    # (order, *, cancelled, status) -> response: its own review page (None: the common one).
+    render_review: Callable | None = None
+    # How the platform's amount relates to tax: "quoted" (Stripe Tax or the portal's rates
+    # on top), "added" or "included" (the platform's own tax, shown from its breakdown).
+    tax: str = "quoted"
+    preview_samples: Callable[[], list] | None = None  # console previews of its templates
+    job_kinds: Mapping[str, object] = field(default_factory=dict)  # {kind: portal.jobs.Kind}

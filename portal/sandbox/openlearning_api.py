@@ -121,7 +121,7 @@ def sandbox_key_pair(instance_path: str) -> tuple[bytes, str]:
 
 def apply_sandbox_key(settings: dict, instance_path: str) -> None:
     """Sandbox default: verify tokens with the sandbox key unless a key source is configured."""
-    from portal.platforms.openlearning import KEY_SETTINGS
+    from portal.platforms.openlearning.tokens import KEY_SETTINGS
 
     if not any(settings[name] for name in KEY_SETTINGS):
         settings["OPENLEARNING_PUBLIC_KEY"] = sandbox_key_pair(instance_path)[1]

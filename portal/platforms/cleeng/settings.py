@@ -1,0 +1,34 @@
+"""Cleeng's settings (`PORTAL_CLEENG_*`) and their sandbox values."""
+
+from __future__ import annotations
+
+from portal.config import Setting, checked_url, receipt_setting, secret_list, url
+
+SETTINGS = (
+    Setting("CLEENG_PUBLISHER_TOKEN", None, str, secret=True),
+    Setting("CLEENG_API_BASE", "https://api.sandbox.cleeng.com/3.1", url),
+    Setting("CLEENG_PAYMENT_METHOD_ID", None, str),
+    # HMAC key(s) of Cleeng's webhooks; rotation: old,new
+    Setting("CLEENG_WEBHOOK_SECRET", (), secret_list, secret=True),
+    Setting("CLEENG_RETURN_URL", None, checked_url),  # the page after payment (host allow-listed)
+    # Opt-in: the portal creates the first Cleeng order from a link the publisher signed with
+    # this key (HMAC-SHA256; rotation: old,new). Unset: /cleeng/checkout takes orderId only.
+    Setting("CLEENG_OFFER_LINK_SECRET", (), secret_list, secret=True),
+    receipt_setting("cleeng"),
+)
+
+
+def apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
+    """PORTAL_SANDBOX=1: the stand-in's token, webhook key, payment method, API and return page
+    (portal/sandbox/cleeng_api.py)."""
+    public = settings["PUBLIC_URL"]
+    if not settings["CLEENG_PUBLISHER_TOKEN"]:
+        settings["CLEENG_PUBLISHER_TOKEN"] = "sandbox-cleeng-publisher-token"  # noqa: S105
+    if not settings["CLEENG_WEBHOOK_SECRET"]:
+        settings["CLEENG_WEBHOOK_SECRET"] = ("sandbox-cleeng-webhook-secret",)
+    if not settings["CLEENG_PAYMENT_METHOD_ID"]:
+        settings["CLEENG_PAYMENT_METHOD_ID"] = "900000001"
+    if "PORTAL_CLEENG_API_BASE" not in environ:
+        settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
+    if not settings["CLEENG_RETURN_URL"]:
+        settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
