@@ -54,11 +54,19 @@ def control():
 
 
 def init_app(app) -> None:
+    from importlib import import_module
+
     from portal import csrf
-    from portal.sandbox import cleeng_api, merchant_api, openlearning_api, skilljar_api, stripe_api
+    from portal.platforms import registry
+    from portal.sandbox import stripe_api
 
     app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
-    blueprints = (bp, stripe_api.bp, skilljar_api.bp, openlearning_api.bp, cleeng_api.bp)
-    for blueprint in (*blueprints, merchant_api.bp):
+    # Each platform's stand-in, as its spec names it (`PlatformSpec.sandbox_stand_in`).
+    stand_ins = [
+        import_module(spec.sandbox_stand_in).bp
+        for spec in registry.installed()
+        if spec.sandbox_stand_in
+    ]
+    for blueprint in (bp, stripe_api.bp, *stand_ins):
         app.register_blueprint(blueprint)
         csrf.exempt(blueprint)

@@ -20,7 +20,8 @@ import requests
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
 
 from portal.money import format_money, to_minor
-from portal.platforms.cleeng import SIGNATURE_HEADER, signature
+from portal.platforms.cleeng.client import SIGNATURE_HEADER
+from portal.platforms.cleeng.webhooks import signature
 
 log = logging.getLogger("portal.sandbox.cleeng")
 bp = Blueprint("sandbox_cleeng", __name__, url_prefix="/sandbox/cleeng")
