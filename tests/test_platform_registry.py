@@ -23,6 +23,9 @@ def test_the_registry_lists_each_platform_package_once():
     packages = sorted(p.parent.name for p in (ROOT / "portal" / "platforms").glob("*/spec.py"))
     assert sorted(IDS) == packages
     assert len(set(IDS)) == len(IDS)
+    for spec in SPECS:
+        assert spec.tax in {"quoted", "added", "included"}, spec.name
+        assert (ROOT / "templates" / spec.review_template).is_file(), spec.name
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)

@@ -9,6 +9,8 @@ from portal import receipts, recurring
 from portal.branding.render import render_learner
 from portal.models import utcnow
 
+REVIEW_TEMPLATE = "cleeng/review.html"  # the name marketers' overrides use
+
 
 def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
     """The review page of a Cleeng order, through `render_learner` like every learner page: the
@@ -19,7 +21,7 @@ def render_cleeng_review(order, *, cancelled: bool = False, status: int = 200):
 
     return (
         render_learner(
-            "cleeng/review.html",
+            REVIEW_TEMPLATE,
             order=order,
             locale=order.locale or learner_locale(),
             data=review_data(order.platform_data or {}),

@@ -5,7 +5,7 @@ tax included in the price."""
 from __future__ import annotations
 
 from portal.branding.samples import LONG_TITLE, Sample, sample_order
-from portal.platforms.cleeng.review import review_data
+from portal.platforms.cleeng.review import REVIEW_TEMPLATE, review_data
 
 
 def _cleeng(key, label, order_fields: dict, data: dict, cancelled=False) -> Sample:
@@ -23,7 +23,7 @@ def _cleeng(key, label, order_fields: dict, data: dict, cancelled=False) -> Samp
     return Sample(
         key,
         label,
-        "cleeng/review.html",
+        REVIEW_TEMPLATE,
         order,
         {"data": review_data(data), "cancelled": cancelled},
     )
