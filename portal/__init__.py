@@ -179,6 +179,7 @@ def create_app(config: dict | None = None) -> Flask:
         disputes,
         errors,
         fulfilment,
+        orders,
         refunds,
         views,
         webhooks,
@@ -187,7 +188,7 @@ def create_app(config: dict | None = None) -> Flask:
     from portal.services import build_services
 
     app.extensions["portal"] = build_services(settings)
-    checkout.init_app(app)  # the orders learner pages showed last, by row version
+    orders.init_app(app)  # the orders learner pages showed last, by row version
     csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)

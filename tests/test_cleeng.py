@@ -15,7 +15,6 @@ import requests
 from sqlalchemy import func, select
 
 from portal import ConfigError
-from portal.checkout import find_order, reload
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import (
@@ -26,6 +25,8 @@ from portal.models import (
     OrderEvent,
     OrderState,
 )
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from portal.platforms.cleeng import SIGNATURE_HEADER, signature
 from portal.sandbox.stripe_api import build_event, sign
 from tests.conftest import STRIPE_BASE

@@ -11,12 +11,12 @@ import time
 
 import psycopg
 import pytest
+from portal.order_changes import CHANNEL, ChangeListener
 from sqlalchemy import text
 
 from portal.checkout import KEPT_ORDERS_EXTENSION, KeptOrders
 from portal.db import db, make_engine, normalise_url
 from portal.models import Order, OrderState
-from portal.order_changes import CHANNEL, ChangeListener
 from tests.admin_support import make_order
 
 

@@ -2,7 +2,7 @@
 item changes before capture, refunds, and the expiry of unpaid links and uncaptured holds.
 
 These functions never read `request`; the views pass the authenticated key and the validated
-body. Every state change is a compare-and-set through `portal.checkout.transition`, no Stripe
+body. Every state change is a move of the order store (`portal.orders.move`), no Stripe
 call happens inside a database transaction, and each change queues its outbound webhook in the
 same transaction that makes it.
 """
@@ -14,23 +14,24 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from portal import checkout, jobs, mail, receipts, refunds, timeline
+from portal import checkout, jobs, mail, orders, receipts, refunds
 from portal.api import webhooks_out
 from portal.api.errors import ApiError, not_found
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import ApiKey, Order, OrderState, utcnow
 from portal.money import MoneyError, normalise_currency
+from portal.orders import timeline
 from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.api")
 
 PLATFORM = "merchant"
 MAX_TOTAL = 99_999_999  # Stripe's largest amount for most currencies (eight digits)
-UNPAID = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
-HELD = (OrderState.PAID, OrderState.FULFILLED)  # authorised (manual capture) or paid
+UNPAID = orders.states.MOVES["cancel"].sources  # open, paying, expired
+HELD = orders.states.MOVES["void"].sources  # authorised (manual capture) or paid
 
 
 # --- how the API shows an order ----------------------------------------------------------------
@@ -171,15 +172,11 @@ def serialize_session(services, key: ApiKey, order: Order) -> dict:
 
 def load_for_key(key: ApiKey, reference: str, param: str = "id") -> Order:
     """The key's own order; another merchant's order is as missing as one that never was."""
-    with db.reader() as session:
-        order = session.scalar(
-            select(Order).where(
-                Order.reference == reference,
-                Order.platform == PLATFORM,
-                Order.merchant_key_id == key.id,
-            )
-        )
-    if order is None:
+    try:
+        order = orders.get(reference)
+    except orders.NotFound:
+        order = None
+    if order is None or order.platform != PLATFORM or order.merchant_key_id != key.id:
         raise not_found("order", param)
     return order
 
@@ -312,30 +309,28 @@ def _open(
     key, cart: Basket, currency, *, customer, capture_method, platform_data, success_url
 ) -> Order:
     with db.transaction() as session:
-        order = Order(
-            platform=PLATFORM,
-            platform_ref="chs_" + secrets.token_urlsafe(18),
-            description=cart.description,
-            sku=cart.sku,
-            quantity=cart.quantity,
-            currency=currency,
-            amount_minor=cart.total_minor,
-            list_unit_minor=cart.unit_minor,
-            customer_email=customer["email"],
-            customer_name=customer.get("name"),
-            platform_data={"items": cart.items, **platform_data},
-            redirect_url=success_url,
-            merchant_key_id=key.id,
-            capture_method=capture_method,
-        )
-        session.add(order)
-        session.flush()
-        timeline.record(
-            order.id,
-            "state",
-            f"order opened through the merchant API ({key.prefix}, {platform_data['mode']})",
-            {"to": "open", "api_key": key.prefix},
+        order = orders.create(
+            {
+                "platform": PLATFORM,
+                "platform_ref": "chs_" + secrets.token_urlsafe(18),
+                "description": cart.description,
+                "sku": cart.sku,
+                "quantity": cart.quantity,
+                "currency": currency,
+                "amount_minor": cart.total_minor,
+                "list_unit_minor": cart.unit_minor,
+                "customer_email": customer["email"],
+                "customer_name": customer.get("name"),
+                "platform_data": {"items": cart.items, **platform_data},
+                "redirect_url": success_url,
+                "merchant_key_id": key.id,
+                "capture_method": capture_method,
+            },
             session=session,
+            message=(
+                f"order opened through the merchant API ({key.prefix}, {platform_data['mode']})"
+            ),
+            detail={"to": "open", "api_key": key.prefix},
         )
         if platform_data["mode"] == "link":
             mail.queue(
@@ -355,7 +350,7 @@ def _settle_fulfilment(services, order: Order) -> Order:
     """A paid order whose `order.paid`/`order.authorized` is still being queued: let it finish."""
     if order.state == OrderState.PAID:
         jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
-        order = checkout.reload(order)
+        order = orders.refresh(order)
     return order
 
 
@@ -404,15 +399,13 @@ def capture(services, key: ApiKey, reference: str, amount: int | None, request_k
         raise _upstream(exc, "The capture failed") from exc
     captured = int(intent.get("amount_received") or to_capture)
     with db.transaction() as session:
-        won = session.execute(
-            update(Order)
-            .where(
-                Order.id == order.id,
-                Order.state == OrderState.FULFILLED,
-                Order.amount_captured_minor.is_(None),
-            )
-            .values(amount_captured_minor=captured, amount_paid_minor=captured, updated_at=utcnow())
-        ).rowcount
+        won = orders.update(
+            order,
+            session=session,
+            where=(Order.state == OrderState.FULFILLED) & Order.amount_captured_minor.is_(None),
+            amount_captured_minor=captured,
+            amount_paid_minor=captured,
+        )
         if won:
             timeline.record(
                 order.id,
@@ -424,7 +417,7 @@ def capture(services, key: ApiKey, reference: str, amount: int | None, request_k
             webhooks_out.emit(session, services.settings, order, "order.captured")
             if receipts.portal_sends(services.settings, order):
                 mail.queue(session, "receipt", order, to=order.customer_email)
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def _void(services, order: Order) -> None:
@@ -447,17 +440,16 @@ def _cancel_held(services, order: Order, reason: str) -> bool:
     """Void an uncaptured authorisation and tell the merchant (through the `cancel` job)."""
     _void(services, order)
     with db.transaction() as session:
-        moved = checkout.transition(
-            session,
-            order.id,
-            HELD,
-            OrderState.CANCELLED,
+        moved = orders.move(
+            order,
+            "void",
+            session=session,
             where=Order.amount_captured_minor.is_(None),
             failure_reason=reason,
         )
         if moved:
             jobs.enqueue(session, "cancel", f"cancel:{order.id}", order_id=order.id)
-    return moved
+    return moved is not None
 
 
 def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
@@ -467,14 +459,14 @@ def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
         return order
     if order.state in UNPAID:
         checkout.cancel_order(services, order.reference)
-        order = checkout.reload(order)
+        order = orders.refresh(order)
         if order.state == OrderState.CANCELLED:
             return order
         status = status_of(order)  # paid meanwhile: an authorisation can still be voided
     if status == "authorized" and order.state == OrderState.FULFILLED:
         _cancel_held(services, order, reason or "cancelled by the merchant")
         jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
-        return checkout.reload(order)
+        return orders.refresh(order)
     raise ApiError(
         409,
         "order_not_cancellable",
@@ -523,7 +515,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
         raise _upstream(exc, "The refund failed") from exc
     if recorded.job_key:
         jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
-    order = checkout.reload(order)
+    order = orders.refresh(order)
     return {
         "id": stripe_refund.get("id"),
         "object": "refund",
@@ -627,12 +619,9 @@ def _close_open_session(services, order: Order) -> Order:
 def _apply(settings, order: Order, values: dict, states, *, prepared: bool = False) -> Order:
     extra = {"stripe_session_expires_at": None} if prepared else {}
     with db.transaction() as session:
-        won = session.execute(
-            update(Order)
-            .where(Order.id == order.id, Order.state.in_(states))
-            .values(**values, **extra)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        won = orders.update(
+            order, session=session, where=Order.state.in_(states), **values, **extra
+        )
         if not won:
             raise ApiError(409, "order_changed", "The order changed meanwhile; fetch it again.")
         timeline.record(
@@ -645,7 +634,7 @@ def _apply(settings, order: Order, values: dict, states, *, prepared: bool = Fal
         webhooks_out.emit(
             session, settings, order, "order.updated", discriminator=f"{utcnow().timestamp():.6f}"
         )
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def _updated(services, key, order: Order, message: str) -> dict:
@@ -680,10 +669,8 @@ def _replace(services, key: ApiKey, order: Order, cart: Basket) -> dict:
         success_url=order.redirect_url,
     )
     with db.transaction() as session:
-        session.execute(
-            update(Order)
-            .where(Order.id == order.id)
-            .values(platform_data={**data, "replaced_by": replacement.reference})
+        orders.update(
+            order, session=session, platform_data={**data, "replaced_by": replacement.reference}
         )
         timeline.record(
             order.id,
@@ -697,7 +684,7 @@ def _replace(services, key: ApiKey, order: Order, cart: Basket) -> dict:
         )
     return {
         "order": serialize_order(
-            checkout.reload(order), livemode=key.live, settings=services.settings
+            orders.refresh(order), livemode=key.live, settings=services.settings
         ),
         "approval_required": True,
         "replacement": serialize_session(services, key, replacement),
@@ -711,10 +698,11 @@ def _replace(services, key: ApiKey, order: Order, cart: Basket) -> dict:
 
 def supersede(services, order: Order) -> None:
     """The replacement `order` is authorised: void the authorisation it replaces."""
-    with db.reader() as session:
-        old = session.scalar(
-            select(Order).where(Order.reference == (order.platform_data or {}).get("replaces"))
-        )
+    replaces = (order.platform_data or {}).get("replaces")
+    try:
+        old = orders.get(replaces) if replaces else None
+    except orders.NotFound:
+        old = None
     if old is None or old.state not in HELD or old.amount_captured_minor is not None:
         return
     try:
@@ -751,12 +739,7 @@ def run_expiry(services, job) -> None:
             )
         ).all()
     for order in unpaid:
-        with db.transaction() as session:
-            session.execute(
-                update(Order)
-                .where(Order.id == order.id)
-                .values(platform_data={**(order.platform_data or {}), "expired": True})
-            )
+        orders.update(order, platform_data={**(order.platform_data or {}), "expired": True})
         try:
             checkout.cancel_order(services, order.reference)
         except checkout.CheckoutError as exc:

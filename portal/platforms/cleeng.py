@@ -40,16 +40,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from portal import jobs, jsonlimits, outbound, receipts, recurring
+from portal import jobs, jsonlimits, orders, outbound, receipts, recurring
 from portal.branding.render import render_learner
-from portal.checkout import (
-    CheckoutError,
-    OrderDraft,
-    find_order,
-    load_order,
-    open_order,
-    order_not_found,
-)
+from portal.checkout import CheckoutError, OrderDraft, open_order, order_not_found
 from portal.config import ConfigError
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
@@ -1397,7 +1390,7 @@ def checkout():
                 "or contact support."
             ),
         )
-    existing = find_order(PLATFORM, cleeng_order_id)
+    existing = orders.find(PLATFORM, cleeng_order_id)
     if existing is not None and (
         existing.is_paid or existing.state in {OrderState.PROCESSING, OrderState.CANCELLED}
     ):
@@ -1453,7 +1446,7 @@ def cancelled(reference):
 
     if not REFERENCE.fullmatch(reference):
         raise order_not_found()
-    order = load_order(reference)
+    order = orders.get(reference)
     if order.platform != PLATFORM:
         raise order_not_found()
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:

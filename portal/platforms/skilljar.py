@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, request
 
-from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
+from portal import orders
+from portal.checkout import CheckoutError, OrderDraft, open_order
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
 from portal.models import OrderState
@@ -263,7 +264,7 @@ def checkout():
                 "course page and choose “Proceed to Checkout” again."
             ),
         )
-    existing = find_order("skilljar", purchase_id)
+    existing = orders.find("skilljar", purchase_id)
     if existing is not None and (existing.is_paid or existing.state == "processing"):
         return show_order(existing)
     platform: SkilljarPlatform = services().platform("skilljar")
