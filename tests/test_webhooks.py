@@ -595,7 +595,7 @@ def test_database_down_is_503_so_stripe_retries(client, mocked, checkout_session
 def test_database_locked_is_503(client, mocked, checkout_session, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from portal import checkout as core
+    from portal.checkout import sessions as core
 
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))
