@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import update
 
 from portal import orders
-from portal.api import orders as api_orders
+from portal.api import cancel as api_orders
 from portal.db import db
 from portal.models import Order, OrderState, utcnow
 from portal.sandbox.stripe_api import build_event, sign

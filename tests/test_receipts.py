@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from portal import mail, orders
-from portal.api import orders as api_orders
+from portal.api import cancel as api_orders
 from portal.config import ConfigError
 from portal.db import db
 from portal.models import ApiKey, Job, Order, utcnow
