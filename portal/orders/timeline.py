@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 
 from portal.db import db
-from portal.http import CallRecord
 from portal.models import OrderEvent, utcnow
 
 log = logging.getLogger("portal.timeline")
@@ -33,8 +32,9 @@ def event(
     }
 
 
-def call_event(order_id: int | None, call: CallRecord) -> dict:
-    """An external call's event."""
+def call_event(order_id: int | None, call) -> dict:
+    """An external call's event; `call` is a `portal.http.CallRecord` (not imported: the store
+    sits below the HTTP clients)."""
     outcome = call.status if call.status is not None else call.error
     return event(
         order_id,
@@ -59,7 +59,7 @@ def record(
     write(event(order_id, kind, message, detail, duration_ms), session)
 
 
-def record_call(order_id: int, call: CallRecord) -> None:
+def record_call(order_id: int, call) -> None:
     """An external call's event, on its own (a call that rides with a state change goes in
     `portal.orders.move`'s `before`)."""
     write(call_event(order_id, call))
