@@ -64,14 +64,18 @@ def _first(statement, params: dict) -> Order | None:
 
 
 @contextmanager
-def _writing(session) -> Iterator:
+def _writing(session, *, one_statement: bool = False) -> Iterator:
     """The caller's transaction (an ORM session or a Core connection), else one of our own
-    that commits at the end of the block."""
+    that commits at the end of the block. A write of `one_statement` is atomic on its own:
+    on PostgreSQL it commits as it runs (`db.statements`), without BEGIN and COMMIT."""
     if session is not None:
         yield session
-        return
-    with db.engine.begin() as connection:
-        yield connection
+    elif one_statement:
+        with db.statements() as connection:
+            yield connection
+    else:
+        with db.engine.begin() as connection:
+            yield connection
 
 
 # --- reads ----------------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def update(order: Order, *, session=None, where=None, **values) -> Order | None:
         .values(**{"updated_at": utcnow(), **values})
         .returning(*_COLUMNS)
     )
-    with _writing(session) as connection:
+    with _writing(session, one_statement=True) as connection:
         return _order(connection.execute(statement).mappings().first())
 
 
