@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from portal import jobs, mail, orders, outbound, receipts
 from portal.checkout import sync_session
 from portal.db import db
@@ -148,18 +146,14 @@ def run_expire_sweep(services, job) -> None:
     after_id = 0
     failures = 0
     while True:
-        with db.reader() as session:
-            stale = session.scalars(
-                select(Order)
-                .where(
-                    Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
-                    Order.stripe_session_expires_at < cutoff,
-                    Order.stripe_session_id.is_not(None),
-                    Order.id > after_id,
-                )
-                .order_by(Order.id)
-                .limit(SWEEP_BATCH)
-            ).all()
+        stale = orders.where(
+            Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
+            Order.stripe_session_expires_at < cutoff,
+            Order.stripe_session_id.is_not(None),
+            Order.id > after_id,
+            order_by=Order.id,
+            limit=SWEEP_BATCH,
+        )
         for order in stale:
             after_id = order.id
             try:

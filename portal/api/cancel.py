@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from portal import checkout, jobs, orders, refunds
 from portal.api.errors import ApiError
 from portal.api.orders import (
@@ -149,23 +147,18 @@ def run_expiry(services, job) -> None:
     settings = services.settings
     now = utcnow()
     failures = 0
-    with db.reader() as session:
-        unpaid = session.scalars(
-            select(Order).where(
-                Order.platform == PLATFORM,
-                Order.state.in_(UNPAID),
-                Order.created_at < now - timedelta(days=settings["PAY_LINK_DAYS"]),
-            )
-        ).all()
-        held = session.scalars(
-            select(Order).where(
-                Order.platform == PLATFORM,
-                Order.capture_method == "manual",
-                Order.state.in_(HELD),
-                Order.amount_captured_minor.is_(None),
-                Order.paid_at < now - timedelta(days=settings["AUTH_CAPTURE_DAYS"]),
-            )
-        ).all()
+    unpaid = orders.where(
+        Order.platform == PLATFORM,
+        Order.state.in_(UNPAID),
+        Order.created_at < now - timedelta(days=settings["PAY_LINK_DAYS"]),
+    )
+    held = orders.where(
+        Order.platform == PLATFORM,
+        Order.capture_method == "manual",
+        Order.state.in_(HELD),
+        Order.amount_captured_minor.is_(None),
+        Order.paid_at < now - timedelta(days=settings["AUTH_CAPTURE_DAYS"]),
+    )
     for order in unpaid:
         orders.update(order, platform_data={**(order.platform_data or {}), "expired": True})
         try:

@@ -10,6 +10,7 @@ Reads (each answers a new `Order` of the caller's own, made from the row as read
 - `find_for_learner(platform, learner_key)`: the learner's current order for the same purchase.
 - `find_for_session(stripe_session)`: the order a Checkout Session belongs to, or None.
 - `find_for_payment_intent(payment_intent)`: the order a PaymentIntent paid, or None.
+- `where(*conditions, order_by=, limit=)`: the orders a sweeping job looks at.
 - `view(reference)`: the read for learner pages that only show an order; may be served from
   this process's kept orders while the row has not changed (`cache`), and carries the row's
   `row_version` for the page cache. Raises `NotFound`.
@@ -46,6 +47,7 @@ from portal.orders.store import (
     refresh,
     update,
     view,
+    where,
 )
 
 __all__ = [
@@ -66,4 +68,5 @@ __all__ = [
     "timeline",
     "update",
     "view",
+    "where",
 ]

@@ -127,6 +127,18 @@ def find_for_payment_intent(payment_intent: str) -> Order | None:
     return _first(_BY_PAYMENT_INTENT, {"payment_intent": payment_intent})
 
 
+def where(*conditions, order_by=None, limit: int | None = None) -> list[Order]:
+    """The orders that meet `conditions` (expressions on `Order`'s columns), for the jobs that
+    sweep many: each a new `Order` of the caller's own."""
+    statement = select(*_COLUMNS).where(*conditions)
+    if order_by is not None:
+        statement = statement.order_by(order_by)
+    if limit is not None:
+        statement = statement.limit(limit)
+    with db.statements() as connection:
+        return [Order(**row) for row in connection.execute(statement).mappings()]
+
+
 def view(reference: str) -> Order:
     """The order for a learner page that only shows it (the review page). On PostgreSQL it may
     come from this process's kept orders (`portal.orders.cache`) while its row has not changed;
