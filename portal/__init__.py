@@ -170,6 +170,7 @@ def create_app(config: dict | None = None) -> Flask:
         errors,
         fulfilment,
         jobs,
+        orders,
         refunds,
         views,
         webhooks,
@@ -181,7 +182,7 @@ def create_app(config: dict | None = None) -> Flask:
         jobs.register(kind, job.run, give_up=job.give_up, every_seconds=job.every_seconds)
 
     app.extensions["portal"] = build_services(settings)
-    checkout.init_app(app)  # the orders learner pages showed last, by row version
+    orders.init_app(app)  # the orders learner pages showed last, by row version
     csrf.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)

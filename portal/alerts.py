@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from portal import jobs, outbound, timeline
+from portal import jobs, outbound
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Order
+from portal.orders import timeline
 
 log = logging.getLogger("portal.alerts")
 

@@ -123,10 +123,10 @@ class Database:
             self.engine.dispose()
 
     def order_changes(self):
-        """This process's `portal.order_changes.ChangeListener` (PostgreSQL only, else None),
+        """This process's `portal.orders.changes.ChangeListener` (PostgreSQL only, else None),
         made on first use; its thread starts with its first subscriber."""
         if self._changes is None and self.is_postgres:
-            from portal.order_changes import ChangeListener
+            from portal.orders.changes import ChangeListener
 
             with self._changes_lock:
                 if self._changes is None:

@@ -10,12 +10,13 @@ Events that arrive twice, or closed before created, change nothing the second ti
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal import alerts, jobs, refunds, timeline
+from portal import alerts, jobs, orders, refunds
 from portal.db import db
 from portal.models import Dispute, Order, utcnow
+from portal.orders import timeline
 
 WON = frozenset({"won", "warning_closed", "prevented"})
 
@@ -49,7 +50,7 @@ def _row(session, order: Order, obj: dict) -> tuple[Dispute, bool]:
 
 
 def _lock(session, order_id: int) -> Order:
-    return refunds.lock_order(session, order_id)
+    return orders.lock(session, order_id)
 
 
 def _queue(session, order: Order, row: Dispute, stage: str) -> None:
@@ -85,7 +86,7 @@ def _opened(order: Order, obj: dict, event_id: str) -> str:
         row, new = _row(session, order, obj)
         if not new:
             return "dispute already recorded"
-        session.execute(update(Order).where(Order.id == order.id).values(disputed=True))
+        orders.update(order, session=session, disputed=True)
         amount = refunds.money(order, row.amount_minor)
         alerts.raise_alert(
             session,
@@ -119,7 +120,7 @@ def _closed(order: Order, obj: dict, event_id: str) -> str:
         row.status = status[:32]
         row.outcome = outcome
         row.closed_at = utcnow()
-        session.execute(update(Order).where(Order.id == order.id).values(disputed=False))
+        orders.update(order, session=session, disputed=False)
         timeline.record(
             order.id,
             "payment",
@@ -161,8 +162,8 @@ def for_order(order_id: int) -> list[Dispute]:
 
 
 def run_platform_dispute(services, job) -> None:
+    order = orders.by_id(job.order_id)
     with db.reader() as session:
-        order = session.get(Order, job.order_id)
         row = session.scalar(select(Dispute).where(Dispute.stripe_id == job.payload["dispute"]))
     if order is None or row is None:
         return
@@ -174,8 +175,7 @@ def run_platform_dispute(services, job) -> None:
 
 
 def give_up_platform_dispute(services, job, error: str) -> None:
-    with db.reader() as session:
-        order = session.get(Order, job.order_id)
+    order = orders.by_id(job.order_id)
     if order is None:
         return
     # The operator already has the dispute's own alert; this one says the platform is behind.

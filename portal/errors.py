@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from portal import i18n
+from portal import checkout, i18n, orders
 from portal.checkout import CheckoutError
 from portal.db import db
 from portal.i18n import N_
@@ -160,6 +160,10 @@ def init_app(app) -> None:
     @app.errorhandler(CheckoutError)
     def checkout_error(error: CheckoutError):
         return render_error(error.status, error.title, error.message, error.back_url)
+
+    @app.errorhandler(orders.NotFound)
+    def order_not_found(_error: orders.NotFound):
+        return checkout_error(checkout.order_not_found())
 
     @app.errorhandler(MoneyError)
     def money_error(error: MoneyError):

@@ -8,13 +8,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
-
-from portal import jobs, mail, outbound, receipts, timeline
-from portal.checkout import reload, sync_session, transition
+from portal import jobs, mail, orders, outbound, receipts
+from portal.checkout import sync_session
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Order, OrderState, utcnow
+from portal.orders import timeline
 
 log = logging.getLogger("portal.fulfilment")
 
@@ -45,9 +44,8 @@ def alert(services, order: Order, message: str) -> None:
             log.exception("alert webhook failed", extra={"order_id": order.id})
 
 
-def _order(job) -> Order:
-    with db.reader() as session:
-        return session.get(Order, job.order_id)
+def _order(job) -> Order | None:
+    return orders.by_id(job.order_id)
 
 
 def run_fulfil(services, job) -> None:
@@ -72,10 +70,8 @@ def run_fulfil(services, job) -> None:
             values["redirect_url"] = redirect
         # Part of the payment went back before the platform confirmed (a refund in Stripe's
         # dashboard): the learner has the purchase, and the order says part was refunded.
-        fulfilled = (
-            OrderState.PARTIALLY_REFUNDED if order.amount_refunded_minor else OrderState.FULFILLED
-        )
-        if transition(session, order.id, OrderState.PAID, fulfilled, **values):
+        fulfilled = "fulfilled_after_refund" if order.amount_refunded_minor else "fulfilled"
+        if orders.move(order, fulfilled, session=session, **values):
             timeline.record(
                 order.id,
                 "job",
@@ -95,14 +91,11 @@ def run_fulfil(services, job) -> None:
 
 def give_up_fulfil(services, job, error: str) -> None:
     order = _order(job)
-    with db.transaction() as session:
-        moved = transition(
-            session, order.id, OrderState.PAID, OrderState.FULFIL_FAILED, failure_reason=error
-        )
+    moved = orders.move(order, "fulfil_failed", failure_reason=error)
     if moved:
         alert(
             services,
-            reload(order),
+            moved,
             f"paid but not fulfilled after {job.attempts} attempts: {error}",
         )
 
@@ -113,8 +106,7 @@ def run_cancel(services, job) -> None:
         return
     outcome = services.platform(order.platform).cancel(order)
     if outcome.redirect_url and services.allowed_redirect(outcome.redirect_url):
-        with db.transaction() as session:
-            session.get(Order, order.id).redirect_url = outcome.redirect_url
+        orders.update(order, redirect_url=outcome.redirect_url)
     timeline.record(order.id, "job", outcome.note or "platform told: cancelled", outcome.detail)
 
 
@@ -154,18 +146,14 @@ def run_expire_sweep(services, job) -> None:
     after_id = 0
     failures = 0
     while True:
-        with db.reader() as session:
-            stale = session.scalars(
-                select(Order)
-                .where(
-                    Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
-                    Order.stripe_session_expires_at < cutoff,
-                    Order.stripe_session_id.is_not(None),
-                    Order.id > after_id,
-                )
-                .order_by(Order.id)
-                .limit(SWEEP_BATCH)
-            ).all()
+        stale = orders.where(
+            Order.state.in_([OrderState.PAYING, OrderState.PROCESSING]),
+            Order.stripe_session_expires_at < cutoff,
+            Order.stripe_session_id.is_not(None),
+            Order.id > after_id,
+            order_by=Order.id,
+            limit=SWEEP_BATCH,
+        )
         for order in stale:
             after_id = order.id
             try:
@@ -212,10 +200,11 @@ def reconcile(services, since_hours: float = 48.0) -> ReconcileReport:
     since = int(time.time() - since_hours * 3600)
     for stripe_session in services.stripe.list_sessions(since):
         report.sessions += 1
-        with db.reader() as session:
-            before = session.scalar(
-                select(Order).where(Order.reference == stripe_session.get("client_reference_id"))
-            )
+        reference = stripe_session.get("client_reference_id")
+        try:
+            before = orders.get(reference) if reference else None
+        except orders.NotFound:
+            before = None
         if before is None:
             report.not_ours += 1
             continue

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
 
-from portal import i18n, jobs, timeline
+from portal import i18n, jobs
 from portal.branding.brands import header_safe
 from portal.branding.render import email_brand, render_learner_email
 from portal.db import db
@@ -32,6 +32,7 @@ from portal.fulfilment import alert
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.models import ApiKey, BrandAssignment, Order, utcnow
+from portal.orders import timeline
 
 SUBJECTS = {
     "pay_link": N_("%(brand)s: your order is ready to pay"),

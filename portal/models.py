@@ -146,6 +146,15 @@ class Order(Base):
     redirect_url: Mapped[str | None] = mapped_column(Text)
     failure_reason: Mapped[str | None] = mapped_column(Text)
 
+    # A merchant order (portal/api) belongs to the API key that created it, and may be authorised
+    # now and captured later; the other platforms leave these empty.
+    merchant_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
+    capture_method: Mapped[str | None] = mapped_column(String(16))  # automatic | manual
+    amount_authorized_minor: Mapped[int | None] = mapped_column(BigInteger)  # held, not captured
+    amount_captured_minor: Mapped[int | None] = mapped_column(BigInteger)
+
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -346,14 +355,6 @@ class LoginAttempt(Base):
 
 
 # --- the merchant API (portal/api) and pay-by-link -----------------------------------------------
-
-# A merchant order belongs to the API key that created it; the other platforms leave these empty.
-Order.merchant_key_id = mapped_column(
-    ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True, index=True
-)
-Order.capture_method = mapped_column(String(16), nullable=True)  # automatic | manual
-Order.amount_authorized_minor = mapped_column(BigInteger, nullable=True)  # held, not captured
-Order.amount_captured_minor = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(Base):

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from portal import timeline
 from portal.branding.brands import find_brand_and_name
 from portal.db import db
 from portal.models import Order, OrderEvent
+from portal.orders import timeline
 
 log = logging.getLogger("portal.recovery")
 

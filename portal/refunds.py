@@ -17,29 +17,21 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal import alerts, jobs, mail, receipts, timeline
-from portal.checkout import transition
+from portal import alerts, jobs, mail, orders, receipts
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Order, OrderState, Refund, utcnow
 from portal.money import format_money
+from portal.orders import states, timeline
 
 log = logging.getLogger("portal.refunds")
 
-# A refund is possible once the money is in (even before the platform confirmed: refunding a paid,
-# unfulfilled order in full stops its fulfilment).
-REFUNDABLE = (
-    OrderState.PAID,
-    OrderState.FULFILLED,
-    OrderState.FULFIL_FAILED,
-    OrderState.PARTIALLY_REFUNDED,
-)
-# A partial refund leaves the learner enrolled: only for an order the platform has confirmed.
-# (A paid order still waiting for the platform would never be fulfilled once it left `paid`.)
-PARTIALLY_REFUNDABLE = (OrderState.FULFILLED, OrderState.PARTIALLY_REFUNDED)
+# Which states a refund (in full, or in part) may start from: beside the state machine.
+REFUNDABLE = states.REFUNDABLE
+PARTIALLY_REFUNDABLE = states.PARTIALLY_REFUNDABLE
 # Metadata a refund carries when the platform asked for it and is told by its own job.
 PLATFORM_TOLD = "portal_platform_told"
 # Metadata a refund asked for with a client's idempotency key carries: the key, so a retry that
@@ -217,7 +209,7 @@ def record_in(
     """`record` inside the caller's transaction."""
     refund_id = str(stripe_refund["id"])
     amount = int(stripe_refund.get("amount") or 0)
-    order = lock_order(session, order_id)
+    order = orders.lock(session, order_id)
     already = (order.amount_refunded_minor or 0) if order is not None else 0
     existing = session.scalar(select(Refund).where(Refund.stripe_id == refund_id))
     if existing is not None or order is None:
@@ -248,20 +240,11 @@ def record_in(
         OrderState.PAID,
         OrderState.FULFIL_FAILED,
     )
-    if keeps_state or not transition(
-        session,
-        order.id,
-        (*REFUNDABLE, OrderState.REFUNDED),
-        new_state,
-        amount_refunded_minor=total,
-    ):
+    event = "refund_fully" if new_state == OrderState.REFUNDED else "refund_partly"
+    if keeps_state or not orders.move(order, event, session=session, amount_refunded_minor=total):
         # Not a paid order (a refund on an order the portal never saw paid): keep the money's
         # record, leave the state alone.
-        session.execute(
-            update(Order)
-            .where(Order.id == order.id)
-            .values(amount_refunded_minor=total, updated_at=utcnow())
-        )
+        orders.update(order, session=session, amount_refunded_minor=total)
         new_state = order.state
     timeline.record(
         order.id,
@@ -297,16 +280,6 @@ def record_in(
     return Recorded(refund_id, amount, total, str(new_state), True, job_key)
 
 
-def lock_order(session, order_id: int) -> Order | None:
-    """The order, locked for the rest of the transaction: every recording of the same order's
-    money, whoever makes it, waits for the one before. A write comes first, so that SQLite
-    (which has no row locks) takes its write lock before anything is read."""
-    session.execute(update(Order).where(Order.id == order_id).values(updated_at=Order.updated_at))
-    return session.scalar(
-        select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
-    )
-
-
 def _created(stripe_refund: dict) -> datetime:
     created = stripe_refund.get("created")
     if isinstance(created, int | float) and created > 0:
@@ -325,8 +298,7 @@ def for_order(order_id: int) -> list[Refund]:
 
 
 def _order(job) -> Order | None:
-    with db.reader() as session:
-        return session.get(Order, job.order_id)
+    return orders.by_id(job.order_id)
 
 
 def run_platform_refund(services, job) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from portal.orders.timeline import record_call
 from portal.platforms import Platform, build_platforms
 from portal.stripe_gateway import StripeGateway
-from portal.timeline import record_call
 from portal.urls import UnsafeUrl, check_url
 
 

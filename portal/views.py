@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from portal import checkout, i18n, receipts
+from portal import checkout, i18n, orders, receipts
 from portal.branding.render import render_learner
 from portal.db import db
 from portal.models import Order, OrderState
@@ -107,7 +107,7 @@ def _follow(next_step: checkout.Next):
 
 @bp.get("/orders/<reference>")
 def review(reference):
-    order = checkout.view_order(_reference(reference))
+    order = orders.view(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     return render_order_review(order)
@@ -118,7 +118,7 @@ def cancelled(reference):
     """Stripe's cancel_url: the learner chose "back" on the payment page. For a platform whose
     customers go straight back to it (the merchant API's cancel_url), the order is cancelled and
     the customer sent on at once; otherwise the review page is shown again."""
-    order = checkout.view_order(_reference(reference))
+    order = orders.view(_reference(reference))
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:
         return show_order(order)
     if services().platform(order.platform).back_leaves(order):

@@ -17,10 +17,11 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from portal import checkout, disputes, jsonlimits, recovery, refunds, timeline
+from portal import checkout, disputes, jsonlimits, orders, recovery, refunds
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Order, StripeEvent, utcnow
+from portal.orders import timeline
 
 log = logging.getLogger("portal.webhooks")
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -116,8 +117,7 @@ def _remember(event, order_id: int | None) -> None:
 def _order_by_payment_intent(payment_intent: str | None) -> Order | None:
     if not payment_intent:
         return None
-    with db.reader() as session:
-        return session.scalar(select(Order).where(Order.stripe_payment_intent_id == payment_intent))
+    return orders.find_for_payment_intent(payment_intent)
 
 
 def handle_event(services, event) -> tuple[str, int | None]:
@@ -129,7 +129,7 @@ def handle_event(services, event) -> tuple[str, int | None]:
         # Ours? (The order row exists before its Checkout Session is created, so this holds even
         # while the order's own commit of the session id is still on its way.) Sessions of other
         # integrations on the same Stripe account are ignored without asking Stripe about them.
-        if checkout.order_for_session(obj) is None:
+        if orders.find_for_session(obj) is None:
             return "ignored: not our session", None
         stripe_session = services.stripe.retrieve_session(obj["id"])
         order = None

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 import pytest
 from sqlalchemy import update
 
-from portal.api import orders as api_orders
+from portal.api import cancel as api_orders
 from portal.db import db
 from portal.models import Order, OrderState, utcnow
 from tests.api_support import (

@@ -10,6 +10,7 @@ import re
 import pytest
 import requests
 
+from portal import orders
 from portal.api import keys
 from portal.db import db
 from portal.models import ApiKey
@@ -152,10 +153,9 @@ def test_promotion_codes_on_stripes_page_are_a_discount_not_an_amount_mismatch(s
     with server.app.app_context():
         from sqlalchemy import select
 
-        from portal.checkout import load_order
         from portal.models import OrderEvent
 
-        stored = load_order(session["order"]["id"])
+        stored = orders.get(session["order"]["id"])
         with db.reader() as db_session:
             alerts = db_session.scalars(
                 select(OrderEvent).where(

@@ -15,10 +15,11 @@ import requests
 from sqlalchemy import func, select
 
 from portal import ConfigError
-from portal.checkout import find_order, reload
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import Job, JobState, OrderEvent, OrderState
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from portal.platforms.cleeng.client import SIGNATURE_HEADER
 from portal.platforms.cleeng.models import CleengCustomer, CleengPayment
 from portal.platforms.cleeng.webhooks import signature

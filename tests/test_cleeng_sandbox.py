@@ -13,10 +13,10 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 
-from portal.checkout import find_order
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import OrderState
+from portal.orders import find as find_order
 
 CARD = {"email": "ada@example.com", "expiry": "12/30", "cvc": "123", "name": "Ada Lovelace"}
 

@@ -251,9 +251,9 @@ def versions_app(make_app):
 
 
 def kept_orders(app):
-    from portal.checkout import KEPT_ORDERS_EXTENSION
+    from portal.orders.cache import EXTENSION
 
-    return app.extensions[KEPT_ORDERS_EXTENSION]
+    return app.extensions[EXTENSION]
 
 
 def postgres_only(database_url):
@@ -291,16 +291,16 @@ def test_each_page_gets_an_order_of_its_own(versions_app, database_url):
     """The kept columns are immutable and every page makes its own Order from them: a change
     to one page's object reaches no other request."""
     postgres_only(database_url)
-    from portal import checkout
+    from portal import orders
 
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
     with versions_app.test_request_context():
-        one = checkout.view_order(order.reference)
-        two = checkout.view_order(order.reference)
+        one = orders.view(order.reference)
+        two = orders.view(order.reference)
         assert one is not two
         one.description = "changed in one request"
         assert two.description == "Introduction to Python"
-        assert checkout.view_order(order.reference).description == "Introduction to Python"
+        assert orders.view(order.reference).description == "Introduction to Python"
         kept = kept_orders(versions_app).get(order.reference, two.row_version)
         with pytest.raises(TypeError):
             kept["description"] = "changed"
@@ -340,7 +340,7 @@ def test_an_unknown_reference_is_still_a_404(versions_app, database_url):
 
 
 def test_a_kept_order_is_used_only_for_its_own_version():
-    from portal.checkout import KeptOrders
+    from portal.orders.cache import KeptOrders
 
     kept = KeptOrders(size=2)
     first, second, third = {"description": "1"}, {"description": "2"}, {"description": "3"}
@@ -377,7 +377,7 @@ def test_reads_leave_no_transaction_open_on_postgresql(app, database_url):
 
 def test_a_single_write_commits_as_it_runs(app, database_url):
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    from portal import timeline
+    from portal.orders import timeline
 
     timeline.record(order.id, "note", "kept without a transaction of its own")
     with db.reader() as session:
@@ -388,7 +388,7 @@ def test_a_single_write_commits_as_it_runs(app, database_url):
 def test_an_event_recorded_in_a_transaction_goes_with_it(app):
     """timeline.record sends its INSERT at once (no unit of work), but inside a transaction it
     still commits or rolls back with the state change it describes."""
-    from portal import timeline
+    from portal.orders import timeline
 
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
 
@@ -503,16 +503,17 @@ def test_with_a_proxy_requests_works_it_out_per_call(monkeypatch):
 
 
 def test_find_order_gives_the_same_order_as_the_orm_load(app):
-    """Entry pages look up the purchase's order (checkout.find_order): every column as the
-    review page loads it, and None for a purchase without one."""
-    from portal import checkout
+    """Entry pages look up the purchase's order (orders.find): every column as an ORM session
+    loads it, and None for a purchase without one."""
+    from portal import orders
 
     made = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    loaded = checkout.load_order(made.reference)
-    found = checkout.find_order(made.platform, made.platform_ref)
+    with db.reader() as session:
+        loaded = session.get(Order, made.id)
+    found = orders.find(made.platform, made.platform_ref)
     columns = [column.key for column in Order.__table__.columns]
     assert {name: getattr(found, name) for name in columns} == {
         name: getattr(loaded, name) for name in columns
     }
-    assert checkout.find_order(made.platform, "no-such-purchase") is None
-    assert checkout.find_order("openlearning", made.platform_ref) is None  # another platform's
+    assert orders.find(made.platform, "no-such-purchase") is None
+    assert orders.find("openlearning", made.platform_ref) is None  # another platform's

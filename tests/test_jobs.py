@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from portal import checkout, fulfilment, jobs
+from portal import checkout, fulfilment, jobs, orders
 from portal.checkout import OrderDraft
 from portal.db import db
 from portal.jobs import Worker, backoff_seconds, claim_due, claim_one, run_inline, run_job
@@ -48,11 +48,10 @@ def new_order(platform_ref: str = "p1abc", session_id: str = "cs_test_1", **valu
         )
     )
     with db.transaction() as session:
-        checkout.transition(
-            session,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
+        orders.move(
+            order,
+            "pay",
+            session=session,
             **{
                 "stripe_session_id": session_id,
                 "session_attempt": 1,
@@ -60,7 +59,7 @@ def new_order(platform_ref: str = "p1abc", session_id: str = "cs_test_1", **valu
                 **values,
             },
         )
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def stripe_session(order: Order, **fields) -> dict:
@@ -88,7 +87,7 @@ def paid_order(app, platform_ref: str = "p1abc") -> Order:
     assert checkout.record_payment(
         app.extensions["portal"], order, stripe_session(order), source="test"
     )
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def job_for(key: str) -> Job:
@@ -97,7 +96,7 @@ def job_for(key: str) -> Job:
 
 
 def state_of(order: Order) -> str:
-    return checkout.reload(order).state
+    return orders.refresh(order).state
 
 
 def fulfil_calls(mocked) -> list:
@@ -178,7 +177,7 @@ def test_permanent_platform_error_stops_at_once_and_alerts(make_app, mocked, no_
     with caplog.at_level(logging.ERROR):
         run_worker(app)
     assert len(fulfil_calls(mocked)) == 1
-    row = checkout.reload(order)
+    row = orders.refresh(order)
     assert row.state == OrderState.FULFIL_FAILED
     assert "HTTP 400" in row.failure_reason
     job = job_for(f"fulfil:{order.id}")
@@ -261,7 +260,7 @@ def test_already_success_on_retry_counts_as_success_without_a_second_fulfil_call
     purchase_state(mocked, "SUCCESS")
     drain(app, f"fulfil:{order.id}")
     assert len(fulfil_calls(mocked)) == 1
-    row = checkout.reload(order)
+    row = orders.refresh(order)
     assert row.state == OrderState.FULFILLED
     with db.reader() as session:
         notes = session.scalars(
@@ -534,7 +533,7 @@ def test_expiry_sweep_expires_stale_orders_and_the_next_visit_starts_a_fresh_ses
     assert response.headers["Location"] == "https://checkout.stripe.test/c/pay/cs_new"
     create = [c.request for c in mocked.calls if c.request.method == "POST"][-1]
     assert create.headers["Idempotency-Key"] == f"{order.reference}-attempt-2"
-    row = checkout.reload(order)
+    row = orders.refresh(order)
     assert (row.state, row.stripe_session_id) == (OrderState.PAYING, "cs_new")
 
 
@@ -574,7 +573,7 @@ def test_reconcile_repairs_a_paid_session_whose_order_was_never_marked_paid(app,
     listing = next(c.request for c in mocked.calls if c.request.url.startswith(SESSIONS_URL))
     gte = int(parse_qs(urlsplit(listing.url).query)["created[gte]"][0])
     assert abs(gte - (time.time() - 48 * 3600)) < 60
-    row = checkout.reload(lost)
+    row = orders.refresh(lost)
     assert (row.state, row.amount_paid_minor, row.stripe_payment_intent_id) == (
         OrderState.PAID,
         7840,

@@ -21,11 +21,12 @@ from werkzeug.serving import make_server
 from portal import refunds
 from portal.admin import operations, queries
 from portal.admin.audit import Actor
-from portal.checkout import find_order, reload
 from portal.db import db
 from portal.jobs import Worker
 from portal.models import Job, JobState, OrderState, utcnow
 from portal.money import to_decimal
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from portal.sandbox import stripe_api
 from tests.admin_support import buy_in_sandbox
 from tests.conftest import free_port

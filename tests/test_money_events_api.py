@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from portal import checkout
-from portal.api import orders as api_orders
+from portal import orders
+from portal.api import cancel as api_orders
 from portal.db import db
 from portal.models import Order, OrderState, utcnow
 from portal.sandbox.stripe_api import build_event, sign
@@ -69,12 +69,8 @@ def test_a_delayed_payment_that_fails_sends_order_payment_failed(
     order = api.post("/checkout-sessions", session_body()).json["order"]
     row = order_row(order["id"])
     with db.transaction() as session:
-        assert checkout.transition(
-            session,
-            row.id,
-            OrderState.OPEN,
-            OrderState.PROCESSING,
-            stripe_session_id="cs_test_bank",
+        assert orders.move(
+            row, "complete_unpaid", session=session, stripe_session_id="cs_test_bank"
         )
     stripe_session = {
         "id": "cs_test_bank",

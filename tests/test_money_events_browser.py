@@ -13,8 +13,8 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from portal.checkout import find_order
 from portal.jobs import Worker
+from portal.orders import find as find_order
 from tests.admin_support import PASSWORD, buy_in_sandbox
 from tests.test_admin_browser import chromium, sign_in  # noqa: F401 - the fixture
 from tests.test_browser import SCREENSHOTS

@@ -949,16 +949,17 @@ def test_two_join_now_at_once_make_one_order(app, monkeypatch):
     """The second post looked before the first one's order was committed: the database's unique
     index on the learner's payable order refuses the second insert, and it shows the first."""
     from portal import checkout
+    from portal import orders as store
 
     first = checkout.open_order(learner_draft("jti-1"))
-    real = checkout.find_learner_order
+    real = store.find_for_learner
     looks = []
 
     def raced(platform, key):
         looks.append(key)
         return None if len(looks) == 1 else real(platform, key)
 
-    monkeypatch.setattr(checkout, "find_learner_order", raced)
+    monkeypatch.setattr(store, "find_for_learner", raced)
     second = checkout.open_order(learner_draft("jti-2"))
     assert second.id == first.id
     assert len(looks) == 2

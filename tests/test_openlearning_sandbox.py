@@ -13,9 +13,10 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from portal.checkout import find_order, reload
 from portal.jobs import Worker
 from portal.models import OrderState
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from portal.sandbox.openlearning_api import COURSES
 
 CARD = {"email": "ada@example.com", "card_number": "4242424242424242", "expiry": "12/30"}

@@ -1,4 +1,4 @@
-"""Order change notifications (portal.order_changes, migration 0007): a trigger NOTIFYs every
+"""Order change notifications (portal.orders.changes, migration 0007): a trigger NOTIFYs every
 change to an order as it commits, each process listens, and the review page shows a kept order
 without asking the database until a change is heard. When the listener cannot be trusted (it is
 connecting, its connection was lost, its probe does not come back), pages ask for each order's
@@ -13,10 +13,11 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from portal.checkout import KEPT_ORDERS_EXTENSION, KeptOrders
 from portal.db import db, make_engine, normalise_url
 from portal.models import Order, OrderState
-from portal.order_changes import CHANNEL, ChangeListener
+from portal.orders.cache import EXTENSION as KEPT_ORDERS_EXTENSION
+from portal.orders.cache import KeptOrders
+from portal.orders.changes import CHANNEL, ChangeListener
 from tests.admin_support import make_order
 
 

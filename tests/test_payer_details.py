@@ -11,9 +11,10 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from portal.checkout import find_order, reload
 from portal.db import db
 from portal.models import Order, OrderState, utcnow
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from portal.sandbox.stripe_api import build_event
 from tests.admin_support import make_order, make_user, sign_in
 from tests.test_openlearning_sandbox import join, pay

@@ -13,12 +13,13 @@ from urllib.parse import parse_qsl
 import pytest
 from sqlalchemy import select, update
 
-from portal import mail
-from portal.api import orders as api_orders
-from portal.checkout import find_order, reload
+from portal import mail, orders
+from portal.api import cancel as api_orders
 from portal.config import ConfigError
 from portal.db import db
-from portal.models import ApiKey, Job, Order, OrderState, utcnow
+from portal.models import ApiKey, Job, Order, utcnow
+from portal.orders import find as find_order
+from portal.orders import refresh as reload
 from tests.admin_support import buy_in_sandbox
 from tests.api_support import ApiClient, make_key, order_row, run_queued, session_body
 from tests.conftest import SKILLJAR_BASE, STRIPE_BASE
@@ -182,9 +183,7 @@ def test_a_failed_delayed_payment_queues_its_email(app, api, mocked):
     order = api.post("/checkout-sessions", session_body()).json["order"]
     row = order_row(order["id"])
     with db.transaction() as session:
-        checkout.transition(
-            session, row.id, OrderState.OPEN, OrderState.PROCESSING, stripe_session_id="cs_1"
-        )
+        orders.move(row, "complete_unpaid", session=session, stripe_session_id="cs_1")
     checkout.payment_failed(
         app.extensions["portal"],
         {"id": "cs_1", "client_reference_id": order["id"]},

@@ -15,7 +15,7 @@ import responses
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from portal import checkout
+from portal import orders
 from portal.db import db
 from portal.models import Job, Order, OrderEvent, OrderState
 from tests.conftest import SKILLJAR_BASE, STRIPE_BASE
@@ -202,7 +202,7 @@ def test_the_create_call_stays_in_the_timeline_when_its_transaction_fails(
     def lost_database(*args, **kwargs):
         raise OperationalError("UPDATE orders", {}, Exception("connection lost"))
 
-    monkeypatch.setattr(checkout, "transition", lost_database)
+    monkeypatch.setattr(orders, "move", lost_database)
     response = pay(client, mocked, review.text, checkout_session)
     assert response.status_code == 503
     assert "Traceback" not in response.text
@@ -647,7 +647,7 @@ def test_unexpected_error_is_a_branded_500_without_traceback(client, monkeypatch
     def explode(*_args, **_kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(skilljar, "find_order", explode)
+    monkeypatch.setattr(skilljar.orders, "find", explode)
     with responses.RequestsMock():
         response = client.get("/skilljar/checkout?purchase_id=p1abc")
     assert response.status_code == 500

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from portal.checkout import find_order
 from portal.models import OrderState
+from portal.orders import find as find_order
 from portal.sandbox.skilljar_api import new_purchase
 from portal.stripe_gateway import CheckoutRequest, Lines, product_lines
 

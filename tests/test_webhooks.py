@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from portal import checkout
+from portal import checkout, orders
 from portal.checkout import OrderDraft
 from portal.db import db
 from portal.jobs import Worker
@@ -47,20 +47,19 @@ def paying_order(platform_ref: str = "p1abc", session_id: str = "cs_test_1") -> 
         )
     )
     with db.transaction() as session:
-        assert checkout.transition(
-            session,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
+        assert orders.move(
+            order,
+            "pay",
+            session=session,
             stripe_session_id=session_id,
             stripe_session_url=f"https://checkout.stripe.test/c/pay/{session_id}",
             session_attempt=1,
         )
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def order_row(order: Order) -> Order:
-    return checkout.reload(order)
+    return orders.refresh(order)
 
 
 def count(model, *where) -> int:
@@ -596,7 +595,7 @@ def test_database_down_is_503_so_stripe_retries(client, mocked, checkout_session
 def test_database_locked_is_503(client, mocked, checkout_session, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from portal import checkout as core
+    from portal.checkout import sessions as core
 
     order = paying_order()
     mocked.get(SESSION_URL, json=paid(checkout_session, order))

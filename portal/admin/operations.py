@@ -16,23 +16,24 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal import checkout, jobs, refunds, timeline
+from portal import checkout, jobs, orders, refunds
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.admin.auth import hash_password, normalise_email, password_problem
 from portal.api import webhooks_out
-from portal.checkout import CheckoutError, transition
+from portal.checkout import CheckoutError
 from portal.db import db
 from portal.http import UpstreamError, redact_url
 from portal.models import JobState, Order, OrderState, Role, User, WebhookEndpoint, utcnow
 from portal.money import format_money
+from portal.orders import timeline
 from portal.platforms import Platform
 
 log = logging.getLogger("portal.admin")
 
-RETRYABLE = (OrderState.PAID, OrderState.FULFIL_FAILED)
-REFUNDABLE = refunds.REFUNDABLE  # one refund service: its rules, whoever asks
-CANCELLABLE = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
+# A paid order's fulfilment can be run again now; a fulfil_failed one goes back to paid first.
+RETRYABLE = (OrderState.PAID, *orders.states.MOVES["retry"].sources)
+CANCELLABLE = orders.states.MOVES["cancel"].sources
 
 
 class ActionRefused(Exception):
@@ -46,11 +47,10 @@ class ActionResult:
 
 
 def _order(reference: str) -> Order:
-    with db.reader() as session:
-        order = session.scalar(select(Order).where(Order.reference == reference))
-    if order is None:
-        raise ActionRefused("There is no such order.")
-    return order
+    try:
+        return orders.get(reference)
+    except orders.NotFound:
+        raise ActionRefused("There is no such order.") from None
 
 
 def _money(order: Order, amount_minor: int) -> str:
@@ -83,7 +83,7 @@ def _refuse(actor: Actor, action: str, order: Order | None, message: str, **deta
 def offers(order: Order) -> dict[str, bool]:
     """Which actions make sense for the order as it is now (the order page shows these)."""
     refundable = (
-        order.state in REFUNDABLE
+        order.state in refunds.REFUNDABLE
         and bool(order.stripe_payment_intent_id)
         and refunds.remaining_minor(order) > 0
     )
@@ -112,8 +112,8 @@ def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
         )
     key = f"fulfil:{order.id}"
     with db.transaction() as session:
-        if order.state == OrderState.FULFIL_FAILED and not transition(
-            session, order.id, OrderState.FULFIL_FAILED, OrderState.PAID, failure_reason=None
+        if order.state == OrderState.FULFIL_FAILED and not orders.move(
+            order, "retry", session=session, failure_reason=None
         ):
             raise ActionRefused("The order changed meanwhile: reload the page and look again.")
         jobs.enqueue(session, "fulfil", key, order_id=order.id)
@@ -129,7 +129,7 @@ def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
             session=session,
         )
     jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
-    after = checkout.reload(order)
+    after = orders.refresh(order)
     if after.state == OrderState.FULFILLED:
         return ActionResult(f"The platform confirmed order {order.reference}: it is fulfilled.")
     job = jobs.job_state(key)
@@ -243,7 +243,7 @@ def refund(
     if type(platform).refund is Platform.refund:
         return ActionResult(f"{message} {label} has no refund to be told about.")
     if job is not None and job.state == JobState.DONE:
-        after = checkout.reload(order)
+        after = orders.refresh(order)
         if refunds.alert_raised(after.id, recorded.refund_id):
             return ActionResult(
                 f"{message} {label} cannot take refunds: an operator must remove the "
@@ -287,7 +287,7 @@ def cancel(services, actor: Actor, reference: str, reason: str) -> ActionResult:
             detail={"reason": reason, "error": message},
         )
         raise ActionRefused(f"The order could not be cancelled: {message}") from exc
-    after = checkout.reload(order)
+    after = orders.refresh(order)
     ok = after.state == OrderState.CANCELLED
     with db.transaction() as session:
         if ok:
@@ -335,13 +335,7 @@ def resolve(services, actor: Actor, reference: str, reason: str) -> ActionResult
             reason=reason,
         )
     with db.transaction() as session:
-        moved = transition(
-            session,
-            order.id,
-            OrderState.FULFIL_FAILED,
-            OrderState.FULFILLED,
-            fulfilled_at=utcnow(),
-        )
+        moved = orders.move(order, "resolve", session=session, fulfilled_at=utcnow())
         if moved:
             _note(session, order, actor, "resolve", f"marked resolved: {reason}", reason=reason)
             audit.record(

@@ -1,8 +1,9 @@
-"""Merchant orders: checkout sessions (redirect or pay-by-link), capture on shipment, cancel,
-item changes before capture, refunds, and the expiry of unpaid links and uncaptured holds.
+"""Merchant orders: how the API shows an order, loading one for its key, and creating checkout
+sessions (redirect or pay-by-link). Capture and item changes are in `portal.api.capture`;
+cancel, refunds and the expiry job in `portal.api.cancel`.
 
 These functions never read `request`; the views pass the authenticated key and the validated
-body. Every state change is a compare-and-set through `portal.checkout.transition`, no Stripe
+body. Every state change is a move of the order store (`portal.orders.move`), no Stripe
 call happens inside a database transaction, and each change queues its outbound webhook in the
 same transaction that makes it.
 """
@@ -14,14 +15,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-
-from portal import checkout, jobs, mail, receipts, refunds, timeline
-from portal.api import webhooks_out
+from portal import jobs, mail, orders, refunds
 from portal.api.errors import ApiError, not_found
 from portal.db import db
 from portal.http import UpstreamError
-from portal.models import ApiKey, Order, OrderState, utcnow
+from portal.models import ApiKey, Order, OrderState
 from portal.money import MoneyError, normalise_currency
 from portal.urls import UnsafeUrl, check_url
 
@@ -29,14 +27,14 @@ log = logging.getLogger("portal.api")
 
 PLATFORM = "merchant"
 MAX_TOTAL = 99_999_999  # Stripe's largest amount for most currencies (eight digits)
-UNPAID = (OrderState.OPEN, OrderState.PAYING, OrderState.EXPIRED)
-HELD = (OrderState.PAID, OrderState.FULFILLED)  # authorised (manual capture) or paid
+UNPAID = orders.states.MOVES["cancel"].sources  # open, paying, expired
+HELD = orders.states.MOVES["void"].sources  # authorised (manual capture) or paid
 
 
 # --- how the API shows an order ----------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -103,9 +101,9 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
         "metadata": data.get("metadata", {}),
         "checkout_session": order.platform_ref,
         "url": settings["PUBLIC_URL"] + f"/orders/{order.reference}" if status == "open" else None,
-        "created": _iso(order.created_at),
-        "paid_at": _iso(order.paid_at),
-        "expires_at": _iso(expires_at(settings, order)),
+        "created": iso(order.created_at),
+        "paid_at": iso(order.paid_at),
+        "expires_at": iso(expires_at(settings, order)),
         "replaced_by": data.get("replaced_by"),
         "replaces": data.get("replaces"),
         "collected": collected(order),
@@ -132,7 +130,7 @@ def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> d
                 ),
                 "currency": currency,
                 "status": "authorized" if authorised_only else "succeeded",
-                "created": _iso(order.paid_at),
+                "created": iso(order.paid_at),
             }
         )
     body["payments"] = payments
@@ -142,7 +140,7 @@ def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> d
             "amount": refund.amount_minor,
             "currency": refund.currency.lower(),
             "status": refund.status,
-            "created": _iso(refund.created_at),
+            "created": iso(refund.created_at),
         }
         for refund in refunds.for_order(order.id)
     ]
@@ -171,15 +169,11 @@ def serialize_session(services, key: ApiKey, order: Order) -> dict:
 
 def load_for_key(key: ApiKey, reference: str, param: str = "id") -> Order:
     """The key's own order; another merchant's order is as missing as one that never was."""
-    with db.reader() as session:
-        order = session.scalar(
-            select(Order).where(
-                Order.reference == reference,
-                Order.platform == PLATFORM,
-                Order.merchant_key_id == key.id,
-            )
-        )
-    if order is None:
+    try:
+        order = orders.get(reference)
+    except orders.NotFound:
+        order = None
+    if order is None or order.platform != PLATFORM or order.merchant_key_id != key.id:
         raise not_found("order", param)
     return order
 
@@ -279,7 +273,7 @@ def create_checkout_session(services, key: ApiKey, body: dict) -> dict:
             "mode",
         )
     customer = body["customer"]
-    order = _open(
+    order = open_merchant_order(
         key,
         cart,
         currency,
@@ -308,34 +302,32 @@ def checkout_options(key: ApiKey, body: dict) -> dict:
     return {"checkout_options": options} if options else {}
 
 
-def _open(
+def open_merchant_order(
     key, cart: Basket, currency, *, customer, capture_method, platform_data, success_url
 ) -> Order:
     with db.transaction() as session:
-        order = Order(
-            platform=PLATFORM,
-            platform_ref="chs_" + secrets.token_urlsafe(18),
-            description=cart.description,
-            sku=cart.sku,
-            quantity=cart.quantity,
-            currency=currency,
-            amount_minor=cart.total_minor,
-            list_unit_minor=cart.unit_minor,
-            customer_email=customer["email"],
-            customer_name=customer.get("name"),
-            platform_data={"items": cart.items, **platform_data},
-            redirect_url=success_url,
-            merchant_key_id=key.id,
-            capture_method=capture_method,
-        )
-        session.add(order)
-        session.flush()
-        timeline.record(
-            order.id,
-            "state",
-            f"order opened through the merchant API ({key.prefix}, {platform_data['mode']})",
-            {"to": "open", "api_key": key.prefix},
+        order = orders.create(
+            {
+                "platform": PLATFORM,
+                "platform_ref": "chs_" + secrets.token_urlsafe(18),
+                "description": cart.description,
+                "sku": cart.sku,
+                "quantity": cart.quantity,
+                "currency": currency,
+                "amount_minor": cart.total_minor,
+                "list_unit_minor": cart.unit_minor,
+                "customer_email": customer["email"],
+                "customer_name": customer.get("name"),
+                "platform_data": {"items": cart.items, **platform_data},
+                "redirect_url": success_url,
+                "merchant_key_id": key.id,
+                "capture_method": capture_method,
+            },
             session=session,
+            message=(
+                f"order opened through the merchant API ({key.prefix}, {platform_data['mode']})"
+            ),
+            detail={"to": "open", "api_key": key.prefix},
         )
         if platform_data["mode"] == "link":
             mail.queue(
@@ -348,428 +340,18 @@ def _open(
     return order
 
 
-# --- capture, cancel -----------------------------------------------------------------------------
+# --- shared by capture and cancel ---------------------------------------------------------------
 
 
-def _settle_fulfilment(services, order: Order) -> Order:
+def settle_fulfilment(services, order: Order) -> Order:
     """A paid order whose `order.paid`/`order.authorized` is still being queued: let it finish."""
     if order.state == OrderState.PAID:
         jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
-        order = checkout.reload(order)
+        order = orders.refresh(order)
     return order
 
 
-def _upstream(exc: UpstreamError, what: str) -> ApiError:
+def upstream_error(exc: UpstreamError, what: str) -> ApiError:
     if exc.transient:
         return ApiError(503, "payment_provider_unavailable", f"{what}: try again shortly.")
     return ApiError(402, "payment_provider_refused", f"{what}: {exc}")
-
-
-def capture(services, key: ApiKey, reference: str, amount: int | None, request_key: str | None):
-    order = _settle_fulfilment(services, load_for_key(key, reference))
-    if order.capture_method != "manual":
-        raise ApiError(
-            409,
-            "order_not_capturable",
-            "This order uses automatic capture: it was captured when the customer paid.",
-        )
-    status = status_of(order)
-    if status == "captured" or order.amount_captured_minor is not None:
-        raise ApiError(409, "order_already_captured", "This order has been captured already.")
-    if status in {"cancelled", "expired"}:
-        raise ApiError(409, "order_cancelled", "This order was cancelled: it cannot be captured.")
-    if status != "authorized" or order.state != OrderState.FULFILLED:
-        raise ApiError(
-            409,
-            "order_not_authorized",
-            f"Only an authorised order can be captured; this one is {status}.",
-        )
-    authorized = order.amount_authorized_minor or 0
-    to_capture = amount if amount is not None else min(order.amount_minor, authorized)
-    if to_capture > authorized:
-        raise ApiError(
-            400,
-            "amount_too_large",
-            f"At most the authorised {authorized} can be captured.",
-            "amount",
-        )
-    try:
-        intent = services.stripe.capture_payment_intent(
-            order.stripe_payment_intent_id,
-            f"{order.reference}-capture-{to_capture}",
-            amount_minor=to_capture if to_capture != authorized else None,
-            order_id=order.id,
-        )
-    except UpstreamError as exc:
-        raise _upstream(exc, "The capture failed") from exc
-    captured = int(intent.get("amount_received") or to_capture)
-    with db.transaction() as session:
-        won = session.execute(
-            update(Order)
-            .where(
-                Order.id == order.id,
-                Order.state == OrderState.FULFILLED,
-                Order.amount_captured_minor.is_(None),
-            )
-            .values(amount_captured_minor=captured, amount_paid_minor=captured, updated_at=utcnow())
-        ).rowcount
-        if won:
-            timeline.record(
-                order.id,
-                "payment",
-                f"captured {captured} of {authorized} authorised",
-                {"payment_intent": order.stripe_payment_intent_id, "captured": captured},
-                session=session,
-            )
-            webhooks_out.emit(session, services.settings, order, "order.captured")
-            if receipts.portal_sends(services.settings, order):
-                mail.queue(session, "receipt", order, to=order.customer_email)
-    return checkout.reload(order)
-
-
-def _void(services, order: Order) -> None:
-    """Cancel the authorisation at Stripe; one that is already cancelled there is fine."""
-    try:
-        services.stripe.cancel_payment_intent(
-            order.stripe_payment_intent_id, reason="abandoned", order_id=order.id
-        )
-    except UpstreamError as exc:
-        if exc.transient:
-            raise _upstream(exc, "The cancellation failed") from exc
-        intent = services.stripe.retrieve_payment_intent(
-            order.stripe_payment_intent_id, order_id=order.id
-        )
-        if intent.get("status") != "canceled":
-            raise _upstream(exc, "The cancellation failed") from exc
-
-
-def _cancel_held(services, order: Order, reason: str) -> bool:
-    """Void an uncaptured authorisation and tell the merchant (through the `cancel` job)."""
-    _void(services, order)
-    with db.transaction() as session:
-        moved = checkout.transition(
-            session,
-            order.id,
-            HELD,
-            OrderState.CANCELLED,
-            where=Order.amount_captured_minor.is_(None),
-            failure_reason=reason,
-        )
-        if moved:
-            jobs.enqueue(session, "cancel", f"cancel:{order.id}", order_id=order.id)
-    return moved
-
-
-def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
-    order = _settle_fulfilment(services, load_for_key(key, reference))
-    status = status_of(order)
-    if status in {"cancelled", "expired"}:
-        return order
-    if order.state in UNPAID:
-        checkout.cancel_order(services, order.reference)
-        order = checkout.reload(order)
-        if order.state == OrderState.CANCELLED:
-            return order
-        status = status_of(order)  # paid meanwhile: an authorisation can still be voided
-    if status == "authorized" and order.state == OrderState.FULFILLED:
-        _cancel_held(services, order, reason or "cancelled by the merchant")
-        jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
-        return checkout.reload(order)
-    raise ApiError(
-        409,
-        "order_not_cancellable",
-        f"This order is {status}: "
-        + ("refund it instead." if captured_amount(order) else "it cannot be cancelled now."),
-    )
-
-
-# --- refunds ------------------------------------------------------------------------------------
-
-
-def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
-    """A refund through the one refund service (`portal.refunds`), as the console makes them:
-    the same rules, the same record, the same `platform_refund` job (which emits
-    `order.refunded` to the merchant's endpoints)."""
-    order = _settle_fulfilment(services, load_for_key(key, body["order"], param="order"))
-    already = order.amount_refunded_minor or 0
-    amount = body.get("amount", refunds.remaining_minor(order))
-    reason = body.get("reason")
-    # With the client's idempotency key a retry is the same refund; without one, the same amount
-    # on the same refunded-so-far is (as for a double click in the console).
-    suffix = f"key-{request_key}" if request_key else f"{already}-{amount}"
-    try:
-        stripe_refund, recorded = refunds.refund(
-            services,
-            order,
-            amount,
-            idempotency_key=f"{order.reference}-refund-{suffix}",
-            source="api",
-            reason=reason,
-            metadata={"reason": (reason or "")[:500]},
-            client_key=request_key is not None,
-        )
-    except refunds.RefundRefused as exc:
-        if exc.code in {"amount_too_large", "nothing_left", "amount_invalid"}:
-            raise ApiError(400, "amount_too_large", exc.message, "amount") from exc
-        if exc.code == "partial_refund_not_allowed":
-            raise ApiError(409, "order_not_refundable", exc.message, "amount") from exc
-        raise ApiError(
-            409,
-            "order_not_refundable",
-            f"Only a captured order can be refunded; this one is {status_of(order)}.",
-            "order",
-        ) from exc
-    except UpstreamError as exc:
-        raise _upstream(exc, "The refund failed") from exc
-    if recorded.job_key:
-        jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
-    order = checkout.reload(order)
-    return {
-        "id": stripe_refund.get("id"),
-        "object": "refund",
-        "order": serialize_order(order, livemode=key.live, settings=services.settings),
-        "amount": recorded.amount_minor,  # Stripe's answer: a retry's is the first try's refund
-        "currency": order.currency.lower(),
-        "reason": reason,
-        "status": stripe_refund.get("status") or "succeeded",
-        "created": _iso(utcnow()),
-    }
-
-
-# --- changing the items --------------------------------------------------------------------------
-
-
-def update_items(services, key: ApiKey, reference: str, items: list[dict]) -> dict:
-    order = _settle_fulfilment(services, load_for_key(key, reference))
-    cart = basket(items)
-    data = dict(order.platform_data or {})
-    if data.get("replaced_by"):
-        raise ApiError(
-            409,
-            "order_replaced",
-            f"This order was replaced by {data['replaced_by']}: change that one.",
-        )
-    if order.state == OrderState.PAYING and order.stripe_session_id:
-        order = _close_open_session(services, order)
-    values = {
-        "description": cart.description,
-        "sku": cart.sku,
-        "quantity": cart.quantity,
-        "list_unit_minor": cart.unit_minor,
-        "amount_minor": cart.total_minor,
-        "platform_data": {**data, "items": cart.items},
-        "updated_at": utcnow(),
-    }
-    status = status_of(order)
-    if order.state in (OrderState.OPEN, OrderState.EXPIRED):
-        # Not paid yet: the next Pay press charges the new total.
-        changed = _apply(
-            services.settings, order, values, (OrderState.OPEN, OrderState.EXPIRED), prepared=True
-        )
-        return _updated(services, key, changed, "The customer will pay the new total.")
-    if status != "authorized" or order.state != OrderState.FULFILLED:
-        raise ApiError(
-            409,
-            "order_not_updatable",
-            f"Items can change only before capture; this order is {status}.",
-        )
-    authorized = order.amount_authorized_minor or 0
-    if cart.total_minor <= authorized:
-        changed = _apply(services.settings, order, values, (OrderState.FULFILLED,))
-        return _updated(
-            services, key, changed, f"Capture will take {cart.total_minor} of the authorised hold."
-        )
-    from portal.platforms.merchant.platform import increase_limit
-
-    if cart.total_minor - authorized <= increase_limit(services.settings, order, authorized):
-        try:
-            services.stripe.increment_authorization(
-                order.stripe_payment_intent_id,
-                cart.total_minor,
-                f"{order.reference}-increment-{cart.total_minor}",
-                order_id=order.id,
-            )
-        except UpstreamError as exc:
-            if exc.transient:
-                raise _upstream(exc, "The authorisation could not be raised") from exc
-            timeline.record(order.id, "note", f"authorisation not raised: {exc}")
-        else:
-            changed = _apply(
-                services.settings,
-                order,
-                {**values, "amount_authorized_minor": cart.total_minor},
-                (OrderState.FULFILLED,),
-            )
-            return _updated(
-                services, key, changed, "The authorisation was raised to the new total."
-            )
-    return _replace(services, key, order, cart)
-
-
-def _close_open_session(services, order: Order) -> Order:
-    """An open Stripe page would charge the old total: close it before changing the amount."""
-    try:
-        services.stripe.expire_session(order.stripe_session_id, order_id=order.id)
-    except UpstreamError as exc:
-        if exc.transient:
-            raise _upstream(exc, "The open payment page could not be closed") from exc
-    try:
-        stripe_session = services.stripe.retrieve_session(
-            order.stripe_session_id, order_id=order.id
-        )
-    except UpstreamError as exc:
-        raise _upstream(exc, "The open payment page could not be checked") from exc
-    return _settle_fulfilment(
-        services, checkout.sync_session(services, stripe_session, source="merchant update")
-    )
-
-
-def _apply(settings, order: Order, values: dict, states, *, prepared: bool = False) -> Order:
-    extra = {"stripe_session_expires_at": None} if prepared else {}
-    with db.transaction() as session:
-        won = session.execute(
-            update(Order)
-            .where(Order.id == order.id, Order.state.in_(states))
-            .values(**values, **extra)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not won:
-            raise ApiError(409, "order_changed", "The order changed meanwhile; fetch it again.")
-        timeline.record(
-            order.id,
-            "note",
-            f"items changed through the merchant API: total {values['amount_minor']}",
-            {"items": values["platform_data"]["items"]},
-            session=session,
-        )
-        webhooks_out.emit(
-            session, settings, order, "order.updated", discriminator=f"{utcnow().timestamp():.6f}"
-        )
-    return checkout.reload(order)
-
-
-def _updated(services, key, order: Order, message: str) -> dict:
-    return {
-        "order": serialize_order(order, livemode=key.live, settings=services.settings),
-        "approval_required": False,
-        "replacement": None,
-        "message": message,
-    }
-
-
-def _replace(services, key: ApiKey, order: Order, cart: Basket) -> dict:
-    """More than the hold covers: the customer approves the new total through a new pay link.
-    The old authorisation stays (and can still be captured) until the new one is authorised."""
-    data = dict(order.platform_data or {})
-    replacement = _open(
-        key,
-        cart,
-        order.currency,
-        customer={"email": order.customer_email, "name": order.customer_name},
-        capture_method="manual",
-        platform_data={
-            "mode": "link",
-            "reference": data.get("reference"),
-            "metadata": data.get("metadata", {}),
-            "company": data.get("company"),
-            "cancel_url": data.get("cancel_url"),
-            "sales_rep_email": data.get("sales_rep_email"),
-            "brand": data.get("brand"),
-            "replaces": order.reference,
-        },
-        success_url=order.redirect_url,
-    )
-    with db.transaction() as session:
-        session.execute(
-            update(Order)
-            .where(Order.id == order.id)
-            .values(platform_data={**data, "replaced_by": replacement.reference})
-        )
-        timeline.record(
-            order.id,
-            "note",
-            f"increase to {cart.total_minor} needs the customer's approval: "
-            f"replacement {replacement.reference} sent",
-            session=session,
-        )
-        webhooks_out.emit(
-            session, services.settings, order, "order.updated", discriminator="replaced"
-        )
-    return {
-        "order": serialize_order(
-            checkout.reload(order), livemode=key.live, settings=services.settings
-        ),
-        "approval_required": True,
-        "replacement": serialize_session(services, key, replacement),
-        "message": (
-            f"The new total is more than the authorised {order.amount_authorized_minor}: the "
-            "customer was emailed a new pay link. The old authorisation is voided once the new "
-            "one is authorised."
-        ),
-    }
-
-
-def supersede(services, order: Order) -> None:
-    """The replacement `order` is authorised: void the authorisation it replaces."""
-    with db.reader() as session:
-        old = session.scalar(
-            select(Order).where(Order.reference == (order.platform_data or {}).get("replaces"))
-        )
-    if old is None or old.state not in HELD or old.amount_captured_minor is not None:
-        return
-    try:
-        _cancel_held(services, old, f"replaced by {order.reference}")
-    except ApiError as exc:
-        raise UpstreamError(exc.message, transient=exc.status == 503) from exc
-
-
-# --- expiry (a periodic job) ---------------------------------------------------------------------
-
-
-def run_expiry(services, job) -> None:
-    """Unpaid checkout sessions older than PORTAL_PAY_LINK_DAYS become `expired`; authorisations
-    not captured within PORTAL_AUTH_CAPTURE_DAYS (the card's hold window) are voided and the
-    merchant is told `order.cancelled`."""
-    settings = services.settings
-    now = utcnow()
-    failures = 0
-    with db.reader() as session:
-        unpaid = session.scalars(
-            select(Order).where(
-                Order.platform == PLATFORM,
-                Order.state.in_(UNPAID),
-                Order.created_at < now - timedelta(days=settings["PAY_LINK_DAYS"]),
-            )
-        ).all()
-        held = session.scalars(
-            select(Order).where(
-                Order.platform == PLATFORM,
-                Order.capture_method == "manual",
-                Order.state.in_(HELD),
-                Order.amount_captured_minor.is_(None),
-                Order.paid_at < now - timedelta(days=settings["AUTH_CAPTURE_DAYS"]),
-            )
-        ).all()
-    for order in unpaid:
-        with db.transaction() as session:
-            session.execute(
-                update(Order)
-                .where(Order.id == order.id)
-                .values(platform_data={**(order.platform_data or {}), "expired": True})
-            )
-        try:
-            checkout.cancel_order(services, order.reference)
-        except checkout.CheckoutError as exc:
-            failures += 1
-            log.warning("expiry of %s: %s", order.reference, exc.message)
-    for order in held:
-        try:
-            _cancel_held(services, order, "not captured in time: the authorisation expired")
-        except ApiError as exc:
-            failures += 1
-            log.warning("authorisation expiry of %s: %s", order.reference, exc.message)
-    if failures:
-        raise UpstreamError(f"{failures} order(s) could not be expired", transient=True)
-
-
-jobs.register("merchant_expiry", run_expiry, every_seconds=3600)

@@ -1,5 +1,6 @@
 """`/api/v1` views: authenticate, parse and validate the JSON body against the OpenAPI schema,
-apply the idempotency key, call one function of `portal.api.orders`, answer JSON."""
+apply the idempotency key, call one function of `portal.api.orders`, `.capture` or `.cancel`,
+answer JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from portal import jsonlimits
-from portal.api import idempotency, keys, orders, schema
+from portal.api import cancel, capture, idempotency, keys, orders, schema
 from portal.api.errors import ApiError
 from portal.checkout import CheckoutError
 from portal.http import UpstreamError
@@ -59,7 +60,7 @@ def checkout_error(error: CheckoutError):
 
 @bp.errorhandler(UpstreamError)
 def upstream_error(error: UpstreamError):
-    return orders._upstream(error, "The payment provider did not answer").response()
+    return orders.upstream_error(error, "The payment provider did not answer").response()
 
 
 @bp.errorhandler(Exception)
@@ -180,27 +181,27 @@ def get_order(key, body, request_key, order_id):
 @bp.patch("/orders/<order_id>")
 @endpoint("OrderUpdate")
 def update_order(key, body, request_key, order_id):
-    return orders.update_items(services(), key, _order_id(order_id), body["items"])
+    return capture.update_items(services(), key, _order_id(order_id), body["items"])
 
 
 @bp.post("/orders/<order_id>/capture")
 @endpoint("CaptureRequest", idempotent=True)
 def capture_order(key, body, request_key, order_id):
-    order = orders.capture(services(), key, _order_id(order_id), body.get("amount"), request_key)
+    order = capture.capture(services(), key, _order_id(order_id), body.get("amount"), request_key)
     return orders.serialize_order(order, livemode=key.live, settings=services().settings)
 
 
 @bp.post("/orders/<order_id>/cancel")
 @endpoint("CancelRequest", idempotent=True)
 def cancel_order(key, body, request_key, order_id):
-    order = orders.cancel(services(), key, _order_id(order_id), body.get("reason"))
+    order = cancel.cancel(services(), key, _order_id(order_id), body.get("reason"))
     return orders.serialize_order(order, livemode=key.live, settings=services().settings)
 
 
 @bp.post("/refunds")
 @endpoint("RefundCreate", idempotent=True)
 def create_refund(key, body, request_key):
-    return orders.refund(services(), key, body, request_key)
+    return cancel.refund(services(), key, body, request_key)
 
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

@@ -18,10 +18,11 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal import jobs, outbound, timeline
+from portal import jobs, outbound
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
 from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
+from portal.orders import timeline
 from portal.urls import UnsafeUrl, check_url
 
 log = logging.getLogger("portal.api.webhooks")

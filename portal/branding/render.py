@@ -249,7 +249,7 @@ def render_learner(name: str, *, order: Order | None = None, locale: str | None 
         _allow_return_forms(order)
     pages = branding_cache.pages() if order is not None else None
     marks: list[bool] = []
-    # An order read with its row version (checkout.view_order) is named in the page's key by
+    # An order read with its row version (orders.view) is named in the page's key by
     # that version instead of by all its columns, which are only gathered to render the page.
     version = getattr(order, "row_version", None) if pages is not None else None
     page = page_context(

@@ -56,11 +56,11 @@ class MerchantPlatform(Platform):
         )
 
     def fulfil(self, order, *, retry: bool = False) -> Outcome:
-        from portal.api import orders, webhooks_out
+        from portal.api import capture, webhooks_out
 
         manual = order.capture_method == "manual"
         if (order.platform_data or {}).get("replaces"):
-            orders.supersede(self.services, order)
+            capture.supersede(self.services, order)
         event = "order.authorized" if manual else "order.paid"
         with db.transaction() as session:
             event_id = webhooks_out.emit(session, self.settings, order, event)

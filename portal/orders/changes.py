@@ -3,7 +3,7 @@
 A trigger on `orders` (migration 0007) sends `NOTIFY portal_orders, '<reference>'` with every
 UPDATE or DELETE, from any process, host or psql prompt; PostgreSQL delivers it when (and only
 if) the change commits. Each portal process runs one `ChangeListener`: a thread that LISTENs on a
-connection of its own and tells its subscribers (`checkout.KeptOrders`) which references
+connection of its own and tells its subscribers (`portal.orders.cache.KeptOrders`) which references
 changed, so an order a page showed can be shown again without a database round trip until it
 changes.
 
@@ -27,7 +27,7 @@ import weakref
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-log = logging.getLogger("portal.order_changes")
+log = logging.getLogger("portal.order_changes")  # the name operators' log filters know
 
 CHANNEL = "portal_orders"
 PROBE_PREFIX = "portal-probe:"

@@ -1,39 +1,23 @@
-"""A state change and the timeline events that tell of it are written together: on PostgreSQL
-in one statement (data-modifying CTEs), elsewhere in one transaction. Either way the events
-read in the order they happened, an event that depends on the change is written only if the
-change is, and nothing is written half."""
+"""A state change and the timeline events that tell of it are written together, in one
+transaction on either database (`portal.orders.move`, `portal.orders.create`): the events read
+in the order they happened, an event that depends on the change is written only if the change
+is, and nothing is written half."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from portal import checkout, timeline
-from portal.checkout import OrderDraft, open_order, transition
+from portal import orders
+from portal.checkout import OrderDraft, open_order
 from portal.db import db
 from portal.http import CallRecord
 from portal.models import Order, OrderEvent, OrderState
+from portal.orders import timeline
 from tests.admin_support import make_order
 
 CALL = CallRecord("POST", "https://api.stripe.test/v1/checkout/sessions", 200, 41)
-
-
-@contextmanager
-def counted_statements():
-    """The SQL statements sent to the database inside the block (BEGIN and COMMIT apart)."""
-    sent: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):
-        sent.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine, "before_cursor_execute", count)
 
 
 def events_of(order_id: int) -> list[tuple[str, str, dict, int | None]]:
@@ -68,17 +52,10 @@ def draft(ref: str = "p-one-statement") -> OrderDraft:
 
 
 def to_paying(order: Order, **values) -> bool:
-    """Pay's compare-and-set, open -> paying, with the create call that led to it, on a
-    connection of its own (db.statements: on PostgreSQL the one statement commits as it runs)."""
-    with db.statements() as connection:
-        return transition(
-            connection,
-            order.id,
-            OrderState.OPEN,
-            OrderState.PAYING,
-            before=[timeline.call_event(order.id, CALL)],
-            **values,
-        )
+    """Pay's compare-and-set, open -> paying, with the create call that led to it, committed on
+    its own."""
+    moved = orders.move(order, "pay", before=[timeline.call_event(order.id, CALL)], **values)
+    return moved is not None
 
 
 def test_a_won_transition_writes_the_call_then_the_state_change(app):
@@ -118,9 +95,7 @@ def test_the_same_shape_of_transition_twice_uses_each_calls_own_values(app):
     second = make_order(state=OrderState.OPEN, stripe_session_id=None, platform_ref="p-second")
     for order, session_id in ((first, "cs_first"), (second, "cs_second")):
         with db.transaction() as session:  # an ORM session works too
-            assert transition(
-                session, order.id, OrderState.OPEN, OrderState.PAYING, stripe_session_id=session_id
-            )
+            assert orders.move(order, "pay", session=session, stripe_session_id=session_id)
     with db.reader() as session:
         ids = {o.platform_ref: o.stripe_session_id for o in session.scalars(select(Order))}
     assert ids == {"p-first": "cs_first", "p-second": "cs_second"}
@@ -131,14 +106,13 @@ def test_an_extra_condition_decides_the_transition(app):
     order = make_order(state=OrderState.PAYING, stripe_session_id="cs_now")
     for session_id, expected in (("cs_old", False), ("cs_now", True)):
         with db.transaction() as session:
-            won = transition(
-                session,
-                order.id,
-                OrderState.PAYING,
-                OrderState.EXPIRED,
+            won = orders.move(
+                order,
+                "session_expired",
+                session=session,
                 where=Order.stripe_session_id == session_id,
             )
-        assert won is expected
+        assert (won is not None) is expected
     assert state_of(order.id) == OrderState.EXPIRED
     assert [message for _, message, *_ in events_of(order.id)].count("-> expired") == 1
 
@@ -152,18 +126,18 @@ def test_a_transition_that_fails_writes_none_of_its_events(app):
     assert state_of(order.id) == OrderState.OPEN
 
 
-def test_on_postgresql_a_transition_and_its_events_are_one_statement(app, database_url):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no data-modifying CTE: a transaction of three statements")
+def test_a_won_move_answers_the_order_as_it_left_it(app):
     order = make_order(state=OrderState.OPEN, stripe_session_id=None)
-    with counted_statements() as sent:
-        assert to_paying(order)
-    assert len(sent) == 1
+    moved = orders.move(order, "pay", stripe_session_id="cs_test_answer")
+    assert (moved.id, moved.state, moved.stripe_session_id) == (
+        order.id,
+        OrderState.PAYING,
+        "cs_test_answer",
+    )
 
 
-def test_a_new_order_comes_with_its_first_event(app, database_url):
-    with counted_statements() as sent:
-        order = open_order(draft(), existing=None)
+def test_a_new_order_comes_with_its_first_event(app):
+    order = open_order(draft(), existing=None)
     with db.reader() as session:
         stored = session.get(Order, order.id)
     assert (stored.reference, stored.state, stored.amount_minor) == (
@@ -173,8 +147,6 @@ def test_a_new_order_comes_with_its_first_event(app, database_url):
     )
     assert (order.id, order.currency, order.session_attempt) == (stored.id, "USD", 0)
     assert events_of(order.id) == [("state", "order opened", {"to": "open"}, None)]
-    if database_url.startswith("postgresql"):
-        assert len(sent) == 1  # the INSERT … RETURNING and its event, one statement
 
 
 def test_a_second_order_for_the_same_purchase_writes_nothing(app, monkeypatch):
@@ -182,9 +154,9 @@ def test_a_second_order_for_the_same_purchase_writes_nothing(app, monkeypatch):
     with db.reader() as session:
         events_before = session.scalar(text("SELECT count(*) FROM order_events"))
     # As if two first visits raced: the second INSERT meets the unique constraint.
-    monkeypatch.setattr(checkout, "find_order", lambda platform, ref: None)
+    monkeypatch.setattr(orders, "find", lambda platform, ref: None)
     with pytest.raises(IntegrityError):
-        checkout._insert_order(
+        orders.create(
             {
                 "platform": "skilljar",
                 "platform_ref": "p-twice",
