@@ -14,6 +14,8 @@ from portal.config import declared_settings, secret_names
 from portal.observability import JsonFormatter, secret_values
 from portal.platforms import registry
 
+pytest_plugins = ["tests.admin_fixtures"]  # console, fast_hashing
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = registry.installed()
 IDS = [spec.name for spec in SPECS]

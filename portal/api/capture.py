@@ -131,7 +131,7 @@ def update_items(services, key: ApiKey, reference: str, items: list[dict]) -> di
         return _updated(
             services, key, changed, f"Capture will take {cart.total_minor} of the authorised hold."
         )
-    from portal.platforms.merchant import increase_limit
+    from portal.platforms.merchant.platform import increase_limit
 
     if cart.total_minor - authorized <= increase_limit(services.settings, order, authorized):
         try:

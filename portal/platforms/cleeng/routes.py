@@ -8,13 +8,8 @@ import logging
 
 from flask import Blueprint, redirect, request, url_for
 
-from portal.checkout import (
-    CheckoutError,
-    find_order,
-    load_order,
-    open_order,
-    order_not_found,
-)
+from portal import orders
+from portal.checkout import CheckoutError, open_order, order_not_found
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.models import OrderState
@@ -72,7 +67,7 @@ def checkout():
                 "or contact support."
             ),
         )
-    existing = find_order(PLATFORM, cleeng_order_id)
+    existing = orders.find(PLATFORM, cleeng_order_id)
     if existing is not None and (
         existing.is_paid or existing.state in {OrderState.PROCESSING, OrderState.CANCELLED}
     ):
@@ -128,7 +123,7 @@ def cancelled(reference):
 
     if not REFERENCE.fullmatch(reference):
         raise order_not_found()
-    order = load_order(reference)
+    order = orders.get(reference)
     if order.platform != PLATFORM:
         raise order_not_found()
     if order.is_paid or order.state in {OrderState.PROCESSING, OrderState.CANCELLED}:

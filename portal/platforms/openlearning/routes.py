@@ -8,8 +8,9 @@ import logging
 from flask import Blueprint, redirect, request, url_for
 from sqlalchemy.dialects import postgresql, sqlite
 
-from portal import timeline
-from portal.checkout import CheckoutError, find_order, open_order, view_order
+from portal import orders
+from portal.checkout import CheckoutError, open_order
+from portal.orders import timeline
 from portal.db import db
 from portal.i18n import N_
 from portal.models import Order, OrderState, UsedToken
@@ -119,11 +120,11 @@ def enrol():
             ),
         ) from exc
 
-    order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
+    order = orders.find(PLATFORM, token.jti) or _order_of_token(token.jti)
     if order is None and _token_used(token.jti):
         # A simultaneous post of this same token may have opened its order and spent the token
         # since the look-up above (the order commits before the token does): look again.
-        order = find_order(PLATFORM, token.jti) or _order_of_token(token.jti)
+        order = orders.find(PLATFORM, token.jti) or _order_of_token(token.jti)
         if order is None:
             raise CheckoutError(*REFUSALS["used"], back_url=token.redirect_url)
     if order is None:
@@ -155,7 +156,7 @@ def enrolled(reference):
     from portal.branding.render import render_learner
     from portal.views import learner_locale, services, view_reference
 
-    order = view_order(view_reference(reference))
+    order = orders.view(view_reference(reference))
     if order.platform != PLATFORM or order.state != OrderState.FULFILLED:
         return redirect(url_for("orders.review", reference=order.reference), code=303)
     return render_learner(

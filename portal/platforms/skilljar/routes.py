@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from portal.checkout import CheckoutError, find_order, open_order
+from portal import orders
+from portal.checkout import CheckoutError, open_order
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.platforms.skilljar.client import PAYABLE_STATE, PURCHASE_ID, draft_from_purchase
@@ -28,7 +29,7 @@ def checkout():
                 "course page and choose “Proceed to Checkout” again."
             ),
         )
-    existing = find_order("skilljar", purchase_id)
+    existing = orders.find("skilljar", purchase_id)
     if existing is not None and (existing.is_paid or existing.state == "processing"):
         return show_order(existing)
     platform: SkilljarPlatform = services().platform("skilljar")
