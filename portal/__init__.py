@@ -172,17 +172,7 @@ def create_app(config: dict | None = None) -> Flask:
             f"PORTAL_DATABASE_URL names a database driver that is not installed: {exc}"
         ) from None
 
-    from portal import (  # noqa: F401 - job kinds register at import
-        alerts,
-        checkout,
-        cli,
-        disputes,
-        errors,
-        fulfilment,
-        refunds,
-        views,
-        webhooks,
-    )
+    from portal import checkout, cli, errors, views, webhooks
     from portal.platforms import cleeng, openlearning, skilljar
     from portal.services import build_services
 

@@ -25,10 +25,10 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from portal import i18n, jobs, timeline
+from portal.alerts import alert
 from portal.branding.brands import header_safe
 from portal.branding.render import email_brand, render_learner_email
 from portal.db import db
-from portal.fulfilment import alert
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.models import ApiKey, BrandAssignment, Order, utcnow
@@ -327,6 +327,3 @@ def give_up_mail(services, job, error: str) -> None:
         order = session.get(Order, job.order_id)
     if order is not None:
         alert(services, order, f"email {job.payload.get('template')} not sent: {error}")
-
-
-jobs.register("mail", run_mail, give_up=give_up_mail)

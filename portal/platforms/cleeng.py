@@ -1200,9 +1200,11 @@ def give_up_event(services, job, error: str) -> None:
             log.exception("alert webhook failed")
 
 
-jobs.register("cleeng_renewal", run_renewal, give_up=give_up_event)
-jobs.register("cleeng_refund", run_refund, give_up=give_up_event)
-jobs.register("cleeng_detach", run_detach, give_up=give_up_event)
+JOB_KINDS = {
+    "cleeng_renewal": jobs.Kind(run_renewal, give_up=give_up_event),
+    "cleeng_refund": jobs.Kind(run_refund, give_up=give_up_event),
+    "cleeng_detach": jobs.Kind(run_detach, give_up=give_up_event),
+}
 
 
 # --- the entry URL and the webhook ----------------------------------------------------------------

@@ -711,7 +711,7 @@ def run_purge_tokens(services, job) -> None:
         log.info("removed %d used enrolment token ids past their expiry", removed)
 
 
-jobs.register("purge_used_tokens", run_purge_tokens, every_seconds=3600)
+JOB_KINDS = {"purge_used_tokens": jobs.Kind(run_purge_tokens, every_seconds=3600)}
 
 
 def _order_of_token(jti: str):
