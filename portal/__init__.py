@@ -36,7 +36,12 @@ class _OrderIdDefault(logging.Filter):
 def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
     request id and order, or plain text lines; secret setting values masked in both."""
-    from portal.observability import JsonFormatter, ScrubbingFormatter, TextFormatter, secret_values
+    from portal.observability.logs import (
+        JsonFormatter,
+        ScrubbingFormatter,
+        TextFormatter,
+        secret_values,
+    )
 
     root = logging.getLogger()
     secrets_ = secret_values(settings) if settings else ()

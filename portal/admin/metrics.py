@@ -17,19 +17,9 @@ from prometheus_client.core import GaugeMetricFamily
 
 from portal.admin import queries
 from portal.models import utcnow
+from portal.observability.metrics import add_collectors
 
 bp = Blueprint("metrics", __name__)
-
-# More collectors for the same scrape: each hook is called with the scrape's registry and
-# registers what it has (portal.observability adds requests and upstream calls, merged across
-# gunicorn workers).
-REGISTRY_HOOKS: list = []
-
-
-def add_registry_hook(hook) -> None:
-    if hook not in REGISTRY_HOOKS:
-        REGISTRY_HOOKS.append(hook)
-
 
 CALL_WINDOW = timedelta(minutes=15)
 
@@ -100,8 +90,7 @@ def metrics():
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PortalCollector())
-    for hook in REGISTRY_HOOKS:
-        hook(registry)
+    add_collectors(registry)  # requests and calls out, merged across gunicorn workers
     return Response(
         generate_latest(registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
