@@ -8,7 +8,7 @@ Messages are rendered from `templates/email/<name>.txt` and `.html` like the lea
 in the sandboxed learner environment, with the order's brand (name, logo, colours, support
 address, legal links, footer copy), in the order's language, and with a marketer's published
 override of the email templates, falling back to the default when an override fails
-(`portal.branding.render.render_learner_email`). The worker needs no request.
+(`portal.branding.emails.render_learner_email`). The worker needs no request.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sqlalchemy import select
 from portal import i18n, jobs, timeline
 from portal.alerts import alert
 from portal.branding.brands import header_safe
-from portal.branding.render import email_brand, render_learner_email
+from portal.branding.emails import email_brand, render_learner_email
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_

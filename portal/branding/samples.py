@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from portal.branding.render import email_colours
+from portal.branding.emails import email_colours
 from portal.errors import MESSAGES
 from portal.platforms.cleeng import review_data
 
