@@ -33,9 +33,11 @@ def init_app(app) -> None:
     from portal.admin import (  # noqa: F401 - registers
         branding,  # noqa: F401 - registers the marketers' pages
         cli,
+        delivery_pages,
         metrics,
         oidc,
         operations,
+        order_pages,
         routes,
     )
 
