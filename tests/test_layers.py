@@ -59,7 +59,12 @@ WEB = (
     "portal.webhooks",
 )
 # Services of the admin console that the console's pages call (the rest of admin/ is web).
-ADMIN_SERVICES = ("portal.admin.auth", "portal.admin.operations", "portal.admin.queries")
+ADMIN_SERVICES = (
+    "portal.admin.auth",
+    "portal.admin.figures",
+    "portal.admin.operations",
+    "portal.admin.queries",
+)
 # Known exceptions to "a service imports no web module", each with its reason. The platform
 # modules still hold their own routes beside their services; their packages' `routes` modules
 # are web.

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from portal.admin import queries
+from portal.admin import figures
 from portal.models import utcnow
 from portal.observability.metrics import add_collectors
 
@@ -28,7 +28,7 @@ class PortalCollector:
     def collect(self):
         now = utcnow()
         orders = GaugeMetricFamily("portal_orders", "Orders by state.", labels=["state"])
-        for state, count in sorted(queries.orders_by_state().items()):
+        for state, count in sorted(figures.orders_by_state().items()):
             orders.add_metric([state], count)
         yield orders
 
@@ -38,7 +38,7 @@ class PortalCollector:
             "fulfil_failed, disputed.",
             labels=["reason"],
         )
-        for reason, count in sorted(queries.attention_counts(now).items()):
+        for reason, count in sorted(figures.attention_counts(now).items()):
             attention.add_metric([reason], count)
         yield attention
 
@@ -48,7 +48,7 @@ class PortalCollector:
             "How long the longest-waiting due job of each kind has been due.",
             labels=["kind"],
         )
-        for kind, state, count, run_at in sorted(queries.open_jobs(), key=lambda r: r[:2]):
+        for kind, state, count, run_at in sorted(figures.open_jobs(), key=lambda r: r[:2]):
             jobs.add_metric([kind, state], count)
             if state == "queued" and run_at is not None:
                 oldest.add_metric([kind], max((now - run_at).total_seconds(), 0.0))
@@ -65,7 +65,7 @@ class PortalCollector:
             "Of those, the ones that failed upstream (5xx, timeout, no connection).",
             labels=["target"],
         )
-        for stats in queries.call_stats(now - CALL_WINDOW):
+        for stats in figures.call_stats(now - CALL_WINDOW):
             calls.add_metric([stats.target], stats.calls)
             errors.add_metric([stats.target], stats.errors)
         yield calls

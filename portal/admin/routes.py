@@ -22,7 +22,7 @@ from flask import (
 from wtforms import SelectChoice
 
 from portal import ratelimit
-from portal.admin import audit, auth, bp, oidc, operations, queries
+from portal.admin import audit, auth, bp, figures, oidc, operations, queries
 from portal.admin.audit import Actor
 from portal.admin.forms import (
     AuditFilterForm,
@@ -236,7 +236,7 @@ def home():
 @bp.get("/dashboard")
 @auth.requires("dashboard")
 def dashboard():
-    return render_template("admin/dashboard.html", board=queries.dashboard())
+    return render_template("admin/dashboard.html", board=figures.dashboard())
 
 
 # --- branding: portal/admin/branding.py ----------------------------------------------------------
