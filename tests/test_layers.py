@@ -24,6 +24,7 @@ LOWER = (
     "portal.branding.markup",
     "portal.config",
     "portal.db",
+    "portal.error_texts",
     "portal.http",
     "portal.i18n",
     "portal.jobs",
@@ -69,7 +70,6 @@ ADMIN_SERVICES = (
 # modules still hold their own routes beside their services; their packages' `routes` modules
 # are web.
 ALLOWED = {
-    ("portal.branding.samples", "portal.errors"): "the error pages' texts, for their samples",
     ("portal.mail", "portal.sandbox"): "sandbox mode catches mail in the stand-in's store",
     ("portal.platforms.cleeng", "portal.views"): "its review page shares the order pages",
     ("portal.platforms.cleeng", "portal.webhooks"): "Stripe's webhook hands it its events",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from portal.branding.emails import email_colours
-from portal.errors import MESSAGES
+from portal.error_texts import MESSAGES
 from portal.platforms.cleeng import review_data
 
 LONG_TITLE = (
