@@ -7,8 +7,9 @@
   (portal.admin.metrics) merges them across gunicorn workers.
 
 This package's `init_app` is the Flask side: the request-id middleware, the order reference of
-the request's log lines, and the request counters. It imports nothing from the rest of the
-portal, so every layer may use it.
+the request's log lines, and the request counters. The package imports nothing from the rest of
+the portal but the settings' declarations (which settings are secret), so every layer may use
+it.
 """
 
 from __future__ import annotations
