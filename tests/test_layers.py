@@ -66,9 +66,9 @@ ADMIN_SERVICES = (
     "portal.admin.operations",
     "portal.admin.queries",
 )
-# Known exceptions to "a service imports no web module", each with its reason. The platform
-# modules still hold their own routes beside their services; their packages' `routes` modules
-# are web.
+# Known exceptions to "a service imports no web module", each with its reason (a name covers
+# the modules under it). The platform modules still hold their own routes beside their
+# services; a platform package's `routes` module is web.
 ALLOWED = {
     ("portal.mail", "portal.sandbox"): "sandbox mode catches mail in the stand-in's store",
     ("portal.platforms.cleeng", "portal.views"): "its review page shares the order pages",
@@ -198,8 +198,8 @@ def test_the_graph_sees_lazy_imports_and_from_package_imports():
 def test_every_module_is_in_one_layer_and_the_lists_name_real_modules():
     graph = import_graph()
     for prefix in (*LOWER, *WEB, *ADMIN_SERVICES):
-        if prefix == "portal.orders":
-            continue  # the order store's package, when it is there
+        if prefix in ("portal.orders", "portal.order_changes", "portal.timeline"):
+            continue  # the order store's package takes these in
         assert any(within(name, (prefix,)) for name in graph), f"{prefix} is not a module"
     assert {layer(name) for name in graph} == {"lower", "service", "web"}
 
@@ -216,7 +216,9 @@ def test_dependencies_point_one_way():
             elif (
                 layer(name) == "service"
                 and layer(target) == "web"
-                and not any(name == allowed and within(target, (web,)) for allowed, web in ALLOWED)
+                and not any(
+                    within(name, (allowed,)) and within(target, (web,)) for allowed, web in ALLOWED
+                )
             ):
                 wrong.append(f"{name} (service) imports {target} (web)")
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
