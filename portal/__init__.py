@@ -32,7 +32,12 @@ class _OrderIdDefault(logging.Filter):
 def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
     request id and order, or plain text lines; secret setting values masked in both."""
-    from portal.observability import JsonFormatter, ScrubbingFormatter, TextFormatter, secret_values
+    from portal.observability.logs import (
+        JsonFormatter,
+        ScrubbingFormatter,
+        TextFormatter,
+        secret_values,
+    )
 
     root = logging.getLogger()
     secrets_ = secret_values(settings) if settings else ()
@@ -162,24 +167,9 @@ def create_app(config: dict | None = None) -> Flask:
             f"PORTAL_DATABASE_URL names a database driver that is not installed: {exc}"
         ) from None
 
-    from portal import (  # noqa: F401 - job kinds register at import
-        alerts,
-        checkout,
-        cli,
-        disputes,
-        errors,
-        fulfilment,
-        jobs,
-        orders,
-        refunds,
-        views,
-        webhooks,
-    )
+    from portal import cli, errors, orders, views, webhooks
     from portal.platforms import registry
     from portal.services import build_services
-
-    for kind, job in registry.job_kinds().items():  # the platforms' job kinds
-        jobs.register(kind, job.run, give_up=job.give_up, every_seconds=job.every_seconds)
 
     app.extensions["portal"] = build_services(settings)
     orders.init_app(app)  # the orders learner pages showed last, by row version

@@ -1,10 +1,13 @@
-"""Operator alerts about money: a dispute opened or lost, an amount charged that differs from the
-order, a refund a platform could not take. Each one is an ERROR log line, an "alert" event on the
-order's timeline (the console's attention list reads these) and a durable `operator_alert` job
-that POSTs the alert to `PORTAL_ALERT_WEBHOOK_URL`, retried like any other job, so an alert
-raised while the chat tool is down still arrives.
+"""Operator alerts.
 
-Alerts are raised inside the caller's transaction: an alert exists iff what it tells of committed.
+- About money (`raise_alert`): a dispute opened or lost, an amount charged that differs from the
+  order, a refund a platform could not take. Each one is an ERROR log line, an "alert" event on
+  the order's timeline (the console's attention list reads these) and a durable `operator_alert`
+  job that POSTs the alert to `PORTAL_ALERT_WEBHOOK_URL`, retried like any other job, so an alert
+  raised while the chat tool is down still arrives. These are raised inside the caller's
+  transaction: an alert exists iff what it tells of committed.
+- An order that needs an operator (`alert`): a platform that never took a fulfilment, an email
+  that could not be delivered. An ERROR log line, the timeline, and one try at the alert webhook.
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ def raise_alert(session, order: Order, kind: str, message: str, *, key: str, det
         order_id=order.id,
         payload={"kind": kind, "message": message, "detail": detail},
     )
+
+
+def alert(services, order: Order, message: str) -> None:
+    """An operator must act: an ERROR log line with the order reference, the timeline, and the
+    optional alert webhook."""
+    log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
+    timeline.record(order.id, "alert", message)
+    url = services.settings["ALERT_WEBHOOK_URL"]
+    if url:
+        try:
+            outbound.post(
+                services.settings,
+                url,
+                json={
+                    "text": f"Checkout portal: order {order.reference} ({order.platform} "
+                    f"{order.platform_ref}) needs attention: {message}",
+                    "kind": "needs_attention",
+                    "order": order.reference,
+                    "platform": order.platform,
+                    "platform_ref": order.platform_ref,
+                    "state": str(order.state),
+                },
+                timeout=(3.05, 10),
+            )
+        except Exception:  # noqa: BLE001 - the log line above already carries the alert
+            log.exception("alert webhook failed", extra={"order_id": order.id})
 
 
 def body(order: Order, kind: str, message: str, detail: dict) -> dict:
@@ -88,6 +117,3 @@ def run_operator_alert(services, job) -> None:
 
 def give_up_alert(services, job, error: str) -> None:
     log.error("alert %s for order %s could not be sent: %s", job.dedupe_key, job.order_id, error)
-
-
-jobs.register("operator_alert", run_operator_alert, give_up=give_up_alert)

@@ -184,6 +184,3 @@ def give_up_platform_dispute(services, job, error: str) -> None:
     alert(
         services, order, f"the platform was not told of dispute {job.payload['dispute']}: {error}"
     )
-
-
-jobs.register("platform_dispute", run_platform_dispute, give_up=give_up_platform_dispute)

@@ -1,5 +1,5 @@
 """Job kinds: telling the platform (fulfil, cancel, payment failed), the expiry sweep, and
-reconciliation with Stripe. Registered with the job queue at import."""
+reconciliation with Stripe. Listed with every other job kind in `portal.job_kinds`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from portal import jobs, mail, orders, outbound, receipts
+from portal import mail, orders, outbound, receipts
 from portal.checkout import sync_session
 from portal.db import db
 from portal.http import UpstreamError
@@ -229,10 +229,3 @@ def reconcile(services, since_hours: float = 48.0) -> ReconcileReport:
 def run_reconcile(services, job) -> None:
     report = reconcile(services, job.payload.get("since_hours", 48.0))
     log.info("reconciliation: %s", dict(report.rows()))
-
-
-jobs.register("fulfil", run_fulfil, give_up=give_up_fulfil)
-jobs.register("cancel", run_cancel, give_up=give_up_quietly)
-jobs.register("payment_failed", run_payment_failed, give_up=give_up_quietly)
-jobs.register("expire_sweep", run_expire_sweep, every_seconds=300)
-jobs.register("reconcile", run_reconcile, every_seconds=3600)

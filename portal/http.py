@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from portal import observability
+from portal.observability.metrics import observe_upstream, outcome_of
+from portal.observability.request_ids import outbound_headers
 from portal.outbound import BlockedDestination
 
 log = logging.getLogger("portal.http")
@@ -117,7 +118,7 @@ class HttpClient:
 
     def request(self, method: str, url: str, *, order_id: int | None = None, **kwargs):
         kwargs.setdefault("timeout", self.timeout)
-        kwargs["headers"] = observability.outbound_headers(kwargs.get("headers"))
+        kwargs["headers"] = outbound_headers(kwargs.get("headers"))
         started = time.monotonic()
         status = None
         error = None
@@ -137,9 +138,7 @@ class HttpClient:
         finally:
             elapsed = time.monotonic() - started
             duration_ms = int(elapsed * 1000)
-            observability.observe_upstream(
-                self.name, observability.outcome_of(status, error), elapsed
-            )
+            observe_upstream(self.name, outcome_of(status, error), elapsed)
             safe_url = redact_url(url)
             log.info(
                 "%s %s %s -> %s in %d ms",

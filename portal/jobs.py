@@ -9,6 +9,10 @@
   slow platform call never lets a second worker run the same job alongside.
 - Transient failures retry with exponential back-off and jitter; permanent ones, or too many
   attempts, stop the job and call the kind's `give_up` (which alerts an operator).
+
+The queue does not know the kinds of job: the table of kinds (name -> `Kind`) is listed in
+`portal.job_kinds` and held by the app's services (`services.job_kinds`), which every function
+that runs jobs is given.
 """
 
 from __future__ import annotations
@@ -40,16 +44,12 @@ class PermanentJobError(Exception):
 
 @dataclass
 class Kind:
+    """One kind of job: what runs it, what happens when it gives up, and (for periodic work)
+    how often it comes back."""
+
     run: object  # run(services, job) -> None
     give_up: object | None = None  # give_up(services, job, error: str) -> None
     every_seconds: float | None = None  # periodic jobs reschedule themselves
-
-
-KINDS: dict[str, Kind] = {}
-
-
-def register(name: str, run, *, give_up=None, every_seconds: float | None = None) -> None:
-    KINDS[name] = Kind(run, give_up, every_seconds)
 
 
 def worker_name() -> str:
@@ -230,7 +230,7 @@ def backoff_seconds(settings, attempts: int) -> float:
 def run_job(services, job: Job, worker_id: str) -> str:
     """Run one claimed job to an outcome: "done", "retry", "dead", or "lost" when our lease ran
     out before we started and another worker has taken the job."""
-    kind = KINDS.get(job.kind)
+    kind = services.job_kinds.get(job.kind)
     if kind is None:
         _finish(job, worker_id, state=JobState.DEAD, last_error=f"unknown job kind {job.kind}")
         return "dead"
@@ -350,9 +350,10 @@ def run_inline(services, dedupe_key: str, budget_seconds: float, *, only_if_due=
             return
 
 
-def ensure_periodic_jobs() -> None:
+def ensure_periodic_jobs(kinds: dict[str, Kind]) -> None:
+    """Queue each periodic kind's job once (a no-op for a kind already queued)."""
     with db.transaction() as session:
-        for name, kind in KINDS.items():
+        for name, kind in kinds.items():
             if kind.every_seconds is not None:
                 enqueue(session, name, f"periodic:{name}")
 
@@ -384,7 +385,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 if not periodic_ready:
-                    ensure_periodic_jobs()
+                    ensure_periodic_jobs(self.services.job_kinds)
                     periodic_ready = True
                 jobs = claim_due(self.services.settings, self.worker_id, self.batch)
                 for job in jobs:

@@ -8,7 +8,7 @@ Messages are rendered from `templates/email/<name>.txt` and `.html` like the lea
 in the sandboxed learner environment, with the order's brand (name, logo, colours, support
 address, legal links, footer copy), in the order's language, and with a marketer's published
 override of the email templates, falling back to the default when an override fails
-(`portal.branding.render.render_learner_email`). The worker needs no request.
+(`portal.branding.emails.render_learner_email`). The worker needs no request.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from portal import i18n, jobs
+from portal.alerts import alert
 from portal.branding.brands import header_safe
-from portal.branding.render import email_brand, render_learner_email
+from portal.branding.emails import email_brand, render_learner_email
 from portal.db import db
-from portal.fulfilment import alert
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.models import ApiKey, BrandAssignment, Order, utcnow
@@ -328,6 +328,3 @@ def give_up_mail(services, job, error: str) -> None:
         order = session.get(Order, job.order_id)
     if order is not None:
         alert(services, order, f"email {job.payload.get('template')} not sent: {error}")
-
-
-jobs.register("mail", run_mail, give_up=give_up_mail)

@@ -85,6 +85,8 @@ def init_app(app) -> Limiter:
             exempt_when=_only(frozenset({LOGIN_ENDPOINT}), frozenset({"POST"})),
         ),
     ]
+    hooks = app.before_request_funcs.setdefault(None, [])
+    earlier = list(hooks)
     limiter = Limiter(
         client_ip,
         app=app,
@@ -98,11 +100,12 @@ def init_app(app) -> Limiter:
         key_prefix="portal",
         enabled=settings["RATELIMIT_ENABLED"],
     )
-    hooks = app.before_request_funcs.setdefault(None, [])
-    check = limiter._check_request_limit  # Flask-Limiter's own hook: move it to the front
-    if check in hooks:
-        hooks.remove(check)
-        hooks.insert(0, check)
+    # Flask-Limiter checks the limits in the before_request hook its init_app adds, after the
+    # hooks already there (CSRF's among them): that hook moves to the front.
+    checks = [hook for hook in hooks if hook not in earlier]
+    for hook in checks:
+        hooks.remove(hook)
+    hooks[0:0] = checks
     webhook_cap = settings["WEBHOOK_MAX_BYTES"]
 
     def _cap_webhooks():
@@ -114,6 +117,6 @@ def init_app(app) -> Limiter:
                 abort(413)
             request.max_content_length = webhook_cap  # a chunked body is cut off as it is read
 
-    hooks.insert(1 if check in hooks else 0, _cap_webhooks)  # before anything reads a body
+    hooks.insert(len(checks), _cap_webhooks)  # before anything reads a body
     app.extensions["portal_limiter"] = limiter
     return limiter

@@ -371,9 +371,6 @@ def give_up_platform_refund(services, job, error: str) -> None:
         )
 
 
-jobs.register("platform_refund", run_platform_refund, give_up=give_up_platform_refund)
-
-
 def alert_raised(order_id: int, refund_id: str) -> bool:
     """Whether the platform could not take this refund and an operator was alerted."""
     return jobs.job_state(f"alert:refund_not_taken:{refund_id}"[:190]) is not None

@@ -1,4 +1,5 @@
-"""The services the core works with, built once per app: settings, Stripe, the platforms.
+"""The services the core works with, built once per app: settings, Stripe, the platforms, the
+job kinds the worker runs.
 
 The checkout core, the jobs and the webhook handler take a `Services` argument instead of reaching
 into Flask, so they run the same from a request, the worker, the CLI or a test.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from portal.job_kinds import all_kinds
+from portal.jobs import Kind
 from portal.orders.timeline import record_call
 from portal.platforms import Platform, build_platforms
 from portal.stripe_gateway import StripeGateway
@@ -23,6 +26,8 @@ class Services:
     redirect_hosts: frozenset[str] = field(default_factory=frozenset)
     # More hosts a redirect may go to, decided at the time (a merchant API key's allowed hosts).
     redirect_checks: list = field(default_factory=list)
+    # Every kind of job, by name (portal.job_kinds): what the queue runs.
+    job_kinds: dict[str, Kind] = field(default_factory=dict)
 
     @property
     def public_url(self) -> str:
@@ -65,4 +70,5 @@ def build_services(settings: dict) -> Services:
         stripe=gateway,
         platforms=build_platforms(settings, record_call),
         redirect_hosts=frozenset(h for h in hosts if h),
+        job_kinds=all_kinds(),
     )

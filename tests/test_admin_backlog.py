@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from portal.admin import queries
+from portal.admin import figures
 from portal.db import db
 from portal.models import Job, JobState, utcnow
 
@@ -75,8 +75,8 @@ def a_queue():
 
 def test_the_backlog_per_kind(app):
     now = a_queue()
-    backlog = {row.kind: row for row in queries.job_backlog(now)}
-    assert [row.kind for row in queries.job_backlog(now)] == ["mail", "webhook_delivery", "fulfil"]
+    backlog = {row.kind: row for row in figures.job_backlog(now)}
+    assert [row.kind for row in figures.job_backlog(now)] == ["mail", "webhook_delivery", "fulfil"]
     mail = backlog["mail"]
     assert (mail.due, mail.retrying, mail.running, mail.dead) == (1, 2, 0, 0)
     assert round(mail.due_for(now).total_seconds() / 60) == 10

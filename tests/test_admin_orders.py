@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from portal.admin import queries
+from portal.admin import figures, queries
 from portal.db import db
 from portal.models import Order, OrderEvent, OrderState, utcnow
 from tests.admin_support import (
@@ -323,7 +323,7 @@ def test_dashboard_counts_today_and_the_last_seven_days(console):
         paid_at=now - timedelta(days=9),
         fulfilled_at=now - timedelta(days=9),
     )
-    board = queries.dashboard(now)
+    board = figures.dashboard(now)
     today_window, week = board.windows
     assert (today_window.started, today_window.paid, today_window.fulfilled) == (2, 1, 1)
     assert today_window.conversion == 0.5
@@ -342,7 +342,7 @@ def test_dashboard_lists_orders_needing_attention(console):
     make_order(platform_ref="fresh", state=OrderState.PAID, paid_at=now - timedelta(minutes=2))
     failed = make_order(platform_ref="failed", state=OrderState.FULFIL_FAILED)
     disputed = make_order(platform_ref="disputed", state=OrderState.FULFILLED, disputed=True)
-    board = queries.dashboard(now)
+    board = figures.dashboard(now)
     assert [o.reference for o in board.unfulfilled] == [stalled.reference]
     assert [o.reference for o in board.fulfil_failed] == [failed.reference]
     assert [o.reference for o in board.disputed] == [disputed.reference]
@@ -368,7 +368,7 @@ def test_dashboard_error_rates_per_platform_and_for_stripe(console):
                 http_event(openlearning, "STRIPE", 502, "APIError"),
             ]
         )
-    stats = {s.target: s for s in queries.call_stats(utcnow() - timedelta(days=7))}
+    stats = {s.target: s for s in figures.call_stats(utcnow() - timedelta(days=7))}
     assert (stats["skilljar"].calls, stats["skilljar"].errors) == (4, 2)
     assert stats["skilljar"].error_rate == 0.5
     assert (stats["openlearning"].calls, stats["openlearning"].errors) == (1, 0)

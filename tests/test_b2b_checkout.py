@@ -221,7 +221,7 @@ def test_create_api_key_command_keeps_the_checkout_options(runner):
 def test_stripe_gets_its_own_parameter_names(flag):
     from datetime import UTC, datetime
 
-    from portal.stripe_gateway import CheckoutRequest, _collection_params
+    from portal.stripe_gateway.session import CheckoutRequest, _collection_params
 
     request = CheckoutRequest(
         order_reference="ord_abcdefghijkl",

@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import select
 
 from portal import recovery
-from portal.admin import queries
+from portal.admin import figures
 from portal.db import db
 from portal.models import Job, OrderEvent, OrderState, utcnow
 from tests.test_money_events import (
@@ -115,7 +115,7 @@ def test_a_consenting_buyer_who_left_gets_one_email_and_pays_through_the_link(op
         ).all()
     assert len(marks) == 1
     assert recovery.revenue(utcnow() - timedelta(days=1)) == [("USD", 1, order.amount_paid_minor)]
-    assert queries.dashboard().recovered == [("USD", 1, order.amount_paid_minor)]
+    assert figures.dashboard().recovered == [("USD", 1, order.amount_paid_minor)]
     assert browser.get(url).status_code == 410  # the recovered order is paid: the link is spent
 
 
@@ -146,7 +146,7 @@ def test_a_brand_that_did_not_opt_in_gets_neither_recovery_nor_email(not_opted_i
     deliver_events(server)
     assert reload_by_reference(reference).state == OrderState.EXPIRED
     assert recovery_mails() == []
-    assert queries.dashboard().recovered == []
+    assert figures.dashboard().recovered == []
 
 
 def test_the_opt_in_is_per_brand(make_app):

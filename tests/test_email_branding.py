@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from portal import mail
 from portal.branding import environment, overrides, samples
+from portal.branding.emails import EMAIL_PATHS, public_url_for
 from portal.branding.operations import assign, save_brand
-from portal.branding.render import EMAIL_PATHS, public_url_for
 from portal.db import db
 from portal.models import Job, JobState, OrderEvent, OrderState, TemplateOverride
 from tests.admin_support import make_order

@@ -390,7 +390,7 @@ def test_giving_up_that_fails_half_way_is_retried_after_the_lease(
     order = paid_order(app)
     purchase_state(mocked, "CREATED")
     mocked.post(FULFIL_URL, json={"detail": "down"}, status=503)
-    real_give_up = jobs.KINDS["fulfil"].give_up
+    real_give_up = app.extensions["portal"].job_kinds["fulfil"].give_up
     calls = []
 
     def flaky_give_up(services, job, error):
@@ -399,7 +399,7 @@ def test_giving_up_that_fails_half_way_is_retried_after_the_lease(
             raise OperationalError("UPDATE orders", {}, Exception("server closed the connection"))
         real_give_up(services, job, error)
 
-    monkeypatch.setattr(jobs.KINDS["fulfil"], "give_up", flaky_give_up)
+    monkeypatch.setattr(app.extensions["portal"].job_kinds["fulfil"], "give_up", flaky_give_up)
     with pytest.raises(OperationalError):
         run_worker(app)  # `--once` reports the failure
     job = job_for(f"fulfil:{order.id}")
@@ -437,7 +437,7 @@ def test_worker_survives_the_database_going_away(make_app, mocked, monkeypatch):
         return claimed
 
     monkeypatch.setattr(jobs, "claim_due", claim)
-    monkeypatch.setattr(jobs.KINDS["reconcile"], "run", lambda *_: None)
+    monkeypatch.setattr(app.extensions["portal"].job_kinds["reconcile"], "run", lambda *_: None)
     counts = worker.run()  # forever, until it stops itself above
     assert len(attempts) >= 2
     assert counts["done"] >= 1
@@ -483,7 +483,9 @@ def test_flask_portal_worker_once_exits_zero(
     assert result.exit_code == 0, result.output
     assert "(once)" in result.output
     # The fulfilment, plus one turn of each periodic job (sweeps, reconciliation, expiries).
-    periodic = sum(1 for kind in jobs.KINDS.values() if kind.every_seconds is not None)
+    periodic = sum(
+        1 for kind in app.extensions["portal"].job_kinds.values() if kind.every_seconds is not None
+    )
     assert f"worker stopped: done {1 + periodic}, retry 0, dead 0, lost 0" in result.output
     assert state_of(order) == OrderState.FULFILLED
 

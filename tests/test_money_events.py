@@ -19,7 +19,7 @@ from sqlalchemy import update
 from werkzeug.serving import make_server
 
 from portal import refunds
-from portal.admin import operations, queries
+from portal.admin import figures, operations
 from portal.admin.audit import Actor
 from portal.db import db
 from portal.jobs import Worker
@@ -245,7 +245,7 @@ def test_a_dispute_opened_then_lost_flags_then_refunds_the_purchase_and_alerts(s
     assert server.store.get("skilljar.purchase", purchase_id)["state"] == "FLAGGED"
     assert listener.kinds() == ["dispute_opened"]
     assert listener.bodies[0]["order"] == order.reference
-    board = queries.dashboard()
+    board = figures.dashboard()
     assert [o.reference for _event, o in board.money_alerts] == [order.reference]
 
     (dispute,) = server.store.list("dispute")

@@ -20,9 +20,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from portal import observability
-from portal.observability import JsonFormatter, TextFormatter, secret_values
+from portal.observability.logs import JsonFormatter, TextFormatter, json_handler, secret_values
+from portal.observability.request_ids import outbound_headers
 from portal.stripe_gateway import StripeGateway
+from portal.stripe_gateway.http_client import StripeHttpClient
 from tests.conftest import ROOT, STRIPE_BASE, free_port, wait_for
 from tests.test_openlearning_sandbox import join
 from tests.test_openlearning_sandbox import pay as openlearning_pay
@@ -41,7 +42,7 @@ TOKEN = "metrics-token-0123456789"
 def captured_logs(level=logging.DEBUG, secrets=()):
     """Every log record of the process, as the portal's JSON handler writes it."""
     stream = io.StringIO()
-    handler = observability.json_handler(stream, secrets)
+    handler = json_handler(stream, secrets)
     handler.setLevel(level)
     root = logging.getLogger()
     old_level = root.level
@@ -112,7 +113,7 @@ def test_the_request_id_goes_out_to_the_platform_and_to_stripe(
 
 
 def test_outside_a_request_no_id_is_invented():
-    assert observability.outbound_headers({"Accept": "x"}) == {"Accept": "x"}
+    assert outbound_headers({"Accept": "x"}) == {"Accept": "x"}
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ def test_stripe_429_is_retried_with_back_off_and_the_same_idempotency_key(
     mocked, monkeypatch, checkout_session
 ):
     slept: list[float] = []
-    monkeypatch.setattr(observability.StripeHttpClient, "sleep", slept.append)
+    monkeypatch.setattr(StripeHttpClient, "sleep", slept.append)
     limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
     mocked.post(SESSIONS_URL, json=limited, status=429)
     mocked.post(SESSIONS_URL, json=limited, status=429, headers={"Retry-After": "2"})
@@ -420,7 +421,7 @@ def test_stripe_429_is_retried_with_back_off_and_the_same_idempotency_key(
 
 def test_stripe_429_that_persists_becomes_a_transient_error(mocked, monkeypatch):
     slept: list[float] = []
-    monkeypatch.setattr(observability.StripeHttpClient, "sleep", slept.append)
+    monkeypatch.setattr(StripeHttpClient, "sleep", slept.append)
     limited = {"error": {"type": "rate_limit_error", "message": "Too many requests"}}
     mocked.get(f"{SESSIONS_URL}/cs_test_1", json=limited, status=429)
     from portal.http import UpstreamError

@@ -24,10 +24,10 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
 from portal import ConfigError, outbound
+from portal.alerts import alert
 from portal.api import webhooks_out
 from portal.config import load_settings, validate
 from portal.db import db
-from portal.fulfilment import alert
 from portal.http import UpstreamError
 from portal.models import OrderState, WebhookDelivery
 from tests.admin_support import make_order

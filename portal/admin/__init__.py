@@ -2,9 +2,11 @@
 dashboard, order search and export, each order's timeline and the operator actions on it, users,
 settings, the audit log, and the marketers' branding page. `/metrics` (Prometheus) lives here too.
 
-Layout: `auth` (passwords, lockout, sessions, roles), `oidc` (single sign-on), `forms`, `routes`
-(thin views), `operations` (the writes), `queries` (the reads), `audit`, `cli` (create-user),
-`metrics`.
+Layout: `auth` (passwords, lockout, sessions, roles), `oidc` (single sign-on), `forms`; the thin
+views: `routes` (the guard, sign-in, home, dashboard, users, settings, audit log), `order_pages`
+(orders and the actions on them), `delivery_pages` (merchant webhook deliveries), `branding`;
+`operations` (the writes), `queries` (the reads), `figures` (the dashboard's and /metrics'
+figures), `audit`, `cli` (create-user), `metrics`.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ def init_app(app) -> None:
     from portal.admin import (  # noqa: F401 - registers
         branding,  # noqa: F401 - registers the marketers' pages
         cli,
+        delivery_pages,
         metrics,
         oidc,
         operations,
+        order_pages,
         routes,
     )
 

@@ -26,7 +26,7 @@ from portal.admin.routes import actor
 from portal.branding import brands, operations, overrides, samples
 from portal.branding.brands import COPY_BLOCKS, DEFAULT_COLOURS, FONT_STACKS, BrandError, BrandInput
 from portal.branding.environment import default_source, learner_template_names
-from portal.branding.render import preview_email
+from portal.branding.overrides import preview_email
 from portal.platforms import registry
 
 EMAIL_PREVIEW_CSP = (

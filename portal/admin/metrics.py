@@ -15,21 +15,11 @@ from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from portal.admin import queries
+from portal.admin import figures
 from portal.models import utcnow
+from portal.observability.metrics import add_collectors
 
 bp = Blueprint("metrics", __name__)
-
-# More collectors for the same scrape: each hook is called with the scrape's registry and
-# registers what it has (portal.observability adds requests and upstream calls, merged across
-# gunicorn workers).
-REGISTRY_HOOKS: list = []
-
-
-def add_registry_hook(hook) -> None:
-    if hook not in REGISTRY_HOOKS:
-        REGISTRY_HOOKS.append(hook)
-
 
 CALL_WINDOW = timedelta(minutes=15)
 
@@ -38,7 +28,7 @@ class PortalCollector:
     def collect(self):
         now = utcnow()
         orders = GaugeMetricFamily("portal_orders", "Orders by state.", labels=["state"])
-        for state, count in sorted(queries.orders_by_state().items()):
+        for state, count in sorted(figures.orders_by_state().items()):
             orders.add_metric([state], count)
         yield orders
 
@@ -48,7 +38,7 @@ class PortalCollector:
             "fulfil_failed, disputed.",
             labels=["reason"],
         )
-        for reason, count in sorted(queries.attention_counts(now).items()):
+        for reason, count in sorted(figures.attention_counts(now).items()):
             attention.add_metric([reason], count)
         yield attention
 
@@ -58,7 +48,7 @@ class PortalCollector:
             "How long the longest-waiting due job of each kind has been due.",
             labels=["kind"],
         )
-        for kind, state, count, run_at in sorted(queries.open_jobs(), key=lambda r: r[:2]):
+        for kind, state, count, run_at in sorted(figures.open_jobs(), key=lambda r: r[:2]):
             jobs.add_metric([kind, state], count)
             if state == "queued" and run_at is not None:
                 oldest.add_metric([kind], max((now - run_at).total_seconds(), 0.0))
@@ -75,7 +65,7 @@ class PortalCollector:
             "Of those, the ones that failed upstream (5xx, timeout, no connection).",
             labels=["target"],
         )
-        for stats in queries.call_stats(now - CALL_WINDOW):
+        for stats in figures.call_stats(now - CALL_WINDOW):
             calls.add_metric([stats.target], stats.calls)
             errors.add_metric([stats.target], stats.errors)
         yield calls
@@ -100,8 +90,7 @@ def metrics():
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PortalCollector())
-    for hook in REGISTRY_HOOKS:
-        hook(registry)
+    add_collectors(registry)  # requests and calls out, merged across gunicorn workers
     return Response(
         generate_latest(registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},

@@ -9,7 +9,6 @@ import re
 from datetime import UTC, datetime
 
 from flask import (
-    Response,
     abort,
     current_app,
     flash,
@@ -20,33 +19,22 @@ from flask import (
     session,
     url_for,
 )
-from flask_wtf import FlaskForm
-from wtforms import SelectChoice, SelectField, StringField
-from wtforms.validators import Length, Optional
+from wtforms import SelectChoice
 
-from portal import i18n, ratelimit
-from portal.admin import audit, auth, bp, oidc, operations, queries
+from portal import ratelimit
+from portal.admin import audit, auth, bp, figures, oidc, operations, queries
 from portal.admin.audit import Actor
 from portal.admin.forms import (
     AuditFilterForm,
-    ConfirmForm,
     CreateUserForm,
     LoginForm,
-    OrderSearchForm,
-    ReasonForm,
-    RefundForm,
     SignOutForm,
     UpdateUserForm,
 )
-from portal.api import queries as webhook_log
-from portal.api import webhooks_out
 from portal.config import declared_settings
-from portal.models import Order, Role
+from portal.models import Role
 from portal.money import (
-    MoneyError,
-    format_amount_input,
     format_money,
-    parse_amount,
 )
 from portal.urls import mask_credentials
 
@@ -126,12 +114,19 @@ def console_globals():
         "can": lambda permission: auth.can(user.role if user else None, permission),
         "sign_out_form": SignOutForm() if user else None,
         "sso_enabled": oidc.enabled(settings()),
-        "platform_label": lambda name: _platform_labels().get(name, name),
+        "platform_label": lambda name: platform_labels().get(name, name),
     }
 
 
-def _platform_labels() -> dict[str, str]:
+def platform_labels() -> dict[str, str]:
     return {name: p.label or name for name, p in services().platforms.items()}
+
+
+def page_number() -> int:
+    try:
+        return max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        return 1
 
 
 @bp.app_template_filter("admin_time")
@@ -241,312 +236,7 @@ def home():
 @bp.get("/dashboard")
 @auth.requires("dashboard")
 def dashboard():
-    return render_template("admin/dashboard.html", board=queries.dashboard())
-
-
-# --- orders ------------------------------------------------------------------------------------
-
-
-def _search_form() -> OrderSearchForm:
-    form = OrderSearchForm(formdata=request.args)
-    form.platform.choices = [SelectChoice("", "any")] + [
-        SelectChoice(name, label) for name, label in sorted(_platform_labels().items())
-    ]
-    return form
-
-
-def _filters(form: OrderSearchForm) -> queries.OrderFilters:
-    return queries.OrderFilters(
-        platform=form.platform.data or None,
-        platform_ref=form.platform_ref.data or None,
-        email=form.email.data or None,
-        stripe_id=form.stripe_id.data or None,
-        state=form.state.data or None,
-        date_from=form.date_from.data,
-        date_to=form.date_to.data,
-    )
-
-
-def _page_number() -> int:
-    try:
-        return max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        return 1
-
-
-@bp.get("/orders")
-@auth.requires("orders")
-def orders():
-    form = _search_form()
-    valid = form.validate()
-    found = queries.search_orders(_filters(form), _page_number()) if valid else None
-    args = {k: v for k, v in request.args.items() if k != "page" and v}
-    return render_template("admin/orders.html", form=form, found=found, args=args), (
-        200 if valid else 400
-    )
-
-
-@bp.get("/orders.csv")
-@auth.requires("orders")
-def orders_csv():
-    form = _search_form()
-    if not form.validate():
-        abort(400)
-    filters = _filters(form)
-    audit.record(actor(), "orders.export", detail={"filters": filters.as_dict()})
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Response(
-        queries.export_orders(filters),
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="orders-{stamp}.csv"'},
-    )
-
-
-def _order_or_404(reference: str) -> Order:
-    detail = queries.order_detail(reference)
-    if detail is None:
-        abort(404)
-    return detail.order
-
-
-@bp.get("/orders/<reference>")
-@auth.requires("orders")
-def order(reference):
-    detail = queries.order_detail(reference)
-    if detail is None:
-        abort(404)
-    return render_template(
-        "admin/order.html",
-        order=detail.order,
-        events=detail.events,
-        jobs=detail.jobs,
-        offers=operations.offers(detail.order),
-        deliveries=webhook_log.deliveries_for_order(detail.order.id),
-    )
-
-
-def _run(action, reference: str):
-    """Run an operator action and report it on the order page."""
-    try:
-        result = action()
-    except operations.ActionRefused as exc:
-        flash(str(exc), "error")
-    else:
-        flash(result.message, "ok" if result.ok else "warning")
-    return redirect(url_for("admin.order", reference=reference), 303)
-
-
-ACTION_PAGES = {
-    "retry": (
-        "Retry fulfilment now",
-        "The fulfilment job becomes due now and runs at once; the page waits a few seconds for "
-        "the platform's answer. A fulfil_failed order goes back to paid and gets a fresh set of "
-        "attempts.",
-    ),
-    "refund": (
-        "Refund",
-        "The money goes back through Stripe to the learner's card, then the platform is told. "
-        "A partial refund is only for a fulfilled order.",
-    ),
-    "cancel": (
-        "Cancel the order",
-        "The Stripe Checkout Session is expired first, so it can no longer be paid; then the "
-        "platform is told the purchase was cancelled.",
-    ),
-    "resolve": (
-        "Mark as resolved",
-        "Use this when the learner was enrolled by hand on the platform: the order becomes "
-        "fulfilled, and the reason is kept on its timeline. Nothing is sent to the platform.",
-    ),
-}
-
-
-def _action_page(action: str, order: Order, form, status: int = 200, refused: str | None = None):
-    title, explanation = ACTION_PAGES[action]
-    remaining = (order.amount_paid_minor or 0) - (order.amount_refunded_minor or 0)
-    return render_template(
-        "admin/action.html",
-        action=action,
-        title=title,
-        explanation=explanation,
-        order=order,
-        form=form,
-        remaining=remaining,
-        refund_effects=services().platform(order.platform).refund_effects,
-        refused=refused,
-        amount_example=format_amount_input(max(remaining, 0), order.currency, operator_locale()),
-    ), status
-
-
-def operator_locale() -> str:
-    """The operator's locale, from their browser: amounts are typed and shown as they write
-    them ("50,00" in French)."""
-    return i18n.negotiate(None, request.accept_languages, "en")
-
-
-@bp.route("/orders/<reference>/retry", methods=["GET", "POST"])
-@auth.requires("orders.act")
-def retry(reference):
-    order = _order_or_404(reference)
-    form = ConfirmForm()
-    if form.validate_on_submit():
-        return _run(lambda: operations.retry_fulfilment(services(), actor(), reference), reference)
-    return _action_page("retry", order, form, 400 if request.method == "POST" else 200)
-
-
-@bp.route("/orders/<reference>/refund", methods=["GET", "POST"])
-@auth.requires("orders.act")
-def refund(reference):
-    order = _order_or_404(reference)
-    form = RefundForm()
-    locale = operator_locale()
-    if request.method == "GET":
-        remaining = (order.amount_paid_minor or 0) - (order.amount_refunded_minor or 0)
-        form.amount.data = format_amount_input(max(remaining, 0), order.currency, locale)
-        form.refunded_before.data = order.amount_refunded_minor or 0
-    refused = None
-    if form.validate_on_submit():
-        try:
-            amount_minor = parse_amount(form.amount.data, order.currency, locale)
-        except MoneyError as exc:
-            form.amount.errors = [*form.amount.errors, str(exc)]
-        else:
-            reason = form.reason.data.strip()
-            before = form.refunded_before.data
-            try:
-                result = operations.refund(
-                    services(), actor(), reference, amount_minor, reason, expected_refunded=before
-                )
-            except operations.ActionRefused as exc:
-                # Refused (over what is left, say): the same form again, with what was typed.
-                refused = str(exc)
-            else:
-                flash(result.message, "ok" if result.ok else "warning")
-                return redirect(url_for("admin.order", reference=reference), 303)
-    status = 400 if request.method == "POST" else 200
-    return _action_page("refund", order, form, status, refused=refused)
-
-
-@bp.route("/orders/<reference>/cancel", methods=["GET", "POST"])
-@auth.requires("orders.act")
-def cancel(reference):
-    order = _order_or_404(reference)
-    form = ReasonForm()
-    if form.validate_on_submit():
-        reason = form.reason.data.strip()
-        return _run(lambda: operations.cancel(services(), actor(), reference, reason), reference)
-    return _action_page("cancel", order, form, 400 if request.method == "POST" else 200)
-
-
-@bp.route("/orders/<reference>/resolve", methods=["GET", "POST"])
-@auth.requires("orders.act")
-def resolve(reference):
-    order = _order_or_404(reference)
-    form = ReasonForm()
-    if form.validate_on_submit():
-        reason = form.reason.data.strip()
-        return _run(lambda: operations.resolve(services(), actor(), reference, reason), reference)
-    return _action_page("resolve", order, form, 400 if request.method == "POST" else 200)
-
-
-# --- merchant webhook deliveries ----------------------------------------------------------------
-
-
-class DeliveryFilterForm(FlaskForm):
-    """The delivery log's filters: a GET form, without a CSRF token (it changes nothing)."""
-
-    class Meta:
-        csrf = False
-
-    state = SelectField(
-        "State",
-        choices=[SelectChoice("", "any")] + [SelectChoice(s) for s in webhook_log.STATES],
-        validators=[Optional()],
-    )
-    event_type = SelectField(
-        "Event type",
-        choices=[SelectChoice("", "any")] + [SelectChoice(t) for t in webhooks_out.EVENT_TYPES],
-        validators=[Optional()],
-    )
-    order = StringField("Order reference", validators=[Optional(), Length(max=40)])
-    event = StringField("Event id", validators=[Optional(), Length(max=64)])
-    key = SelectField("API key", choices=[], validators=[Optional()])
-    endpoint = SelectField("Endpoint", choices=[], validators=[Optional()])
-
-
-def _delivery_filter_form() -> DeliveryFilterForm:
-    form = DeliveryFilterForm(formdata=request.args)
-    keys: dict[str, str] = {}
-    endpoint_choices = []
-    for choice in webhook_log.endpoints():
-        revoked = " (revoked)" if choice.api_key_revoked else ""
-        keys[str(choice.api_key_id)] = f"{choice.api_key_name} · {choice.api_key_prefix}{revoked}"
-        endpoint_choices.append(
-            SelectChoice(str(choice.id), f"{choice.url} · {choice.api_key_prefix}")
-        )
-    form.key.choices = [SelectChoice("", "any")] + [SelectChoice(k, v) for k, v in keys.items()]
-    form.endpoint.choices = [SelectChoice("", "any")] + endpoint_choices
-    return form
-
-
-def _delivery_filters(form: DeliveryFilterForm) -> webhook_log.DeliveryFilters:
-    return webhook_log.DeliveryFilters(
-        state=form.state.data or None,
-        order_reference=form.order.data or None,
-        api_key_id=int(form.key.data) if form.key.data else None,
-        endpoint_id=int(form.endpoint.data) if form.endpoint.data else None,
-        event_type=form.event_type.data or None,
-        event_id=form.event.data or None,
-    )
-
-
-@bp.get("/webhooks")
-@auth.requires("orders")
-def webhook_deliveries():
-    form = _delivery_filter_form()
-    valid = form.validate()
-    found = (
-        queries.search_webhook_deliveries(_delivery_filters(form), _page_number())
-        if valid
-        else None
-    )
-    args = {k: v for k, v in request.args.items() if k != "page" and v}
-    filtered = any(k in args for k in form.data)
-    return render_template(
-        "admin/webhook_deliveries.html", form=form, found=found, args=args, filtered=filtered
-    ), (200 if valid else 400)
-
-
-def _delivery_or_404(delivery_id: int) -> webhook_log.DeliveryDetail:
-    detail = webhook_log.delivery_detail(delivery_id)
-    if detail is None:
-        abort(404)
-    return detail
-
-
-@bp.get("/webhooks/<int:delivery_id>")
-@auth.requires("orders")
-def webhook_delivery(delivery_id):
-    return render_template("admin/webhook_delivery.html", detail=_delivery_or_404(delivery_id))
-
-
-@bp.route("/webhooks/<int:delivery_id>/resend", methods=["GET", "POST"])
-@auth.requires("orders.act")
-def webhook_resend(delivery_id):
-    detail = _delivery_or_404(delivery_id)
-    form = ConfirmForm()
-    form.confirm.label.text = "I have checked the delivery and want it sent again"
-    if form.validate_on_submit():
-        try:
-            result = operations.resend_webhook(actor(), delivery_id)
-        except operations.ActionRefused as exc:
-            flash(str(exc), "error")
-        else:
-            flash(result.message, "ok" if result.ok else "warning")
-        return redirect(url_for("admin.webhook_delivery", delivery_id=delivery_id), 303)
-    return render_template("admin/webhook_resend.html", detail=detail, form=form), (
-        400 if request.method == "POST" else 200
-    )
+    return render_template("admin/dashboard.html", board=figures.dashboard())
 
 
 # --- branding: portal/admin/branding.py ----------------------------------------------------------
@@ -645,6 +335,6 @@ def audit_log():
         SelectChoice(action) for action in queries.audit_actions()
     ]
     form.validate()
-    found = queries.audit_log(form.actor.data or None, form.action.data or None, _page_number())
+    found = queries.audit_log(form.actor.data or None, form.action.data or None, page_number())
     args = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template("admin/audit.html", form=form, found=found, args=args)

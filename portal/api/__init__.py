@@ -12,7 +12,7 @@ from portal.api.routes import bp
 
 def init_app(app) -> None:
     from portal import csrf
-    from portal.api import cancel, cli, keys, orders, webhooks_out  # noqa: F401 - registers job kinds
+    from portal.api import cli, keys
 
     app.register_blueprint(bp)
     csrf.exempt(bp)  # server-to-server JSON with a bearer key: no cookies, no CSRF

@@ -174,6 +174,3 @@ def run_expiry(services, job) -> None:
             log.warning("authorisation expiry of %s: %s", order.reference, exc.message)
     if failures:
         raise UpstreamError(f"{failures} order(s) could not be expired", transient=True)
-
-
-jobs.register("merchant_expiry", run_expiry, every_seconds=3600)

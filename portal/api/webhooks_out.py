@@ -299,6 +299,3 @@ def requeue_delivery(session, delivery_id: int) -> WebhookDelivery:
     if reset.rowcount != 1:
         raise RedeliveryRefused("The delivery changed meanwhile: reload the page and look again.")
     return delivery
-
-
-jobs.register("webhook_delivery", run_delivery, give_up=give_up_delivery)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from html import escape
 
 from flask import current_app, url_for
 from jinja2 import TemplateNotFound, TemplateSyntaxError
@@ -16,17 +17,20 @@ from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.branding import brands, markup, samples
 from portal.branding import cache as branding_cache
-from portal.branding.environment import ACTIVE_MARKUP, fixed_environment, is_learner_template
-from portal.branding.render import (
-    describe,
+from portal.branding.emails import (
     email_colours,
     email_context,
     email_rules,
+    public_url_for,
+    text_part,
+)
+from portal.branding.environment import ACTIVE_MARKUP, fixed_environment, is_learner_template
+from portal.branding.render import (
+    describe,
     for_brand,
     load_overrides,
     page_context,
     page_rules,
-    public_url_for,
     render_in,
 )
 from portal.db import db
@@ -247,6 +251,48 @@ def preview_brand(draft: Brand, sample_key: str, language: str, theme_url: str, 
     brand = brands.brand_context(draft, settings, url_for)
     brand["theme_url"], brand["logo_url"] = theme_url, logo_url
     return render_in(env, sample.template, sample_context(sample, language, brand), {}), False
+
+
+def preview_email(name: str, source: str | None, sample, language: str, brand_id=None) -> str:
+    """The console's preview of an email sample with `source` as the override of `name` (the
+    live defaults if None), in the colours of brand `brand_id` (else the default brand). A
+    plain-text message is shown as it reads, in a <pre>."""
+    settings = current_app.config["PORTAL"]
+    with db.reader() as session:
+        row = session.get(Brand, brand_id) if brand_id else None
+        if row is None:
+            row = brands.find_brand(session, None)
+        # Relative logo URLs: the preview is a console page, on the console's own origin.
+        brand = brands.brand_context(row, settings, url_for)
+        colours = email_colours(row)
+    locale = {"en": "en_US", "fr": "fr_FR"}.get(language, language)
+    context = email_context(
+        settings=settings,
+        brand=brand,
+        colours=colours,
+        locale=locale,
+        order=sample.order,
+        context=sample.context,
+        preview=True,
+    )
+    env = fixed_environment(language, {name: source} if source is not None else {})
+    rendered = render_in(env, sample.template, context, {})
+    if not sample.template.endswith(".txt"):
+        if source is not None:
+            default = render_in(fixed_environment(language, {}), sample.template, context, {})
+            found = markup.problems(rendered, default, email_rules(settings, brand))
+            if found:
+                raise UnsafeOutput(found)
+        return rendered
+    return (
+        f'<!doctype html>\n<html lang="{language}">\n<head><meta charset="utf-8">'
+        f"<title>Preview: {escape(sample.template)}</title></head>\n"
+        '<body style="margin:0;padding:24px;background:#f3f5f9;">\n'
+        '<pre style="margin:0 auto;max-width:72ch;padding:24px;background:#ffffff;'
+        "border:1px solid #d8dee4;border-radius:8px;white-space:pre-wrap;overflow-wrap:anywhere;"
+        'font:14px/1.5 ui-monospace,Menlo,Consolas,monospace;color:#16192b;">'
+        f"{escape(text_part(rendered))}</pre>\n</body>\n</html>\n"
+    )
 
 
 # --- versions ---------------------------------------------------------------------------------

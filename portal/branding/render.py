@@ -9,9 +9,7 @@ money, dates and numbers), `sandbox`, `preview`, `url_for` (our learner endpoint
 `csrf_token` (the session's token), `fmt` (money in the order's currency and the learner's
 locale). Per page: `order` (a dict of the order's columns), and what the view passes.
 
-Emails (`render_learner_email`) go through the same sandbox, overrides and fallback, without a
-request: the order's locale, absolute links under PORTAL_PUBLIC_URL, and the brand's `colours`
-for inline styles.
+Emails go through the same sandbox, overrides and fallback (portal.branding.emails).
 """
 
 from __future__ import annotations
@@ -20,15 +18,13 @@ import dataclasses
 import enum
 import functools
 import hashlib
-import html
 import logging
-import re
 import secrets
 import threading
 import traceback
 from datetime import date, datetime
 from decimal import Decimal
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from cachetools import LRUCache
 from flask import current_app, g, request, url_for
@@ -42,14 +38,13 @@ from portal.branding import brands, markup
 from portal.branding import cache as branding_cache
 from portal.branding.environment import (
     TEMPLATES_DIR,
-    fixed_environment,
     live_environment,
     live_overrides,
     overrides_used,
     render_budgeted,
 )
 from portal.db import db
-from portal.models import Brand, Order, TemplateOverride, utcnow
+from portal.models import Order, TemplateOverride, utcnow
 from portal.money import format_money
 
 log = logging.getLogger("portal.branding")
@@ -342,7 +337,7 @@ def _render(env, name: str, page: dict, overrides: dict, order: Order | None) ->
             if not used:
                 raise
             text = describe(exc, used[-1])
-            _not_served(used, text, order)
+            not_served(used, text, order)
             return render_in(env, name, page, {}), True
     finally:
         overrides_used.reset(used_token)
@@ -354,7 +349,7 @@ def _render(env, name: str, page: dict, overrides: dict, order: Order | None) ->
     default = render_in(env, name, quiet, {})
     found = markup.problems(html, default, page_rules())
     if found:
-        _not_served(used, f"{name}: " + " ".join(found[:5]), order)
+        not_served(used, f"{name}: " + " ".join(found[:5]), order)
         if marking:
             default = render_in(env, name, page, {})
         return default, True
@@ -365,27 +360,12 @@ def page_rules() -> markup.Rules:
     return markup.Rules()
 
 
-def email_rules(settings: dict, brand: dict) -> markup.Rules:
-    """An email's links may go to the portal, the brand's own sites (its terms and privacy
-    addresses) and the platforms' sites (PORTAL_REDIRECT_HOSTS), over https."""
-    hosts = {urlsplit(settings["PUBLIC_URL"]).hostname or ""}
-    for key in ("terms_url", "privacy_url"):
-        if brand.get(key):
-            hosts.add(urlsplit(brand[key]).hostname or "")
-    hosts.update(settings.get("REDIRECT_HOSTS") or ())
-    return markup.Rules(
-        email=True,
-        public_url=settings["PUBLIC_URL"],
-        link_hosts=frozenset(h.lower() for h in hosts if h),
-    )
-
-
 # The alerts sent in this process, so a broken override alerts once, not on every page.
 _alerted: LRUCache = LRUCache(256)
 _alert_lock = threading.Lock()
 
 
-def _not_served(names: list[str], text: str, order: Order | None, kind: str = "template") -> None:
+def not_served(names: list[str], text: str, order: Order | None, kind: str = "template") -> None:
     """An override was not served (it failed, ran over its budget or produced refused markup):
     recorded on the override for the console, logged as an operator alert, and sent to
     PORTAL_ALERT_WEBHOOK_URL once per override and reason in this process."""
@@ -423,229 +403,3 @@ def _post_alert(settings: dict, url: str, payload: dict) -> None:
         outbound.post(settings, url, json=payload, timeout=(3.05, 10))
     except Exception:  # noqa: BLE001 - the log line already carries the alert
         log.exception("alert webhook failed")
-
-
-# --- emails: the same sandbox and overrides, without a request ------------------------------------
-#
-# Pay links and receipts are rendered by the job worker, where there is no request (and often no
-# app context): no `url_for`, no session for a CSRF token, no Accept-Language. The locale is the
-# order's (else PORTAL_DEFAULT_LOCALE), links are absolute under PORTAL_PUBLIC_URL (a mail client
-# has no base URL), and the brand carries its colours for inline styles (mail clients ignore
-# linked stylesheets).
-
-# The endpoints an email may link to, as paths under PORTAL_PUBLIC_URL. A test checks each one
-# against the app's own URL map, so a renamed route cannot leave emails pointing nowhere.
-EMAIL_PATHS = {
-    "orders.review": "/orders/{reference}",
-    "orders.status": "/orders/{reference}/status",
-    "branding.logo": "/brand/{brand_id}/logo",
-    "branding.theme": "/brand/{brand_id}/theme.css",
-    "static": "/static/{filename}",
-}
-
-
-def public_url_for(settings: dict):
-    """A `url_for` for emails: absolute URLs of EMAIL_PATHS under PORTAL_PUBLIC_URL, plain values
-    only; extra values become the query string."""
-    base = settings["PUBLIC_URL"].rstrip("/")
-
-    def build(endpoint: str, **values) -> str:
-        if endpoint not in EMAIL_PATHS:
-            raise SecurityError(f"url_for({endpoint!r}) is not available to email templates")
-        for value in values.values():
-            if not isinstance(value, str | int) or isinstance(value, bool):
-                raise SecurityError("url_for takes text and numbers only")
-        template = EMAIL_PATHS[endpoint]
-        names = set(re.findall(r"{(\w+)}", template))
-        missing = names - values.keys()
-        if missing:
-            raise ValueError(f"url_for({endpoint!r}) needs {', '.join(sorted(missing))}")
-        path = template.format(
-            **{
-                name: quote(str(values[name]), safe="/" if name == "filename" else "")
-                for name in names
-            }
-        )
-        query = {key: value for key, value in values.items() if key not in names}
-        return base + path + (f"?{urlencode(query)}" if query else "")
-
-    return build
-
-
-def email_colours(brand: Brand | None) -> dict[str, str]:
-    """The brand's colours for inline styles: the page background around the message, the
-    primary colour (links, the button, the header rule), button text that reads on it, body
-    text and a muted text that still has 4.5:1 on the white message card."""
-    colours = brands.colours_of(brand) if brand is not None else dict(brands.DEFAULT_COLOURS)
-    text, background = colours["text"], colours["background"]
-    muted = brands.mix(text, brands.WHITE, 0.3)
-    if brands.contrast(muted, brands.WHITE) < 4.5:
-        muted = text
-    stack = brands.FONT_STACKS.get(
-        brand.font_stack if brand is not None else "system", brands.FONT_STACKS["system"]
-    )[1]
-    return {
-        "primary": colours["primary"],
-        "on_primary": brands.on_colour(colours["primary"]),
-        "text": text,
-        "muted": muted,
-        "background": background,
-        "font": stack,
-    }
-
-
-def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
-    """The order's brand for an email, (brand dict, colours): the same choice as its pages
-    (platform source, the platform's "*", the default brand, the settings), with absolute URLs.
-    The settings brand if the database cannot be read: the message still goes."""
-    try:
-        with db.reader() as session:
-            row, own_name = brands.find_brand_and_name(session, order)
-            brand = brands.brand_context(row, settings, public_url_for(settings), own_name)
-            colours = email_colours(row)
-    except Exception:  # noqa: BLE001 - an email goes out in the default look rather than not
-        log.exception("brand lookup for an email failed: using the settings brand")
-        brand, colours = brands.settings_brand(settings), email_colours(None)
-    return brand, colours
-
-
-def email_context(
-    *,
-    settings: dict,
-    brand: dict,
-    colours: dict,
-    locale: str,
-    order: dict,
-    context: dict,
-    preview: bool = False,
-) -> dict:
-    """The globals of an email template: those of a page (`brand`, `lang`, `locale`, `order`,
-    `fmt`, `url_for`, ...), with absolute URLs, plus `colours`. An email has no form, so its
-    `csrf_token()` is empty."""
-    page = {key: plain(value) for key, value in context.items() if key != "fmt"}
-    page.update(
-        brand=brands.in_language(brand, i18n.language_for(locale)),
-        colours=colours,
-        lang=i18n.language_for(locale).replace("_", "-"),
-        locale=locale,
-        sandbox=bool(settings["SANDBOX"]),
-        preview=preview,
-        url_for=public_url_for(settings),
-        csrf_token=lambda: "",
-        order=order,
-        fmt=money_formatter(order["currency"], locale),
-    )
-    return page
-
-
-def email_overrides() -> dict[tuple[str, int | None], tuple[object, str]]:
-    """The published overrides, read afresh: emails go out from the worker, often outside any
-    app context (where the per-app cache of `published_overrides` lives), and a few messages a
-    minute do not need a cache. Without the database, the defaults render."""
-    try:
-        return load_overrides()
-    except Exception:  # noqa: BLE001 - the message still goes, in the default look
-        log.exception("template overrides could not be loaded for an email: using the defaults")
-        return {}
-
-
-def text_part(rendered: str) -> str:
-    """The sandbox autoescapes everything; a text/plain part is not HTML, so the escapes (of
-    `&`, `<`, `>` and quotes in names and links) are undone."""
-    return html.unescape(rendered)
-
-
-def render_learner_email(
-    name: str,
-    *,
-    order: Order,
-    settings: dict,
-    locale: str | None = None,
-    brand: tuple[dict, dict] | None = None,
-    **context,
-) -> str:
-    """Email template `name` (`email/receipt.html`, `email/pay_link.txt`, ...) about `order`,
-    outside any request: the order's locale and brand, the published overrides, and the same
-    fail-safe as `render_learner`: an override that fails renders the default instead, logged
-    and recorded for the console, so an email job never fails because of an override.
-    `brand` is a (brand, colours) pair from `email_brand`, to look it up once per message."""
-    locale = locale or order.locale or settings["DEFAULT_LOCALE"]
-    brand_dict, colours = brand if brand is not None else email_brand(order, settings)
-    page = email_context(
-        settings=settings,
-        brand=brand_dict,
-        colours=colours,
-        locale=locale,
-        order=order_data(order),
-        context=context,
-    )
-    env = live_environment(i18n.language_for(locale))
-    overrides = for_brand(email_overrides(), brand_dict["id"])
-    used: list[str] = []
-    used_token = overrides_used.set(used)
-    try:
-        try:
-            rendered = render_in(env, name, page, overrides)
-        except Exception as exc:
-            if not used:
-                raise
-            _not_served(used, describe(exc, used[-1]), order, "email template")
-            rendered = render_in(env, name, page, {})
-            used = []
-    finally:
-        overrides_used.reset(used_token)
-    if used:
-        default = render_in(env, name, page, {})
-        rules = email_rules(settings, brand_dict)
-        if name.endswith(".txt"):
-            found = markup.text_problems(rendered, default, rules)
-        else:
-            found = markup.problems(rendered, default, rules)
-        if found:
-            _not_served(used, f"{name}: " + " ".join(found[:5]), order, "email template")
-            rendered = default
-    return text_part(rendered) if name.endswith(".txt") else rendered
-
-
-def preview_email(name: str, source: str | None, sample, language: str, brand_id=None) -> str:
-    """The console's preview of an email sample with `source` as the override of `name` (the
-    live defaults if None), in the colours of brand `brand_id` (else the default brand). A
-    plain-text message is shown as it reads, in a <pre>."""
-    settings = current_app.config["PORTAL"]
-    with db.reader() as session:
-        row = session.get(Brand, brand_id) if brand_id else None
-        if row is None:
-            row = brands.find_brand(session, None)
-        # Relative logo URLs: the preview is a console page, on the console's own origin.
-        brand = brands.brand_context(row, settings, url_for)
-        colours = email_colours(row)
-    locale = {"en": "en_US", "fr": "fr_FR"}.get(language, language)
-    context = email_context(
-        settings=settings,
-        brand=brand,
-        colours=colours,
-        locale=locale,
-        order=sample.order,
-        context=sample.context,
-        preview=True,
-    )
-    env = fixed_environment(language, {name: source} if source is not None else {})
-    rendered = render_in(env, sample.template, context, {})
-    if not sample.template.endswith(".txt"):
-        if source is not None:
-            default = render_in(fixed_environment(language, {}), sample.template, context, {})
-            found = markup.problems(rendered, default, email_rules(settings, brand))
-            if found:
-                from portal.branding.overrides import UnsafeOutput
-
-                raise UnsafeOutput(found)
-        return rendered
-    return (
-        f'<!doctype html>\n<html lang="{language}">\n<head><meta charset="utf-8">'
-        f"<title>Preview: {html.escape(sample.template)}</title></head>\n"
-        '<body style="margin:0;padding:24px;background:#f3f5f9;">\n'
-        '<pre style="margin:0 auto;max-width:72ch;padding:24px;background:#ffffff;'
-        "border:1px solid #d8dee4;border-radius:8px;white-space:pre-wrap;overflow-wrap:anywhere;"
-        'font:14px/1.5 ui-monospace,Menlo,Consolas,monospace;color:#16192b;">'
-        f"{html.escape(text_part(rendered))}</pre>\n</body>\n</html>\n"
-    )

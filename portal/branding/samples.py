@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from portal.branding.render import email_colours
-from portal.errors import MESSAGES
+from portal.branding.emails import email_colours
+from portal.error_texts import MESSAGES
 from portal.platforms import registry
 
 LONG_TITLE = (

@@ -10,10 +10,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import orders
 from portal.checkout import CheckoutError, open_order
-from portal.orders import timeline
 from portal.db import db
 from portal.i18n import N_
 from portal.models import Order, OrderState, UsedToken
+from portal.orders import timeline
 from portal.platforms.openlearning.keys import KeySourceUnavailable
 from portal.platforms.openlearning.platform import OpenLearningPlatform
 from portal.platforms.openlearning.tokens import PLATFORM, REFUSALS, EnrolmentToken, TokenRefused
