@@ -11,16 +11,18 @@ from datetime import timedelta
 from portal import checkout, jobs, orders, refunds
 from portal.api.errors import ApiError
 from portal.api.orders import (
-    HELD,
     PLATFORM,
+    load_for_key,
+    settle_fulfilment,
+    upstream_error,
+)
+from portal.api.representation import (
+    HELD,
     UNPAID,
     captured_amount,
     iso,
-    load_for_key,
     serialize_order,
-    settle_fulfilment,
     status_of,
-    upstream_error,
 )
 from portal.db import db
 from portal.http import UpstreamError

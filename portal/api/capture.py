@@ -11,16 +11,18 @@ from portal.api import webhooks_out
 from portal.api.cancel import cancel_held
 from portal.api.errors import ApiError
 from portal.api.orders import (
-    HELD,
     Basket,
     basket,
     load_for_key,
     open_merchant_order,
-    serialize_order,
     serialize_session,
     settle_fulfilment,
-    status_of,
     upstream_error,
+)
+from portal.api.representation import (
+    HELD,
+    serialize_order,
+    status_of,
 )
 from portal.db import db
 from portal.http import UpstreamError
@@ -131,7 +133,7 @@ def update_items(services, key: ApiKey, reference: str, items: list[dict]) -> di
         return _updated(
             services, key, changed, f"Capture will take {cart.total_minor} of the authorised hold."
         )
-    from portal.platforms.merchant.platform import increase_limit
+    from portal.platforms.merchant.limits import increase_limit
 
     if cart.total_minor - authorized <= increase_limit(services.settings, order, authorized):
         try:

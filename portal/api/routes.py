@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from portal import jsonlimits
-from portal.api import cancel, capture, idempotency, keys, orders, schema
+from portal.api import cancel, capture, idempotency, keys, orders, representation, schema
 from portal.api.errors import ApiError
 from portal.checkout import CheckoutError
 from portal.http import UpstreamError
@@ -188,14 +188,14 @@ def update_order(key, body, request_key, order_id):
 @endpoint("CaptureRequest", idempotent=True)
 def capture_order(key, body, request_key, order_id):
     order = capture.capture(services(), key, _order_id(order_id), body.get("amount"), request_key)
-    return orders.serialize_order(order, livemode=key.live, settings=services().settings)
+    return representation.serialize_order(order, livemode=key.live, settings=services().settings)
 
 
 @bp.post("/orders/<order_id>/cancel")
 @endpoint("CancelRequest", idempotent=True)
 def cancel_order(key, body, request_key, order_id):
     order = cancel.cancel(services(), key, _order_id(order_id), body.get("reason"))
-    return orders.serialize_order(order, livemode=key.live, settings=services().settings)
+    return representation.serialize_order(order, livemode=key.live, settings=services().settings)
 
 
 @bp.post("/refunds")

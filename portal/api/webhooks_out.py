@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, outbound
+from portal.api.representation import serialize_order
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
 from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
@@ -96,8 +97,6 @@ def emit(
 ) -> str | None:
     """Queue `event_type` about `order` to each active endpoint of the order's key, inside the
     caller's transaction. Returns the event id (None when the order has no key)."""
-    from portal.api.orders import serialize_order  # the order as the API shows it
-
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type}")
     if order.merchant_key_id is None:

@@ -15,17 +15,7 @@ from datetime import datetime
 
 from portal.db import db
 from portal.platforms import CheckoutOptions, Outcome, Platform
-
-
-def increase_limit(settings: dict, order, authorized: int | None = None) -> int:
-    """How much an authorised total may grow and be raised in place (minor units): the absolute
-    cap for the order's currency (`PORTAL_AUTH_INCREASE_LIMIT`, the seed's $100), or the
-    percentage of the hold (`PORTAL_AUTH_INCREASE_LIMIT_PERCENT`), whichever is larger."""
-    absolute = settings["AUTH_INCREASE_LIMIT"].get(order.currency, 0)
-    percent = settings["AUTH_INCREASE_LIMIT_PERCENT"]
-    if authorized is None:
-        return max(absolute, percent)  # before the hold exists: whether any increase can be
-    return max(absolute, authorized * percent // 100)
+from portal.platforms.merchant.limits import increase_limit
 
 
 class MerchantPlatform(Platform):
