@@ -2,14 +2,19 @@
 
 Every setting is parsed and checked once at start-up; a missing or malformed value stops the app
 with a `ConfigError` that names the variable, so an operator never discovers a typo at payment time.
+The result is a frozen `Settings` object, one typed attribute per setting in lower case
+(`PORTAL_STRIPE_SECRET_KEY` -> `settings.stripe_secret_key`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from urllib.parse import urlsplit
 
 
@@ -17,7 +22,7 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Setting:
     """One `PORTAL_<name>` setting: its default, the parser that checks a given value, and whether
     the value is a secret (masked in logs and on the console's settings page)."""
@@ -26,6 +31,24 @@ class Setting:
     default: object
     parse: Callable[[object], object]
     secret: bool = False
+    # The value's type: the parser's return annotation unless given (`| None` added when the
+    # default is None).
+    type: object = None
+
+    def __post_init__(self):
+        kind = self.type
+        if kind is None:
+            kind = self.parse if isinstance(self.parse, type) else None
+            if kind is None:
+                kind = typing.get_type_hints(self.parse).get("return", object)
+        if self.default is None and kind is not object:
+            kind = kind | None
+        object.__setattr__(self, "type", kind)
+
+    @property
+    def attribute(self) -> str:
+        """The attribute of `Settings` that holds this setting's value."""
+        return self.name.lower()
 
 
 def _bool(value) -> bool:
@@ -355,12 +378,44 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def load_settings(overrides: dict | None = None, environ=None) -> dict:
-    """Read every setting from `overrides` first, then `PORTAL_<NAME>` in the environment."""
+@dataclass(frozen=True)
+class Settings:
+    """The parsed settings: one attribute per declared `Setting`, named as the setting in lower
+    case. Built by `load_settings`; read-only (`dataclasses.replace` makes an adjusted copy)."""
+
+
+@cache
+def settings_class(declarations: tuple[Setting, ...]) -> type[Settings]:
+    """The frozen dataclass for a set of declarations (made once per set): a `Settings` with
+    one typed field per declaration, each field's metadata holding its `Setting`."""
+    seen: set[str] = set()
+    fields = []
+    for setting in declarations:
+        if setting.name in seen:
+            raise ConfigError(f"PORTAL_{setting.name} is declared twice")
+        seen.add(setting.name)
+        field = dataclasses.field(repr=not setting.secret, metadata={"setting": setting})
+        fields.append((setting.attribute, setting.type, field))
+    return dataclasses.make_dataclass(
+        "Settings", fields, bases=(Settings,), frozen=True, module=__name__
+    )
+
+
+def declarations(settings: Settings) -> tuple[Setting, ...]:
+    """The declarations `settings` was built from, in declaration order."""
+    return tuple(field.metadata["setting"] for field in dataclasses.fields(settings))
+
+
+def load_settings(
+    overrides: dict | None = None, environ=None, extra: Iterable[Setting] = ()
+) -> Settings:
+    """Read every setting of `SETTINGS` and `extra` from `overrides` (by name, without the
+    PORTAL_ prefix) first, then `PORTAL_<NAME>` in the environment, then its default."""
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
-    result: dict = {}
-    for setting in SETTINGS:
+    declared = (*SETTINGS, *extra)
+    values: dict = {}
+    for setting in declared:
         name, default, parse = setting.name, setting.default, setting.parse
         env_name = f"PORTAL_{name}"
         if name in overrides:
@@ -368,21 +423,23 @@ def load_settings(overrides: dict | None = None, environ=None) -> dict:
         elif env_name in environ and environ[env_name] != "":
             raw = environ[env_name]
         else:
-            result[name] = default
+            values[setting.attribute] = default
             continue
         if raw is None:
-            result[name] = None
+            values[setting.attribute] = None
             continue
         try:
-            result[name] = parse(raw)
+            values[setting.attribute] = parse(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{env_name} is malformed: {exc}") from None
-    return result
+    return settings_class(declared)(**values)
 
 
-def secret_names() -> tuple[str, ...]:
-    """The names of the settings whose values are secrets."""
-    return tuple(setting.name for setting in SETTINGS if setting.secret)
+def secret_names(settings: Settings | None = None) -> tuple[str, ...]:
+    """The names of the settings whose values are secrets (of `settings`' declarations, or of
+    `SETTINGS`)."""
+    declared = SETTINGS if settings is None else declarations(settings)
+    return tuple(setting.name for setting in declared if setting.secret)
 
 
 def validate(settings: dict, *, testing: bool) -> None:
