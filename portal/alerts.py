@@ -58,7 +58,7 @@ def body(order: Order, kind: str, message: str, detail: dict) -> dict:
 
 
 def run_operator_alert(services, job) -> None:
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if not url:
         return  # the log line and the timeline carry it
     with db.reader() as session:

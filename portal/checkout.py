@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from portal import alerts, jobs, receipts, recovery, timeline
+from portal.config import Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -279,7 +280,7 @@ def view_order(reference: str) -> Order:
         order = load_order(reference)
         order.row_version = None
         return order
-    if kept.listener is None and current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]:
+    if kept.listener is None and current_app.config["PORTAL"].order_change_listener:
         kept.listener = db.order_changes()
         kept.listener.subscribe(kept)
     columns = kept.trusted(reference)
@@ -514,15 +515,15 @@ class TaxQuote:
         return f"Tax ({self.country} {self.rate.normalize():f}%)"
 
 
-def tax_countries(settings: dict) -> list[str]:
-    return list(settings["TAX_RATES"].keys())
+def tax_countries(settings: Settings) -> list[str]:
+    return list(settings.tax_rates.keys())
 
 
-def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
-    mode = settings["TAX_MODE"]
+def quote_tax(settings: Settings, order: Order, country: str | None) -> TaxQuote:
+    mode = settings.tax_mode
     if mode != "fixed":
         return TaxQuote(mode=mode)
-    rates = settings["TAX_RATES"]
+    rates = settings.tax_rates
     if country is None:
         country = order.tax_country or next(iter(rates))
     country = country.strip().upper()
@@ -560,7 +561,7 @@ _PREPARE_ATTEMPT = (
 )
 
 
-def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
+def _prepare_attempt(settings: Settings, order: Order, quote: TaxQuote) -> Order:
     """Fix the parameters of the next Checkout Session in the row, so any retry of the create call
     (a double click, a crash) sends Stripe the same parameters under the same idempotency key."""
     now = utcnow()
@@ -574,7 +575,7 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     )
     if prepared:
         return order
-    lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
+    lifetime = max(settings.stripe_session_minutes, 32)
     # One compare-and-set statement, atomic on its own: committed as it runs, built once.
     with db.statements() as connection:
         row = (
@@ -998,7 +999,7 @@ def handle_return(services, reference: str, session_id: str | None) -> Next:
             )
         order = sync_session(services, stripe_session, source="return page")
     if order.state == OrderState.PAID:
-        jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"fulfil:{order.id}", services.settings.inline_fulfil_seconds)
         order = reload(order)
     return next_for_status(services, order)
 
@@ -1058,7 +1059,7 @@ def cancel_order(services, reference: str) -> Next:
             OrderState.CANCELLED,
         ):
             jobs.enqueue(session, "cancel", f"cancel:{order.id}", order_id=order.id)
-    jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+    jobs.run_inline(services, f"cancel:{order.id}", services.settings.inline_fulfil_seconds)
     order = reload(order)
     target = services.allowed_redirect(order.redirect_url)
     if order.state == OrderState.CANCELLED and target:

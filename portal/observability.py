@@ -29,6 +29,8 @@ from flask import g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from portal.config import Settings
+
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{7,127}")
 ORDER_REFERENCE = re.compile(r"ord_[A-Za-z0-9_-]{10,40}")
@@ -121,13 +123,13 @@ def mask_cards(text: str) -> str:
     return CARD_NUMBER.sub(replace, text)
 
 
-def secret_values(settings: dict) -> tuple[str, ...]:
+def secret_values(settings: Settings) -> tuple[str, ...]:
     """The secret values among the settings, longest first (so no secret is half-masked)."""
     values: set[str] = set()
     from portal.config import secret_names
 
     for name in secret_names():
-        value = settings.get(name)
+        value = getattr(settings, name.lower(), None)
         items = value if isinstance(value, list | tuple) else [value]
         for item in items:
             if isinstance(item, str) and len(item) >= 6:

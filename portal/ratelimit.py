@@ -66,14 +66,14 @@ def init_app(app) -> Limiter:
     runs for a request (before CSRF checks and the views), so a flood of refused or malformed
     requests is counted too."""
     settings = app.config["PORTAL"]
-    storage = settings["RATELIMIT_STORAGE_URL"]
+    storage = settings.ratelimit_storage_url
     limits = [
         # Each entry point on its own, per client address.
-        Limit(settings["RATELIMIT_ENTRY"], exempt_when=_only(frozenset(ENTRY_ENDPOINTS))),
+        Limit(settings.ratelimit_entry, exempt_when=_only(frozenset(ENTRY_ENDPOINTS))),
         # The whole merchant API together.
-        Limit(settings["RATELIMIT_API"], scope="api", shared=True, exempt_when=_not_api),
+        Limit(settings.ratelimit_api, scope="api", shared=True, exempt_when=_not_api),
         Limit(
-            settings["RATELIMIT_LOGIN"],
+            settings.ratelimit_login,
             exempt_when=_only(frozenset({LOGIN_ENDPOINT}), frozenset({"POST"})),
         ),
     ]
@@ -88,14 +88,14 @@ def init_app(app) -> Limiter:
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         key_prefix="portal",
-        enabled=settings["RATELIMIT_ENABLED"],
+        enabled=settings.ratelimit_enabled,
     )
     hooks = app.before_request_funcs.setdefault(None, [])
     check = limiter._check_request_limit  # Flask-Limiter's own hook: move it to the front
     if check in hooks:
         hooks.remove(check)
         hooks.insert(0, check)
-    webhook_cap = settings["WEBHOOK_MAX_BYTES"]
+    webhook_cap = settings.webhook_max_bytes
 
     def _cap_webhooks():
         if request.method == "POST" and request.path.startswith(WEBHOOK_PREFIX):

@@ -23,9 +23,9 @@ def check(environ: dict, *, testing: bool = False) -> dict:
 
 def test_a_complete_production_configuration_is_accepted():
     settings = check(PRODUCTION)
-    assert settings["STRIPE_API_BASE"] == "https://api.stripe.com"
-    assert settings["SKILLJAR_API_BASE"] == "https://api.skilljar.com"
-    assert settings["STRIPE_WEBHOOK_SECRET"] == ("whsec_1",)
+    assert settings.stripe_api_base == "https://api.stripe.com"
+    assert settings.skilljar_api_base == "https://api.skilljar.com"
+    assert settings.stripe_webhook_secret == ("whsec_1",)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_the_sandbox_refuses_live_stripe_keys():
 
 def test_webhook_secrets_may_be_rotated():
     settings = check({**PRODUCTION, "PORTAL_STRIPE_WEBHOOK_SECRET": "whsec_old, whsec_new"})
-    assert settings["STRIPE_WEBHOOK_SECRET"] == ("whsec_old", "whsec_new")
+    assert settings.stripe_webhook_secret == ("whsec_old", "whsec_new")
 
 
 def test_redirect_hosts_and_tax_rates_are_parsed():
@@ -86,8 +86,8 @@ def test_redirect_hosts_and_tax_rates_are_parsed():
             "PORTAL_TAX_RATES": "gb:20,DE:19,US:8.875",
         }
     )
-    assert settings["REDIRECT_HOSTS"] == ("academy.example.com", "learn.example.org")
-    assert [str(v) for v in settings["TAX_RATES"].values()] == ["20", "19", "8.875"]
+    assert settings.redirect_hosts == ("academy.example.com", "learn.example.org")
+    assert [str(v) for v in settings.tax_rates.values()] == ["20", "19", "8.875"]
 
 
 def test_create_app_stops_with_the_variable_name(monkeypatch, tmp_path):
@@ -111,6 +111,6 @@ def test_sandbox_defaults_point_at_the_built_in_stand_ins(monkeypatch, tmp_path)
         }
     )
     settings = app.config["PORTAL"]
-    assert settings["STRIPE_API_BASE"] == "http://127.0.0.1:5999/sandbox/stripe"
-    assert settings["SKILLJAR_API_BASE"] == "http://127.0.0.1:5999/sandbox/skilljar"
-    assert settings["STRIPE_SECRET_KEY"].startswith("sk_test_")
+    assert settings.stripe_api_base == "http://127.0.0.1:5999/sandbox/stripe"
+    assert settings.skilljar_api_base == "http://127.0.0.1:5999/sandbox/skilljar"
+    assert settings.stripe_secret_key.startswith("sk_test_")

@@ -371,7 +371,7 @@ def _secret_bearing_value(name: str, parse, number: int):
         candidates.append(secret)
     for raw in candidates:
         try:
-            return secret, load_settings({name: raw}, environ={})[name]
+            return secret, getattr(load_settings({name: raw}, environ={}), name.lower())
         except ConfigError:
             continue
     return None, None

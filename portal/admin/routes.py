@@ -40,7 +40,7 @@ from portal.admin.forms import (
 )
 from portal.api import queries as webhook_log
 from portal.api import webhooks_out
-from portal.config import SETTINGS
+from portal.config import SETTINGS, Settings
 from portal.models import Order, Role
 from portal.money import (
     MoneyError,
@@ -55,7 +55,7 @@ def services():
     return current_app.extensions["portal"]
 
 
-def settings() -> dict:
+def settings() -> Settings:
     return current_app.config["PORTAL"]
 
 
@@ -178,7 +178,7 @@ def login():
 def sso_start():
     if not oidc.enabled(settings()):
         abort(404)
-    redirect_uri = settings()["PUBLIC_URL"] + url_for("admin.sso_callback")
+    redirect_uri = settings().public_url + url_for("admin.sso_callback")
     return oidc.client(current_app).authorize_redirect(redirect_uri)
 
 
@@ -197,7 +197,7 @@ def sso_callback():
         claims = dict(token.get("userinfo") or {})
         if not claims:
             raise OAuthError(description="the provider sent no ID token")
-        role_claim = settings()["OIDC_ROLE_CLAIM"].split(".")[0]
+        role_claim = settings().oidc_role_claim.split(".")[0]
         if role_claim not in claims and sso.load_server_metadata().get("userinfo_endpoint"):
             extra = sso.userinfo(token=token)
             if extra.get("sub") != claims.get("sub"):  # OpenID Connect Core 5.3.2

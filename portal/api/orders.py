@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from portal import checkout, jobs, mail, receipts, refunds, timeline
 from portal.api import webhooks_out
 from portal.api.errors import ApiError, not_found
+from portal.config import Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import ApiKey, Order, OrderState, utcnow
@@ -61,16 +62,18 @@ def captured_amount(order: Order) -> int | None:
     return order.amount_paid_minor if order.paid_at is not None else None
 
 
-def expires_at(settings: dict, order: Order) -> datetime | None:
+def expires_at(settings: Settings, order: Order) -> datetime | None:
     status = status_of(order)
     if status == "open":
-        return order.created_at + timedelta(days=settings["PAY_LINK_DAYS"])
+        return order.created_at + timedelta(days=settings.pay_link_days)
     if status == "authorized" and order.paid_at:
-        return order.paid_at + timedelta(days=settings["AUTH_CAPTURE_DAYS"])
+        return order.paid_at + timedelta(days=settings.auth_capture_days)
     return None
 
 
-def serialize_order(order: Order, *, livemode: bool = False, settings: dict | None = None) -> dict:
+def serialize_order(
+    order: Order, *, livemode: bool = False, settings: Settings | None = None
+) -> dict:
     if settings is None:
         from flask import current_app
 
@@ -102,7 +105,7 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
         "reference": data.get("reference"),
         "metadata": data.get("metadata", {}),
         "checkout_session": order.platform_ref,
-        "url": settings["PUBLIC_URL"] + f"/orders/{order.reference}" if status == "open" else None,
+        "url": settings.public_url + f"/orders/{order.reference}" if status == "open" else None,
         "created": _iso(order.created_at),
         "paid_at": _iso(order.paid_at),
         "expires_at": _iso(expires_at(settings, order)),
@@ -112,7 +115,7 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
     }
 
 
-def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> dict:
+def serialize_order_detail(order: Order, *, livemode: bool, settings: Settings) -> dict:
     """The order with its payments and refunds (`GET /orders/{id}`): what the Smartpay seed's
     "list an order's payments" gives, and every refund whoever made it."""
     body = serialize_order(order, livemode=livemode, settings=settings)
@@ -257,8 +260,8 @@ def _checked_url(key: ApiKey, url: str | None, param: str) -> str | None:
     return checked.url
 
 
-def _mail_available(settings: dict) -> bool:
-    return bool(settings["SMTP_URL"] or settings["SANDBOX"])
+def _mail_available(settings: Settings) -> bool:
+    return bool(settings.smtp_url or settings.sandbox)
 
 
 # --- checkout sessions ---------------------------------------------------------------------------
@@ -354,7 +357,7 @@ def _open(
 def _settle_fulfilment(services, order: Order) -> Order:
     """A paid order whose `order.paid`/`order.authorized` is still being queued: let it finish."""
     if order.state == OrderState.PAID:
-        jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"fulfil:{order.id}", services.settings.inline_fulfil_seconds)
         order = checkout.reload(order)
     return order
 
@@ -473,7 +476,7 @@ def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
         status = status_of(order)  # paid meanwhile: an authorisation can still be voided
     if status == "authorized" and order.state == OrderState.FULFILLED:
         _cancel_held(services, order, reason or "cancelled by the merchant")
-        jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"cancel:{order.id}", services.settings.inline_fulfil_seconds)
         return checkout.reload(order)
     raise ApiError(
         409,
@@ -522,7 +525,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
     except UpstreamError as exc:
         raise _upstream(exc, "The refund failed") from exc
     if recorded.job_key:
-        jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, recorded.job_key, services.settings.inline_fulfil_seconds)
     order = checkout.reload(order)
     return {
         "id": stripe_refund.get("id"),
@@ -738,7 +741,7 @@ def run_expiry(services, job) -> None:
             select(Order).where(
                 Order.platform == PLATFORM,
                 Order.state.in_(UNPAID),
-                Order.created_at < now - timedelta(days=settings["PAY_LINK_DAYS"]),
+                Order.created_at < now - timedelta(days=settings.pay_link_days),
             )
         ).all()
         held = session.scalars(
@@ -747,7 +750,7 @@ def run_expiry(services, job) -> None:
                 Order.capture_method == "manual",
                 Order.state.in_(HELD),
                 Order.amount_captured_minor.is_(None),
-                Order.paid_at < now - timedelta(days=settings["AUTH_CAPTURE_DAYS"]),
+                Order.paid_at < now - timedelta(days=settings.auth_capture_days),
             )
         ).all()
     for order in unpaid:

@@ -48,6 +48,7 @@ from portal.branding.environment import (
     overrides_used,
     render_budgeted,
 )
+from portal.config import Settings
 from portal.db import db
 from portal.models import Brand, Order, TemplateOverride, utcnow
 from portal.money import format_money
@@ -118,8 +119,8 @@ def money_formatter(currency: str, locale: str):
     return fmt
 
 
-def request_locale(settings: dict) -> str:
-    return i18n.negotiate(None, request.accept_languages, settings["DEFAULT_LOCALE"])
+def request_locale(settings: Settings) -> str:
+    return i18n.negotiate(None, request.accept_languages, settings.default_locale)
 
 
 def page_context(
@@ -138,7 +139,7 @@ def page_context(
         brand=brands.in_language(brand, language),
         lang=language.replace("_", "-"),
         locale=locale,
-        sandbox=bool(settings["SANDBOX"]),
+        sandbox=bool(settings.sandbox),
         preview=preview,
         url_for=safe_url_for,
         csrf_token=csrf_token,
@@ -365,17 +366,17 @@ def page_rules() -> markup.Rules:
     return markup.Rules()
 
 
-def email_rules(settings: dict, brand: dict) -> markup.Rules:
+def email_rules(settings: Settings, brand: dict) -> markup.Rules:
     """An email's links may go to the portal, the brand's own sites (its terms and privacy
     addresses) and the platforms' sites (PORTAL_REDIRECT_HOSTS), over https."""
-    hosts = {urlsplit(settings["PUBLIC_URL"]).hostname or ""}
+    hosts = {urlsplit(settings.public_url).hostname or ""}
     for key in ("terms_url", "privacy_url"):
         if brand.get(key):
             hosts.add(urlsplit(brand[key]).hostname or "")
-    hosts.update(settings.get("REDIRECT_HOSTS") or ())
+    hosts.update(settings.redirect_hosts or ())
     return markup.Rules(
         email=True,
-        public_url=settings["PUBLIC_URL"],
+        public_url=settings.public_url,
         link_hosts=frozenset(h.lower() for h in hosts if h),
     )
 
@@ -405,7 +406,7 @@ def _not_served(names: list[str], text: str, order: Order | None, kind: str = "t
         settings = current_app.config["PORTAL"]
     except RuntimeError:  # no app context (an email job on a thread of its own)
         settings = {}
-    url = settings.get("ALERT_WEBHOOK_URL")
+    url = settings.alert_webhook_url
     if url:
         payload = {
             "text": f"Checkout portal: template override {', '.join(names)} was not served "
@@ -415,7 +416,7 @@ def _not_served(names: list[str], text: str, order: Order | None, kind: str = "t
         threading.Thread(target=_post_alert, args=(settings, url, payload), daemon=True).start()
 
 
-def _post_alert(settings: dict, url: str, payload: dict) -> None:
+def _post_alert(settings: Settings, url: str, payload: dict) -> None:
     from portal import outbound
 
     try:
@@ -444,10 +445,10 @@ EMAIL_PATHS = {
 }
 
 
-def public_url_for(settings: dict):
+def public_url_for(settings: Settings):
     """A `url_for` for emails: absolute URLs of EMAIL_PATHS under PORTAL_PUBLIC_URL, plain values
     only; extra values become the query string."""
-    base = settings["PUBLIC_URL"].rstrip("/")
+    base = settings.public_url.rstrip("/")
 
     def build(endpoint: str, **values) -> str:
         if endpoint not in EMAIL_PATHS:
@@ -494,7 +495,7 @@ def email_colours(brand: Brand | None) -> dict[str, str]:
     }
 
 
-def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
+def email_brand(order: Order, settings: Settings) -> tuple[dict, dict]:
     """The order's brand for an email, (brand dict, colours): the same choice as its pages
     (platform source, the platform's "*", the default brand, the settings), with absolute URLs.
     The settings brand if the database cannot be read: the message still goes."""
@@ -511,7 +512,7 @@ def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
 
 def email_context(
     *,
-    settings: dict,
+    settings: Settings,
     brand: dict,
     colours: dict,
     locale: str,
@@ -528,7 +529,7 @@ def email_context(
         colours=colours,
         lang=i18n.language_for(locale).replace("_", "-"),
         locale=locale,
-        sandbox=bool(settings["SANDBOX"]),
+        sandbox=bool(settings.sandbox),
         preview=preview,
         url_for=public_url_for(settings),
         csrf_token=lambda: "",
@@ -559,7 +560,7 @@ def render_learner_email(
     name: str,
     *,
     order: Order,
-    settings: dict,
+    settings: Settings,
     locale: str | None = None,
     brand: tuple[dict, dict] | None = None,
     **context,
@@ -569,7 +570,7 @@ def render_learner_email(
     fail-safe as `render_learner`: an override that fails renders the default instead, logged
     and recorded for the console, so an email job never fails because of an override.
     `brand` is a (brand, colours) pair from `email_brand`, to look it up once per message."""
-    locale = locale or order.locale or settings["DEFAULT_LOCALE"]
+    locale = locale or order.locale or settings.default_locale
     brand_dict, colours = brand if brand is not None else email_brand(order, settings)
     page = email_context(
         settings=settings,

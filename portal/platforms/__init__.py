@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from portal.config import Settings
+
 
 @dataclass
 class Outcome:
@@ -96,7 +98,7 @@ class Platform(ABC):
         return Outcome(redirect_url=None, note="nothing to report")
 
 
-def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
+def build_platforms(settings: Settings, recorder) -> dict[str, Platform]:
     from portal.platforms.cleeng import CleengPlatform
     from portal.platforms.merchant import MerchantPlatform
     from portal.platforms.openlearning import OpenLearningPlatform

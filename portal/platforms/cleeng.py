@@ -50,7 +50,7 @@ from portal.checkout import (
     open_order,
     order_not_found,
 )
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
@@ -147,13 +147,13 @@ def _already_reported(response) -> bool:
 
 
 class CleengClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["CLEENG_API_BASE"]
-        self.token = settings["CLEENG_PUBLISHER_TOKEN"] or ""
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.cleeng_api_base
+        self.token = settings.cleeng_publisher_token or ""
         self.http = HttpClient(
             "cleeng",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 
@@ -508,19 +508,19 @@ class CleengPlatform(Platform):
     name = PLATFORM
     label = "Cleeng"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.settings = settings
         self.client = CleengClient(settings, recorder)
         # The platform charges saved cards itself (renewals), through the same SDK and settings.
         self.stripe = StripeGateway(
-            settings["STRIPE_SECRET_KEY"],
-            settings["STRIPE_API_BASE"],
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=max(settings["HTTP_READ_TIMEOUT"], 30.0),
+            settings.stripe_secret_key,
+            settings.stripe_api_base,
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=max(settings.http_read_timeout, 30.0),
             recorder=recorder,
         )
-        self.return_url = settings["CLEENG_RETURN_URL"]
-        self.payment_method_id = settings["CLEENG_PAYMENT_METHOD_ID"]
+        self.return_url = settings.cleeng_return_url
+        self.payment_method_id = settings.cleeng_payment_method_id
         if self.return_url:
             _check_return_url(settings, self.return_url)
 
@@ -570,7 +570,7 @@ class CleengPlatform(Platform):
             mode="setup" if free else "payment",
             customer=customer,
             setup_future_usage=None if free else "off_session",
-            cancel_url=f"{self.settings['PUBLIC_URL']}/cleeng/orders/{order.reference}/cancelled",
+            cancel_url=f"{self.settings.public_url}/cleeng/orders/{order.reference}/cancelled",
         )
 
     def _stripe_customer(self, order) -> str:
@@ -1132,15 +1132,15 @@ def _key_tail(attempt: CleengPayment) -> str:
     return (attempt.event_key or "").removeprefix("cleeng:")[:16]
 
 
-def _check_return_url(settings: dict, url: str) -> None:
+def _check_return_url(settings: Settings, url: str) -> None:
     try:
         host = check_url(url, allow_http="always").host
     except UnsafeUrl as exc:
         raise ConfigError(f"PORTAL_CLEENG_RETURN_URL is refused: {exc}") from None
     parts = urlsplit(url)
-    allowed = set(settings["REDIRECT_HOSTS"])
-    if settings["SANDBOX"]:
-        allowed.add((urlsplit(settings["PUBLIC_URL"]).hostname or "").lower())
+    allowed = set(settings.redirect_hosts)
+    if settings.sandbox:
+        allowed.add((urlsplit(settings.public_url).hostname or "").lower())
     if host not in allowed:
         raise ConfigError(
             f"PORTAL_CLEENG_RETURN_URL points to {host!r}, which is not in PORTAL_REDIRECT_HOSTS"
@@ -1187,7 +1187,7 @@ def give_up_event(services, job, error: str) -> None:
         + (f"; Stripe payment {charged} is not reported to Cleeng" if charged else "")
     )
     log.error("ALERT %s", message)
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if url:
         try:
             outbound.post(
@@ -1300,11 +1300,11 @@ def _unavailable() -> CheckoutError:
     )
 
 
-def _order_from_offer(platform: CleengPlatform, settings: dict) -> str:
+def _order_from_offer(platform: CleengPlatform, settings: Settings) -> str:
     """The opt-in entry `?offerId=&customerId=[&couponCode=]&expires=&signature=`: a link the
     publisher's server signed. The portal creates the Cleeng order (`POST /3.1/orders`) and
     returns its id; every price still comes from Cleeng's answer, never from the link."""
-    secrets = settings["CLEENG_OFFER_LINK_SECRET"]
+    secrets = settings.cleeng_offer_link_secret
     if not secrets:
         raise CheckoutError(
             404,
@@ -1473,7 +1473,7 @@ def webhook():
     from portal.webhooks import DATABASE_UNAVAILABLE
 
     settings = services().settings
-    secrets = settings["CLEENG_WEBHOOK_SECRET"]
+    secrets = settings.cleeng_webhook_secret
     if not secrets:
         log.error("Cleeng webhook refused: PORTAL_CLEENG_WEBHOOK_SECRET is not set")
         return _refused(503, "not_configured", "webhooks are not set up")
@@ -1496,7 +1496,7 @@ def webhook():
     if kind is None:
         log.info("Cleeng webhook %s ignored: topic not handled", topic)
         return jsonify(received=True, outcome="ignored: topic not handled")
-    ours = settings["CLEENG_PAYMENT_METHOD_ID"]
+    ours = settings.cleeng_payment_method_id
     method = data.get("paymentMethodId")
     if ours and method is not None and str(method) != ours:
         # Cleeng sends every connector's events unless the subscription filters them.

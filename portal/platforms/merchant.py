@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from portal.config import Settings
 from portal.db import db
 from portal.platforms import CheckoutOptions, Outcome, Platform
 
 
-def increase_limit(settings: dict, order, authorized: int | None = None) -> int:
+def increase_limit(settings: Settings, order, authorized: int | None = None) -> int:
     """How much an authorised total may grow and be raised in place (minor units): the absolute
     cap for the order's currency (`PORTAL_AUTH_INCREASE_LIMIT`, the seed's $100), or the
     percentage of the hold (`PORTAL_AUTH_INCREASE_LIMIT_PERCENT`), whichever is larger."""
-    absolute = settings["AUTH_INCREASE_LIMIT"].get(order.currency, 0)
-    percent = settings["AUTH_INCREASE_LIMIT_PERCENT"]
+    absolute = settings.auth_increase_limit.get(order.currency, 0)
+    percent = settings.auth_increase_limit_percent
     if authorized is None:
         return max(absolute, percent)  # before the hold exists: whether any increase can be
     return max(absolute, authorized * percent // 100)
@@ -32,7 +33,7 @@ class MerchantPlatform(Platform):
     name = "merchant"
     label = "Merchant API"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.settings = settings
         self.services = None  # set by portal.api.init_app: superseding calls Stripe
 

@@ -48,7 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, jsonlimits, timeline
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order, view_order
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 from portal.db import db
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
@@ -508,12 +508,12 @@ class TokenVerifier:
         )
 
 
-def build_verifier(settings: dict, http: HttpClient) -> TokenVerifier | None:
+def build_verifier(settings: Settings, http: HttpClient) -> TokenVerifier | None:
     """The verifier for the configured key, or None when OpenLearning is not configured.
 
     A configured but malformed key, or a key without the settings enrolment needs, stops the app
     with a ConfigError naming the variable."""
-    configured = [name for name in KEY_SETTINGS if settings[name]]
+    configured = [name for name in KEY_SETTINGS if getattr(settings, name.lower())]
     if not configured:
         return None
     if len(configured) > 1:
@@ -521,27 +521,27 @@ def build_verifier(settings: dict, http: HttpClient) -> TokenVerifier | None:
         raise ConfigError(f"{names} are alternatives: set only one of them")
     source = configured[0]
     for required in ("OPENLEARNING_AUDIENCE", "OPENLEARNING_API_KEY"):
-        if not settings[required]:
+        if not getattr(settings, required.lower()):
             raise ConfigError(
                 f"PORTAL_{required} is required when PORTAL_{source} is set "
                 "(OpenLearning enrolment is configured)"
             )
     if source == "OPENLEARNING_JWKS_URL":
-        keys = RemoteKeySet(settings[source], http)
+        keys = RemoteKeySet(getattr(settings, source.lower()), http)
     elif source == "OPENLEARNING_PUBLIC_KEY_FILE":
         try:
-            with open(settings[source], "rb") as handle:
+            with open(getattr(settings, source.lower()), "rb") as handle:
                 pem = handle.read()
         except OSError as exc:
             raise ConfigError(f"PORTAL_{source} cannot be read: {exc.strerror}") from None
         keys = StaticKey(load_public_key(pem, source))
     else:
-        keys = StaticKey(load_public_key(settings[source], source))
+        keys = StaticKey(load_public_key(getattr(settings, source.lower()), source))
     return TokenVerifier(
         keys,
-        settings["OPENLEARNING_AUDIENCE"],
-        settings["OPENLEARNING_LEEWAY_SECONDS"],
-        allow_http_redirects=bool(settings["SANDBOX"]),
+        settings.openlearning_audience,
+        settings.openlearning_leeway_seconds,
+        allow_http_redirects=bool(settings.sandbox),
     )
 
 
@@ -549,13 +549,13 @@ def build_verifier(settings: dict, http: HttpClient) -> TokenVerifier | None:
 
 
 class OpenLearningClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["OPENLEARNING_API_BASE"]
-        self.api_key = settings["OPENLEARNING_API_KEY"] or ""
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.openlearning_api_base
+        self.api_key = settings.openlearning_api_key or ""
         self.http = HttpClient(
             "openlearning",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 
@@ -606,7 +606,7 @@ class OpenLearningPlatform(Platform):
     name = PLATFORM
     label = "OpenLearning"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.client = OpenLearningClient(settings, recorder)
         self.verifier = build_verifier(settings, self.client.http)
 
@@ -703,7 +703,7 @@ def _remember_token(token: EnrolmentToken, order) -> None:
 def run_purge_tokens(services, job) -> None:
     """A used token id is needed only while its token could still be accepted: after its `exp`
     plus the leeway every check refuses the token anyway, so its row can go (an hour's margin)."""
-    leeway = timedelta(seconds=services.settings["OPENLEARNING_LEEWAY_SECONDS"])
+    leeway = timedelta(seconds=services.settings.openlearning_leeway_seconds)
     cutoff = utcnow() - leeway - timedelta(hours=1)
     with db.transaction() as session:
         removed = session.execute(delete(UsedToken).where(UsedToken.expires_at < cutoff)).rowcount

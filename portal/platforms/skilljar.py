@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, request
 
 from portal.checkout import CheckoutError, OrderDraft, find_order, open_order
+from portal.config import Settings
 from portal.http import HttpClient, UpstreamError, classify
 from portal.i18n import N_
 from portal.models import OrderState
@@ -26,13 +27,13 @@ PAYABLE_STATE = "CREATED"
 
 
 class SkilljarClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["SKILLJAR_API_BASE"]
-        self.auth = (settings["SKILLJAR_API_KEY"] or "", "")
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.skilljar_api_base
+        self.auth = (settings.skilljar_api_key or "", "")
         self.http = HttpClient(
             "skilljar",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 
@@ -139,7 +140,7 @@ class SkilljarPlatform(Platform):
     name = "skilljar"
     label = "Skilljar"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.client = SkilljarClient(settings, recorder)
 
     def _already(self, order, wanted: str) -> bool:

@@ -57,7 +57,7 @@ def init_app(app) -> None:
     from portal import csrf
     from portal.sandbox import cleeng_api, merchant_api, openlearning_api, skilljar_api, stripe_api
 
-    app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
+    app.extensions["sandbox_store"] = Store(app.config["PORTAL"].sandbox_database_url)
     blueprints = (bp, stripe_api.bp, skilljar_api.bp, openlearning_api.bp, cleeng_api.bp)
     for blueprint in (*blueprints, merchant_api.bp):
         app.register_blueprint(blueprint)
