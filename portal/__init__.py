@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -66,26 +67,30 @@ def serving_threads() -> int:
         return 16
 
 
-def _apply_sandbox_defaults(settings: Settings, environ, instance_path: str) -> None:
+def _apply_sandbox_defaults(settings: Settings, environ, instance_path: str) -> Settings:
+    """The settings with the sandbox's stand-in keys and URLs where none is configured."""
     public = settings.public_url
-    for name, value in SANDBOX_DEFAULTS.items():
-        if not getattr(settings, name.lower()):
-            settings[name] = value
+    changes = {
+        name: value
+        for name, value in SANDBOX_DEFAULTS.items()
+        if not getattr(settings, name.lower())
+    }
     if "PORTAL_STRIPE_API_BASE" not in environ:
-        settings["STRIPE_API_BASE"] = public + "/sandbox/stripe"
+        changes["STRIPE_API_BASE"] = public + "/sandbox/stripe"
     if "PORTAL_SKILLJAR_API_BASE" not in environ:
-        settings["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
+        changes["SKILLJAR_API_BASE"] = public + "/sandbox/skilljar"
     if "PORTAL_OPENLEARNING_API_BASE" not in environ:
-        settings["OPENLEARNING_API_BASE"] = public + "/sandbox/openlearning/v2.2"
+        changes["OPENLEARNING_API_BASE"] = public + "/sandbox/openlearning/v2.2"
     if "PORTAL_CLEENG_API_BASE" not in environ:
-        settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
+        changes["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
     if not settings.cleeng_return_url:
-        settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
+        changes["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
     if not settings.brand_home_url:
-        settings["BRAND_HOME_URL"] = public + "/sandbox/"
+        changes["BRAND_HOME_URL"] = public + "/sandbox/"
+    settings = dataclasses.replace(settings, **{name.lower(): v for name, v in changes.items()})
     from portal.sandbox.openlearning_api import apply_sandbox_key
 
-    apply_sandbox_key(settings, instance_path)
+    return apply_sandbox_key(settings, instance_path)
 
 
 def _local_secret_key(instance_path: str) -> str:
@@ -121,15 +126,18 @@ def create_app(config: dict | None = None) -> Flask:
     )
     settings = load_settings(config)
     if settings.sandbox:
-        _apply_sandbox_defaults(settings, environ, app.instance_path)
+        settings = _apply_sandbox_defaults(settings, environ, app.instance_path)
     validate(settings, testing=testing)
     if not settings.database_url:
         os.makedirs(app.instance_path, exist_ok=True)
-        settings["DATABASE_URL"] = f"sqlite:///{os.path.join(app.instance_path, 'portal.db')}"
+        settings = dataclasses.replace(
+            settings, database_url=f"sqlite:///{os.path.join(app.instance_path, 'portal.db')}"
+        )
     if settings.sandbox and not settings.sandbox_database_url:
         os.makedirs(app.instance_path, exist_ok=True)
-        settings["SANDBOX_DATABASE_URL"] = (
-            f"sqlite:///{os.path.join(app.instance_path, 'sandbox.db')}"
+        settings = dataclasses.replace(
+            settings,
+            sandbox_database_url=f"sqlite:///{os.path.join(app.instance_path, 'sandbox.db')}",
         )
 
     https = urlsplit(settings.public_url).scheme == "https"

@@ -396,9 +396,9 @@ def settings_class(declarations: tuple[Setting, ...]) -> type[Settings]:
         seen.add(setting.name)
         field = dataclasses.field(repr=not setting.secret, metadata={"setting": setting})
         fields.append((setting.attribute, setting.type, field))
-    return dataclasses.make_dataclass(
-        "Settings", fields, bases=(Settings,), frozen=True, module=__name__
-    )
+    made = dataclasses.make_dataclass("Settings", fields, bases=(Settings,), frozen=True)
+    made.__module__ = __name__
+    return made
 
 
 def declarations(settings: Settings) -> tuple[Setting, ...]:
@@ -442,12 +442,12 @@ def secret_names(settings: Settings | None = None) -> tuple[str, ...]:
     return tuple(setting.name for setting in declared if setting.secret)
 
 
-def validate(settings: dict, *, testing: bool) -> None:
+def validate(settings: Settings, *, testing: bool) -> None:
     """Cross-setting rules; raises ConfigError naming the variable."""
-    sandbox = settings["SANDBOX"]
-    if not settings["SECRET_KEY"] and not (sandbox or testing):
+    sandbox = settings.sandbox
+    if not settings.secret_key and not (sandbox or testing):
         raise ConfigError("PORTAL_SECRET_KEY is required (set a long random value)")
-    key = settings["STRIPE_SECRET_KEY"] or ""
+    key = settings.stripe_secret_key or ""
     if sandbox and (key.startswith("sk_live_") or key.startswith("rk_live_")):
         raise ConfigError(
             "PORTAL_STRIPE_SECRET_KEY is a live key, and PORTAL_SANDBOX=1 refuses live keys"
@@ -455,25 +455,25 @@ def validate(settings: dict, *, testing: bool) -> None:
     if not sandbox and not testing:
         if not key:
             raise ConfigError("PORTAL_STRIPE_SECRET_KEY is required")
-        if not settings["STRIPE_WEBHOOK_SECRET"]:
+        if not settings.stripe_webhook_secret:
             raise ConfigError("PORTAL_STRIPE_WEBHOOK_SECRET is required")
-    if settings["TAX_MODE"] == "fixed" and not settings["TAX_RATES"]:
+    if settings.tax_mode == "fixed" and not settings.tax_rates:
         raise ConfigError(
             "PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)"
         )
-    if settings["ALERT_WEBHOOK_URL"]:
+    if settings.alert_webhook_url:
         from portal.outbound import allow_loopback, check_destination
         from portal.urls import UnsafeUrl
 
         try:
             check_destination(
-                settings["ALERT_WEBHOOK_URL"],
+                settings.alert_webhook_url,
                 loopback_ok=allow_loopback(settings),
                 resolve_host=False,  # start-up does not wait on DNS; each alert resolves it
             )
         except UnsafeUrl as exc:
             raise ConfigError(f"PORTAL_ALERT_WEBHOOK_URL is refused: {exc}") from None
-    public = urlsplit(settings["PUBLIC_URL"])
+    public = urlsplit(settings.public_url)
     if (
         not sandbox
         and not testing

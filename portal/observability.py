@@ -128,7 +128,7 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
     values: set[str] = set()
     from portal.config import secret_names
 
-    for name in secret_names():
+    for name in secret_names(settings):
         value = getattr(settings, name.lower(), None)
         items = value if isinstance(value, list | tuple) else [value]
         for item in items:

@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from portal import mail
-from portal.config import Settings
+from portal.config import Settings, load_settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Job, JobState, OrderEvent
@@ -130,7 +130,7 @@ def a_message(cc: str | None = None) -> EmailMessage:
 
 
 def send_settings(url: str) -> Settings:
-    return {"SMTP_URL": url, "SANDBOX": False, "HTTP_READ_TIMEOUT": 1.0}
+    return load_settings({"SMTP_URL": url, "SANDBOX": False, "HTTP_READ_TIMEOUT": 1.0}, environ={})
 
 
 TRANSIENT = "transient"

@@ -40,7 +40,7 @@ from portal.admin.forms import (
 )
 from portal.api import queries as webhook_log
 from portal.api import webhooks_out
-from portal.config import SETTINGS, Settings
+from portal.config import Settings, declarations
 from portal.models import Order, Role
 from portal.money import (
     MoneyError,
@@ -631,7 +631,10 @@ def _setting_display(setting, value) -> str:
 @auth.requires("settings")
 def settings_page():
     values = settings()
-    rows = [(f"PORTAL_{s.name}", _setting_display(s, values.get(s.name))) for s in SETTINGS]
+    rows = [
+        (f"PORTAL_{s.name}", _setting_display(s, getattr(values, s.attribute)))
+        for s in declarations(values)
+    ]
     return render_template("admin/settings.html", rows=rows, roles=list(Role))
 
 

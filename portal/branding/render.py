@@ -404,8 +404,8 @@ def _not_served(names: list[str], text: str, order: Order | None, kind: str = "t
         _alerted[key] = True
     try:
         settings = current_app.config["PORTAL"]
-    except RuntimeError:  # no app context (an email job on a thread of its own)
-        settings = {}
+    except RuntimeError:  # no app context (an email job on a thread of its own): no alert URL
+        return
     url = settings.alert_webhook_url
     if url:
         payload = {

@@ -8,6 +8,7 @@ the portal's configured OpenLearning key unless the operator configured another 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import os
@@ -120,12 +121,13 @@ def sandbox_key_pair(instance_path: str) -> tuple[bytes, str]:
     return private_pem, public_pem
 
 
-def apply_sandbox_key(settings: Settings, instance_path: str) -> None:
+def apply_sandbox_key(settings: Settings, instance_path: str) -> Settings:
     """Sandbox default: verify tokens with the sandbox key unless a key source is configured."""
     from portal.platforms.openlearning import KEY_SETTINGS
 
-    if not any(getattr(settings, name.lower()) for name in KEY_SETTINGS):
-        settings["OPENLEARNING_PUBLIC_KEY"] = sandbox_key_pair(instance_path)[1]
+    if any(getattr(settings, name.lower()) for name in KEY_SETTINGS):
+        return settings
+    return dataclasses.replace(settings, openlearning_public_key=sandbox_key_pair(instance_path)[1])
 
 
 def sign_token(slug: str, learner: str) -> tuple[str, dict]:
