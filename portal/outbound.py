@@ -23,7 +23,6 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
-from portal.config import Settings
 from portal.urls import UnsafeUrl, check_url
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,7 +39,9 @@ class BlockedDestination(requests.ConnectionError):
     """An outbound request the portal refuses to make; the message says why."""
 
 
-def allow_loopback(settings: Settings) -> bool:
+def allow_loopback(settings) -> bool:
+    """`settings`: the app's `portal.config.Settings` (not imported here: config imports this
+    module)."""
     value = settings.outbound_allow_loopback
     return bool(settings.sandbox) if value is None else bool(value)
 
@@ -196,7 +197,7 @@ def guarded_session(loopback_ok: bool, pool_size: int = 8) -> requests.Session:
     return session
 
 
-def post(settings: Settings, url: str, **kwargs) -> requests.Response:
+def post(settings, url: str, **kwargs) -> requests.Response:
     """POST to a destination an operator or merchant chose, checked again now."""
     try:
         check_url(url, allow_http="loopback" if allow_loopback(settings) else "never")

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from portal import create_app
-from portal.config import ConfigError, load_settings, validate
+from portal.config import (
+    SETTINGS,
+    ConfigError,
+    Setting,
+    Settings,
+    declarations,
+    load_settings,
+    secret_names,
+    validate,
+)
 
 PRODUCTION = {
     "PORTAL_SECRET_KEY": "s3cret",
@@ -15,7 +26,7 @@ PRODUCTION = {
 }
 
 
-def check(environ: dict, *, testing: bool = False) -> dict:
+def check(environ: dict, *, testing: bool = False) -> Settings:
     settings = load_settings(environ=environ)
     validate(settings, testing=testing)
     return settings
@@ -114,3 +125,33 @@ def test_sandbox_defaults_point_at_the_built_in_stand_ins(monkeypatch, tmp_path)
     assert settings.stripe_api_base == "http://127.0.0.1:5999/sandbox/stripe"
     assert settings.skilljar_api_base == "http://127.0.0.1:5999/sandbox/skilljar"
     assert settings.stripe_secret_key.startswith("sk_test_")
+
+
+def test_settings_are_a_frozen_object_with_one_typed_attribute_per_setting():
+    settings = load_settings({"RETRY_MAX_ATTEMPTS": "3"}, environ={})
+    assert isinstance(settings, Settings)
+    assert settings.retry_max_attempts == 3
+    fields = {field.name: field.type for field in dataclasses.fields(settings)}
+    assert list(fields) == [setting.name.lower() for setting in SETTINGS]
+    assert fields["retry_max_attempts"] is int
+    assert fields["stripe_secret_key"] == str | None  # no default: may be unset
+    assert fields["redirect_hosts"] == tuple[str, ...]  # the parser's return annotation
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.retry_max_attempts = 4
+    changed = dataclasses.replace(settings, retry_max_attempts=4)
+    assert (changed.retry_max_attempts, settings.retry_max_attempts) == (4, 3)
+    assert "s3cret" not in repr(load_settings({"SECRET_KEY": "s3cret"}, environ={}))
+
+
+def test_settings_declared_elsewhere_join_the_object():
+    extra = (Setting("ACME_API_KEY", None, str, secret=True), Setting("ACME_PAGES", 2, int))
+    settings = load_settings(environ={"PORTAL_ACME_API_KEY": "acme-key-1"}, extra=extra)
+    assert isinstance(settings, Settings)
+    assert (settings.acme_api_key, settings.acme_pages) == ("acme-key-1", 2)
+    assert declarations(settings)[-2:] == extra
+    assert "ACME_API_KEY" in secret_names(settings)
+    assert type(settings) is type(load_settings(environ={}, extra=extra))  # made once
+    with pytest.raises(ConfigError, match="PORTAL_ACME_PAGES is malformed"):
+        load_settings(environ={"PORTAL_ACME_PAGES": "many"}, extra=extra)
+    with pytest.raises(ConfigError, match="PORTAL_SANDBOX is declared twice"):
+        load_settings(environ={}, extra=(Setting("SANDBOX", False, bool),))
