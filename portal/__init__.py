@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from flask_wtf import CSRFProtect
 
-from portal.config import ConfigError, load_settings, validate
+from portal.config import ConfigError, Settings, load_settings, validate
 
 csrf = CSRFProtect()
 
@@ -29,7 +30,7 @@ class _OrderIdDefault(logging.Filter):
         return True
 
 
-def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
+def configure_logging(level=logging.INFO, settings: Settings | None = None) -> None:
     """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
     request id and order, or plain text lines; secret setting values masked in both."""
     from portal.observability.logs import (
@@ -49,7 +50,7 @@ def configure_logging(level=logging.INFO, settings: dict | None = None) -> None:
     handler = logging.StreamHandler()
     handler._portal = True
     handler.addFilter(_OrderIdDefault())
-    if settings is None or settings["LOG_FORMAT"] == "json":
+    if settings is None or settings.log_format == "json":
         handler.setFormatter(JsonFormatter(secrets_))
     else:
         handler.setFormatter(TextFormatter(secrets_))
@@ -67,20 +68,24 @@ def serving_threads() -> int:
         return 16
 
 
-def _apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
-    public = settings["PUBLIC_URL"]
-    for name, value in SANDBOX_DEFAULTS.items():
-        if not settings[name]:
-            settings[name] = value
+def _apply_sandbox_defaults(settings: Settings, environ, instance_path: str) -> Settings:
+    """The settings with the sandbox's stand-in keys and URLs where none is configured."""
+    public = settings.public_url
+    changes = {
+        name: value
+        for name, value in SANDBOX_DEFAULTS.items()
+        if not getattr(settings, name.lower())
+    }
     if "PORTAL_STRIPE_API_BASE" not in environ:
-        settings["STRIPE_API_BASE"] = public + "/sandbox/stripe"
-    if not settings["BRAND_HOME_URL"]:
-        settings["BRAND_HOME_URL"] = public + "/sandbox/"
+        changes["STRIPE_API_BASE"] = public + "/sandbox/stripe"
+    if not settings.brand_home_url:
+        changes["BRAND_HOME_URL"] = public + "/sandbox/"
     from portal.platforms import registry
 
-    for spec in registry.installed():
+    for spec in registry.installed():  # each platform's stand-in keys and URLs
         if spec.sandbox_defaults is not None:
-            spec.sandbox_defaults(settings, environ, instance_path)
+            changes.update(spec.sandbox_defaults(settings, environ, instance_path))
+    return dataclasses.replace(settings, **{name.lower(): v for name, v in changes.items()})
 
 
 def _local_secret_key(instance_path: str) -> str:
@@ -114,23 +119,28 @@ def create_app(config: dict | None = None) -> Flask:
         template_folder="../templates",
         static_folder="../static",
     )
-    settings = load_settings(config)
-    if settings["SANDBOX"]:
-        _apply_sandbox_defaults(settings, environ, app.instance_path)
+    from portal.platforms import registry
+
+    settings = load_settings(config, extra=registry.settings())  # the core's and each platform's
+    if settings.sandbox:
+        settings = _apply_sandbox_defaults(settings, environ, app.instance_path)
     validate(settings, testing=testing)
-    if not settings["DATABASE_URL"]:
+    if not settings.database_url:
         os.makedirs(app.instance_path, exist_ok=True)
-        settings["DATABASE_URL"] = f"sqlite:///{os.path.join(app.instance_path, 'portal.db')}"
-    if settings["SANDBOX"] and not settings["SANDBOX_DATABASE_URL"]:
+        settings = dataclasses.replace(
+            settings, database_url=f"sqlite:///{os.path.join(app.instance_path, 'portal.db')}"
+        )
+    if settings.sandbox and not settings.sandbox_database_url:
         os.makedirs(app.instance_path, exist_ok=True)
-        settings["SANDBOX_DATABASE_URL"] = (
-            f"sqlite:///{os.path.join(app.instance_path, 'sandbox.db')}"
+        settings = dataclasses.replace(
+            settings,
+            sandbox_database_url=f"sqlite:///{os.path.join(app.instance_path, 'sandbox.db')}",
         )
 
-    https = urlsplit(settings["PUBLIC_URL"]).scheme == "https"
+    https = urlsplit(settings.public_url).scheme == "https"
     app.config.update(
         TESTING=testing,
-        SECRET_KEY=settings["SECRET_KEY"] or _local_secret_key(app.instance_path),
+        SECRET_KEY=settings.secret_key or _local_secret_key(app.instance_path),
         PORTAL=settings,
         PREFERRED_URL_SCHEME="https" if https else "http",
         SESSION_COOKIE_SECURE=https,
@@ -152,13 +162,13 @@ def create_app(config: dict | None = None) -> Flask:
     from portal.http import set_default_pool_size
 
     threads = serving_threads()
-    set_default_pool_size(settings["HTTP_POOL_SIZE"] or threads)
+    set_default_pool_size(settings.http_pool_size or threads)
     from sqlalchemy.exc import ArgumentError
 
     try:
         db.configure(
-            settings["DATABASE_URL"],
-            pool_size=settings["DB_POOL_SIZE"] or default_pool_size(threads),
+            settings.database_url,
+            pool_size=settings.db_pool_size or default_pool_size(threads),
         )
     except ArgumentError as exc:  # not a URL, or a database SQLAlchemy has no dialect for
         raise ConfigError(f"PORTAL_DATABASE_URL is malformed: {exc}") from None
@@ -193,7 +203,7 @@ def create_app(config: dict | None = None) -> Flask:
     from portal import branding
 
     branding.init_app(app)  # brands, /brand/<id>/theme.css and logo, learner template i18n
-    if settings["SANDBOX"]:
+    if settings.sandbox:
         from portal import sandbox
 
         sandbox.init_app(app)
@@ -201,19 +211,19 @@ def create_app(config: dict | None = None) -> Flask:
 
     ratelimit.init_app(app)  # after every blueprint: the limits attach to registered views
     observability.init_app(app)
-    if settings["TRUSTED_PROXY_HOPS"]:
+    if settings.trusted_proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
-        hops = settings["TRUSTED_PROXY_HOPS"]
+        hops = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     from portal.money import format_money
 
     app.jinja_env.globals["brand"] = {
-        "name": settings["BRAND_NAME"],
-        "support_email": settings["BRAND_SUPPORT_EMAIL"],
+        "name": settings.brand_name,
+        "support_email": settings.brand_support_email,
     }
-    app.jinja_env.globals["sandbox"] = settings["SANDBOX"]
+    app.jinja_env.globals["sandbox"] = settings.sandbox
     app.jinja_env.filters["money"] = format_money
     return app
 

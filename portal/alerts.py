@@ -53,7 +53,7 @@ def alert(services, order: Order, message: str) -> None:
     optional alert webhook."""
     log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
     timeline.record(order.id, "alert", message)
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if url:
         try:
             outbound.post(
@@ -88,7 +88,7 @@ def body(order: Order, kind: str, message: str, detail: dict) -> dict:
 
 
 def run_operator_alert(services, job) -> None:
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if not url:
         return  # the log line and the timeline carry it
     with db.reader() as session:

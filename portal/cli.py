@@ -61,11 +61,11 @@ def _services():
 def init_db():
     """Create or upgrade the database schema (idempotent)."""
     settings = current_app.config["PORTAL"]
-    upgrade_schema(settings["DATABASE_URL"])
-    if settings["SANDBOX"]:
+    upgrade_schema(settings.database_url)
+    if settings.sandbox:
         from portal.sandbox.store import init_store
 
-        init_store(settings["SANDBOX_DATABASE_URL"])
+        init_store(settings.sandbox_database_url)
     click.echo("database is up to date")
 
 

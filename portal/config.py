@@ -2,14 +2,19 @@
 
 Every setting is parsed and checked once at start-up; a missing or malformed value stops the app
 with a `ConfigError` that names the variable, so an operator never discovers a typo at payment time.
+The result is a frozen `Settings` object, one typed attribute per setting in lower case
+(`PORTAL_STRIPE_SECRET_KEY` -> `settings.stripe_secret_key`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from urllib.parse import urlsplit
 
 
@@ -17,7 +22,7 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Setting:
     """One `PORTAL_<name>` setting: its default, the parser that checks a given value, and whether
     the value is a secret (masked in logs and on the console's settings page)."""
@@ -26,6 +31,24 @@ class Setting:
     default: object
     parse: Callable[[object], object]
     secret: bool = False
+    # The value's type: the parser's return annotation unless given (`| None` added when the
+    # default is None).
+    type: object = None
+
+    def __post_init__(self):
+        kind = self.type
+        if kind is None:
+            kind = self.parse if isinstance(self.parse, type) else None
+            if kind is None:
+                kind = typing.get_type_hints(self.parse).get("return", object)
+        if self.default is None and kind is not object:
+            kind = kind | None
+        object.__setattr__(self, "type", kind)
+
+    @property
+    def attribute(self) -> str:
+        """The attribute of `Settings` that holds this setting's value."""
+        return self.name.lower()
 
 
 def _bool(value) -> bool:
@@ -340,19 +363,44 @@ def receipt_setting(platform: str) -> Setting:
 url, checked_url, secret_list, non_negative_int = _url, _checked_url, _secrets, _int
 
 
-def declared_settings() -> tuple[Setting, ...]:
-    """The core's settings, then each installed platform's (portal.platforms.registry)."""
-    from portal.platforms import registry
+@dataclass(frozen=True)
+class Settings:
+    """The parsed settings: one attribute per declared `Setting`, named as the setting in lower
+    case. Built by `load_settings`; read-only (`dataclasses.replace` makes an adjusted copy)."""
 
-    return SETTINGS + registry.settings()
+
+@cache
+def settings_class(declarations: tuple[Setting, ...]) -> type[Settings]:
+    """The frozen dataclass for a set of declarations (made once per set): a `Settings` with
+    one typed field per declaration, each field's metadata holding its `Setting`."""
+    seen: set[str] = set()
+    fields = []
+    for setting in declarations:
+        if setting.name in seen:
+            raise ConfigError(f"PORTAL_{setting.name} is declared twice")
+        seen.add(setting.name)
+        field = dataclasses.field(repr=not setting.secret, metadata={"setting": setting})
+        fields.append((setting.attribute, setting.type, field))
+    made = dataclasses.make_dataclass("Settings", fields, bases=(Settings,), frozen=True)
+    made.__module__ = __name__
+    return made
 
 
-def load_settings(overrides: dict | None = None, environ=None) -> dict:
-    """Read every setting from `overrides` first, then `PORTAL_<NAME>` in the environment."""
+def declarations(settings: Settings) -> tuple[Setting, ...]:
+    """The declarations `settings` was built from, in declaration order."""
+    return tuple(field.metadata["setting"] for field in dataclasses.fields(settings))
+
+
+def load_settings(
+    overrides: dict | None = None, environ=None, extra: Iterable[Setting] = ()
+) -> Settings:
+    """Read every setting of `SETTINGS` and `extra` from `overrides` (by name, without the
+    PORTAL_ prefix) first, then `PORTAL_<NAME>` in the environment, then its default."""
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
-    result: dict = {}
-    for setting in declared_settings():
+    declared = (*SETTINGS, *extra)
+    values: dict = {}
+    for setting in declared:
         name, default, parse = setting.name, setting.default, setting.parse
         env_name = f"PORTAL_{name}"
         if name in overrides:
@@ -360,29 +408,31 @@ def load_settings(overrides: dict | None = None, environ=None) -> dict:
         elif env_name in environ and environ[env_name] != "":
             raw = environ[env_name]
         else:
-            result[name] = default
+            values[setting.attribute] = default
             continue
         if raw is None:
-            result[name] = None
+            values[setting.attribute] = None
             continue
         try:
-            result[name] = parse(raw)
+            values[setting.attribute] = parse(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{env_name} is malformed: {exc}") from None
-    return result
+    return settings_class(declared)(**values)
 
 
-def secret_names() -> tuple[str, ...]:
-    """The names of the settings whose values are secrets."""
-    return tuple(setting.name for setting in declared_settings() if setting.secret)
+def secret_names(settings: Settings | None = None) -> tuple[str, ...]:
+    """The names of the settings whose values are secrets (of `settings`' declarations, or of
+    `SETTINGS`)."""
+    declared = SETTINGS if settings is None else declarations(settings)
+    return tuple(setting.name for setting in declared if setting.secret)
 
 
-def validate(settings: dict, *, testing: bool) -> None:
+def validate(settings: Settings, *, testing: bool) -> None:
     """Cross-setting rules; raises ConfigError naming the variable."""
-    sandbox = settings["SANDBOX"]
-    if not settings["SECRET_KEY"] and not (sandbox or testing):
+    sandbox = settings.sandbox
+    if not settings.secret_key and not (sandbox or testing):
         raise ConfigError("PORTAL_SECRET_KEY is required (set a long random value)")
-    key = settings["STRIPE_SECRET_KEY"] or ""
+    key = settings.stripe_secret_key or ""
     if sandbox and (key.startswith("sk_live_") or key.startswith("rk_live_")):
         raise ConfigError(
             "PORTAL_STRIPE_SECRET_KEY is a live key, and PORTAL_SANDBOX=1 refuses live keys"
@@ -390,25 +440,25 @@ def validate(settings: dict, *, testing: bool) -> None:
     if not sandbox and not testing:
         if not key:
             raise ConfigError("PORTAL_STRIPE_SECRET_KEY is required")
-        if not settings["STRIPE_WEBHOOK_SECRET"]:
+        if not settings.stripe_webhook_secret:
             raise ConfigError("PORTAL_STRIPE_WEBHOOK_SECRET is required")
-    if settings["TAX_MODE"] == "fixed" and not settings["TAX_RATES"]:
+    if settings.tax_mode == "fixed" and not settings.tax_rates:
         raise ConfigError(
             "PORTAL_TAX_RATES is required when PORTAL_TAX_MODE=fixed (e.g. GB:20,DE:19)"
         )
-    if settings["ALERT_WEBHOOK_URL"]:
+    if settings.alert_webhook_url:
         from portal.outbound import allow_loopback, check_destination
         from portal.urls import UnsafeUrl
 
         try:
             check_destination(
-                settings["ALERT_WEBHOOK_URL"],
+                settings.alert_webhook_url,
                 loopback_ok=allow_loopback(settings),
                 resolve_host=False,  # start-up does not wait on DNS; each alert resolves it
             )
         except UnsafeUrl as exc:
             raise ConfigError(f"PORTAL_ALERT_WEBHOOK_URL is refused: {exc}") from None
-    public = urlsplit(settings["PUBLIC_URL"])
+    public = urlsplit(settings.public_url)
     if (
         not sandbox
         and not testing

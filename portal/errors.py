@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from portal import checkout, i18n, orders
 from portal.checkout import CheckoutError
+from portal.config import Settings
 from portal.db import db
 from portal.error_texts import MESSAGES
 from portal.i18n import N_
@@ -69,7 +70,7 @@ def known_page(back_url: str | None = None) -> tuple[str | None, str | None]:
         url = services.allowed_redirect(candidate)
         if url:
             return url, _host(url)
-    home = current_app.config["PORTAL"].get("BRAND_HOME_URL")
+    home = current_app.config["PORTAL"].brand_home_url
     return (home, _host(home)) if home else (None, None)
 
 
@@ -105,29 +106,29 @@ def render_error(status: int, title: str, message: str, back_url: str | None = N
 STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
 
 
-def form_action_origins(settings: dict) -> tuple[str, ...]:
+def form_action_origins(settings: Settings) -> tuple[str, ...]:
     """Where a form on our pages may lead, redirects included (browsers check each hop):
     our origin, Stripe Checkout (and the configured Stripe API base, the stand-in's pay page
     in the sandbox), and the platforms' sites a cancel is sent back to."""
     origins = ["'self'", STRIPE_CHECKOUT_ORIGIN]
-    base = urlsplit(settings.get("STRIPE_API_BASE") or "")
+    base = urlsplit(settings.stripe_api_base or "")
     if base.scheme in {"http", "https"} and base.netloc:
         origins.append(f"{base.scheme}://{base.netloc}")
-    for host in settings.get("REDIRECT_HOSTS") or ():
+    for host in settings.redirect_hosts or ():
         origins.append(f"https://{host}")
         if host in {"127.0.0.1", "localhost"}:
             origins.append(f"http://{host}")
     return tuple(dict.fromkeys(origins))
 
 
-def content_security_policy(settings: dict, form_origins=()) -> str:
+def content_security_policy(settings: Settings, form_origins=()) -> str:
     """Our own origin only, plus the extra origins an admin configured (an analytics script,
     an image host): deployment settings, never something a marketer can change. Forms may
     lead only to `form_action_origins` (plus `form_origins`: the order's own return address);
     no <base>, no framing."""
-    scripts = " ".join(("'self'", *settings.get("CSP_SCRIPT_ORIGINS", ())))
-    images = " ".join(("'self'", "data:", *settings.get("CSP_IMG_ORIGINS", ())))
-    connect = " ".join(("'self'", *settings.get("CSP_CONNECT_ORIGINS", ())))
+    scripts = " ".join(("'self'", *settings.csp_script_origins))
+    images = " ".join(("'self'", "data:", *settings.csp_img_origins))
+    connect = " ".join(("'self'", *settings.csp_connect_origins))
     forms = " ".join(dict.fromkeys((*form_action_origins(settings), *form_origins)))
     return (
         f"default-src 'self'; img-src {images}; style-src 'self'; script-src {scripts}; "

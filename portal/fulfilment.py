@@ -23,7 +23,7 @@ def alert(services, order: Order, message: str) -> None:
     optional alert webhook."""
     log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
     timeline.record(order.id, "alert", message)
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if url:
         try:
             outbound.post(

@@ -108,7 +108,7 @@ def _claimable(now):
 
 
 def _lease(settings) -> timedelta:
-    return timedelta(seconds=settings["JOB_LEASE_SECONDS"])
+    return timedelta(seconds=settings.job_lease_seconds)
 
 
 def claim_due(settings, worker_id: str, limit: int = 10) -> list[Job]:
@@ -193,7 +193,7 @@ class _Heartbeat:
         self.thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{job_id}")
 
     def _beat(self) -> None:
-        interval = max(self.settings["JOB_LEASE_SECONDS"] / 3, 0.2)
+        interval = max(self.settings.job_lease_seconds / 3, 0.2)
         while not self.stopped.wait(interval):
             try:
                 if not renew_lease(self.settings, self.job_id, self.worker_id):
@@ -222,8 +222,8 @@ def _finish(job: Job, worker_id: str, **values) -> bool:
 
 
 def backoff_seconds(settings, attempts: int) -> float:
-    base = settings["RETRY_BASE_SECONDS"]
-    delay = min(settings["RETRY_MAX_SECONDS"], base * (2 ** max(attempts - 1, 0)))
+    base = settings.retry_base_seconds
+    delay = min(settings.retry_max_seconds, base * (2 ** max(attempts - 1, 0)))
     return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 
@@ -283,12 +283,12 @@ def _failed(services, kind: Kind, job: Job, worker_id: str, exc: Exception) -> s
         )
         log.warning("periodic job %s failed: %s", job.kind, error)
         return "retry"
-    if transient and job.attempts < settings["RETRY_MAX_ATTEMPTS"]:
+    if transient and job.attempts < settings.retry_max_attempts:
         delay = backoff_seconds(settings, job.attempts)
         if getattr(exc, "timeout", False):
             # The timed-out call may still be in flight at the platform: let it land (or fail)
             # before the retry looks at the platform's state, so "already done" is seen.
-            delay = max(delay, 2 * settings["HTTP_READ_TIMEOUT"])
+            delay = max(delay, 2 * settings.http_read_timeout)
         _finish(job, worker_id, run_at=utcnow() + timedelta(seconds=delay), last_error=error)
         log.warning(
             "job %s (%s) attempt %d failed: %s; next try in %.1f s",

@@ -28,6 +28,7 @@ from portal import i18n, jobs
 from portal.alerts import alert
 from portal.branding.brands import header_safe
 from portal.branding.emails import email_brand, render_learner_email
+from portal.config import Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -95,21 +96,21 @@ def items(order: Order) -> list[dict]:
     ]
 
 
-def message_context(settings: dict, order: Order, notice: dict | None = None) -> dict:
+def message_context(settings: Settings, order: Order, notice: dict | None = None) -> dict:
     """The values a message template reads besides the globals (`order`, `brand`, `fmt`...)."""
     manual = order.capture_method == "manual"
     return {
         "notice": {**NOTICE, **(notice or {})},
         "items": items(order),
         "reference": (order.platform_data or {}).get("reference") or None,
-        "pay_url": settings["PUBLIC_URL"].rstrip("/") + f"/orders/{order.reference}",
-        "link_days": settings["PAY_LINK_DAYS"],
+        "pay_url": settings.public_url.rstrip("/") + f"/orders/{order.reference}",
+        "link_days": settings.pay_link_days,
         "manual": manual,
         "charged_minor": (order.amount_captured_minor if manual else order.amount_paid_minor) or 0,
     }
 
 
-def brand_of(order: Order, settings: dict, key: ApiKey | None) -> tuple[dict, dict]:
+def brand_of(order: Order, settings: Settings, key: ApiKey | None) -> tuple[dict, dict]:
     """The message's brand: the order's, as on its pages. A merchant key created with `--brand`
     names the sender unless a marketer assigned a brand to that very key."""
     brand, colours = email_brand(order, settings)
@@ -141,11 +142,11 @@ def _assigned_to_key(key_id: int) -> bool:
 
 
 def render(
-    settings: dict, template: str, order: Order, brand: tuple[dict, dict], notice=None
+    settings: Settings, template: str, order: Order, brand: tuple[dict, dict], notice=None
 ) -> tuple[str, str, str]:
     """(subject, text, html) of a message about `order`, in the order's language (else
     PORTAL_DEFAULT_LOCALE), with `brand` from `brand_of`."""
-    locale = order.locale or settings["DEFAULT_LOCALE"]
+    locale = order.locale or settings.default_locale
     context = message_context(settings, order, notice)
     parts = {
         kind: render_learner_email(
@@ -166,7 +167,7 @@ def render(
 def build_message(settings, *, to, cc, subject, text, html, brand) -> EmailMessage:
     message = EmailMessage()
     # The brand that sends the link is the name the customer sees; the address is ours.
-    message["From"] = formataddr((brand, parseaddr(settings["MAIL_FROM"])[1]))
+    message["From"] = formataddr((brand, parseaddr(settings.mail_from)[1]))
     message["To"] = to
     if cc:
         message["Cc"] = cc
@@ -188,16 +189,16 @@ def _text(reply) -> str:
     return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
 
 
-def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+def send(settings: Settings, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
     """Hand the message to the SMTP server (or the sandbox's catcher). Returns the recipients
     the server refused while it took the message for the others ({} when all took it)."""
-    if not settings["SMTP_URL"]:
-        if settings["SANDBOX"]:
+    if not settings.smtp_url:
+        if settings.sandbox:
             catch(settings, message)
             return {}
         raise jobs.PermanentJobError("PORTAL_SMTP_URL is not set: no mail can be sent")
-    url = urlsplit(settings["SMTP_URL"])
-    timeout = settings["HTTP_READ_TIMEOUT"]
+    url = urlsplit(settings.smtp_url)
+    timeout = settings.http_read_timeout
     context = ssl.create_default_context()
     try:
         if url.scheme == "smtps":
@@ -243,14 +244,14 @@ def send(settings: dict, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
 LINK = re.compile(r"https?://[^\s<>\"']+")
 
 
-def catch(settings: dict, message: EmailMessage) -> None:
+def catch(settings: Settings, message: EmailMessage) -> None:
     """Sandbox: keep the message where `/sandbox/mail` shows it."""
     from portal.sandbox.store import Store
 
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
     mail_id = message["Message-ID"].strip("<>")
-    Store(settings["SANDBOX_DATABASE_URL"]).put(
+    Store(settings.sandbox_database_url).put(
         "mail",
         mail_id,
         {

@@ -39,9 +39,11 @@ class BlockedDestination(requests.ConnectionError):
     """An outbound request the portal refuses to make; the message says why."""
 
 
-def allow_loopback(settings: dict) -> bool:
-    value = settings.get("OUTBOUND_ALLOW_LOOPBACK")
-    return bool(settings.get("SANDBOX")) if value is None else bool(value)
+def allow_loopback(settings) -> bool:
+    """`settings`: the app's `portal.config.Settings` (not imported here: config imports this
+    module)."""
+    value = settings.outbound_allow_loopback
+    return bool(settings.sandbox) if value is None else bool(value)
 
 
 def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
@@ -195,7 +197,7 @@ def guarded_session(loopback_ok: bool, pool_size: int = 8) -> requests.Session:
     return session
 
 
-def post(settings: dict, url: str, **kwargs) -> requests.Response:
+def post(settings, url: str, **kwargs) -> requests.Response:
     """POST to a destination an operator or merchant chose, checked again now."""
     try:
         check_url(url, allow_http="loopback" if allow_loopback(settings) else "never")

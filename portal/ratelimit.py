@@ -74,14 +74,14 @@ def init_app(app) -> Limiter:
     runs for a request (before CSRF checks and the views), so a flood of refused or malformed
     requests is counted too."""
     settings = app.config["PORTAL"]
-    storage = settings["RATELIMIT_STORAGE_URL"]
+    storage = settings.ratelimit_storage_url
     limits = [
         # Each entry point on its own, per client address.
-        Limit(settings["RATELIMIT_ENTRY"], exempt_when=_only(frozenset(entry_endpoints()))),
+        Limit(settings.ratelimit_entry, exempt_when=_only(frozenset(entry_endpoints()))),
         # The whole merchant API together.
-        Limit(settings["RATELIMIT_API"], scope="api", shared=True, exempt_when=_not_api),
+        Limit(settings.ratelimit_api, scope="api", shared=True, exempt_when=_not_api),
         Limit(
-            settings["RATELIMIT_LOGIN"],
+            settings.ratelimit_login,
             exempt_when=_only(frozenset({LOGIN_ENDPOINT}), frozenset({"POST"})),
         ),
     ]
@@ -98,7 +98,7 @@ def init_app(app) -> Limiter:
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         key_prefix="portal",
-        enabled=settings["RATELIMIT_ENABLED"],
+        enabled=settings.ratelimit_enabled,
     )
     # Flask-Limiter checks the limits in the before_request hook its init_app adds, after the
     # hooks already there (CSRF's among them): that hook moves to the front.
@@ -106,7 +106,7 @@ def init_app(app) -> Limiter:
     for hook in checks:
         hooks.remove(hook)
     hooks[0:0] = checks
-    webhook_cap = settings["WEBHOOK_MAX_BYTES"]
+    webhook_cap = settings.webhook_max_bytes
 
     def _cap_webhooks():
         if request.method == "POST" and request.path.startswith(WEBHOOK_PREFIX):

@@ -17,15 +17,16 @@ The review page promises a receipt only when one of these will send it.
 from __future__ import annotations
 
 from portal.config import RECEIPT_SENDERS as SENDERS  # noqa: F401 - the choices, named here
+from portal.config import Settings
 
 
-def mail_available(settings: dict) -> bool:
-    return bool(settings["SMTP_URL"] or settings["SANDBOX"])
+def mail_available(settings: Settings) -> bool:
+    return bool(settings.smtp_url or settings.sandbox)
 
 
-def sender(settings: dict, order) -> str | None:
+def sender(settings: Settings, order) -> str | None:
     """Who will send this order's receipt: "portal", "stripe", "platform", or None (nobody)."""
-    chosen = settings.get(f"{str(order.platform).upper()}_RECEIPTS") or "portal"
+    chosen = getattr(settings, f"{str(order.platform).upper()}_RECEIPTS".lower(), None) or "portal"
     if chosen == "none":
         return None
     if chosen in ("portal", "stripe") and not order.customer_email:
@@ -35,5 +36,5 @@ def sender(settings: dict, order) -> str | None:
     return chosen
 
 
-def portal_sends(settings: dict, order) -> bool:
+def portal_sends(settings: Settings, order) -> bool:
     return sender(settings, order) == "portal"

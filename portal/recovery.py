@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from portal.branding.brands import find_brand_and_name
+from portal.config import Settings
 from portal.db import db
 from portal.models import Order, OrderEvent
 from portal.orders import timeline
@@ -29,9 +30,9 @@ RECOVERED = "recovered"  # the timeline kind of an order paid through a recovery
 EVERY_BRAND = "*"
 
 
-def offered(settings: dict, order: Order) -> bool:
+def offered(settings: Settings, order: Order) -> bool:
     """Whether the order's brand opted in to abandoned-checkout recovery."""
-    chosen = settings.get("CHECKOUT_RECOVERY_BRANDS") or ()
+    chosen = settings.checkout_recovery_brands or ()
     if not chosen:
         return False
     if EVERY_BRAND in chosen:
@@ -85,8 +86,8 @@ def expired(services, order: Order, stripe_session: dict) -> bool:
 
 def _sandbox_url(services, url) -> bool:
     """The sandbox's stand-in serves its recovery links over the portal's own http URL."""
-    base = services.settings["PUBLIC_URL"].rstrip("/") + "/"
-    return bool(services.settings["SANDBOX"]) and isinstance(url, str) and url.startswith(base)
+    base = services.settings.public_url.rstrip("/") + "/"
+    return bool(services.settings.sandbox) and isinstance(url, str) and url.startswith(base)
 
 
 def record_recovered(session, order: Order, stripe_session: dict, amount: int, currency: str):

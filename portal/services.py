@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from portal.config import Settings
 from portal.job_kinds import all_kinds
 from portal.jobs import Kind
 from portal.orders.timeline import record_call
@@ -20,7 +21,7 @@ from portal.urls import UnsafeUrl, check_url
 
 @dataclass
 class Services:
-    settings: dict
+    settings: Settings
     stripe: StripeGateway
     platforms: dict[str, Platform]
     redirect_hosts: frozenset[str] = field(default_factory=frozenset)
@@ -31,7 +32,7 @@ class Services:
 
     @property
     def public_url(self) -> str:
-        return self.settings["PUBLIC_URL"]
+        return self.settings.public_url
 
     def url(self, path: str) -> str:
         return self.public_url + path
@@ -54,17 +55,17 @@ class Services:
         return None
 
 
-def build_services(settings: dict) -> Services:
+def build_services(settings: Settings) -> Services:
     gateway = StripeGateway(
-        settings["STRIPE_SECRET_KEY"],
-        settings["STRIPE_API_BASE"],
-        connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-        read_timeout=max(settings["HTTP_READ_TIMEOUT"], 30.0),
+        settings.stripe_secret_key,
+        settings.stripe_api_base,
+        connect_timeout=settings.http_connect_timeout,
+        read_timeout=max(settings.http_read_timeout, 30.0),
         recorder=record_call,
     )
-    hosts = set(settings["REDIRECT_HOSTS"])
-    if settings["SANDBOX"]:
-        hosts.add(urlsplit(settings["PUBLIC_URL"]).hostname or "")
+    hosts = set(settings.redirect_hosts)
+    if settings.sandbox:
+        hosts.add(urlsplit(settings.public_url).hostname or "")
     return Services(
         settings=settings,
         stripe=gateway,

@@ -36,7 +36,7 @@ def services():
 def learner_locale(platform_locale: str | None = None) -> str:
     """The learner's locale (stored on the order: money, dates, Stripe's page, the page's
     language): the platform's when it sends one, else the browser's `Accept-Language`."""
-    default = services().settings["DEFAULT_LOCALE"]
+    default = services().settings.default_locale
     return i18n.negotiate(platform_locale, request.accept_languages, default)
 
 

@@ -196,7 +196,7 @@ def stripe_webhook():
         event = verify(
             payload,
             request.headers.get("Stripe-Signature"),
-            services.settings["STRIPE_WEBHOOK_SECRET"],
+            services.settings.stripe_webhook_secret,
         )
     except ValueError:
         event = None  # the signature matched but the body is not an event

@@ -4,6 +4,7 @@ paying through the sandbox works, and an SMTP outage is retried from the job que
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import re
@@ -88,7 +89,9 @@ def test_an_smtp_outage_is_retried(make_app, smtp_server):
     assert job.state == JobState.QUEUED
     assert "SMTP server unreachable" in job.last_error
     assert deliveries() == []  # link.sent only once it went
-    app.config["PORTAL"]["SMTP_URL"] = smtp_server.url  # the mail server is back
+    back = dataclasses.replace(app.config["PORTAL"], smtp_url=smtp_server.url)  # the server is back
+    app.config["PORTAL"] = back
+    app.extensions["portal"] = dataclasses.replace(app.extensions["portal"], settings=back)
     run_queued(app, "mail")
     assert smtp_server.arrived.wait(5)
     assert [d.event_type for d in deliveries()] == ["link.sent"]

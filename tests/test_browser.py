@@ -404,7 +404,7 @@ def academy_purchase(server) -> str:
 
 
 def mark_purchase(server, purchase_id: str, state: str) -> None:
-    key = server.app.config["PORTAL"]["SKILLJAR_API_KEY"]
+    key = server.app.config["PORTAL"].skilljar_api_key
     response = requests.put(
         f"{server.url}/sandbox/skilljar/v1/purchases/{purchase_id}",
         data=json.dumps({"state": state}),

@@ -155,6 +155,7 @@ def test_the_opt_in_is_per_brand(make_app):
     from portal.admin.audit import Actor
     from portal.branding.brands import BrandInput
     from portal.branding.operations import assign, save_brand
+    from portal.config import load_settings
     from portal.models import Order
 
     app = make_app()
@@ -179,9 +180,19 @@ def test_the_opt_in_is_per_brand(make_app):
         assign(marketer, "skilljar", "*", brand.id)
         assign(marketer, "cleeng", "*", streaming.id)
         order = Order(platform="skilljar", platform_ref="p1", reference="ord_x", currency="USD")
-        assert recovery.offered({"CHECKOUT_RECOVERY_BRANDS": (str(brand.id),)}, order)
-        assert not recovery.offered({"CHECKOUT_RECOVERY_BRANDS": (str(streaming.id),)}, order)
-        assert not recovery.offered({"CHECKOUT_RECOVERY_BRANDS": ()}, order)
-        assert recovery.offered({"CHECKOUT_RECOVERY_BRANDS": ("*",)}, order)
+        assert recovery.offered(
+            load_settings({"CHECKOUT_RECOVERY_BRANDS": (str(brand.id),)}, environ={}), order
+        )
+        assert not recovery.offered(
+            load_settings({"CHECKOUT_RECOVERY_BRANDS": (str(streaming.id),)}, environ={}), order
+        )
+        assert not recovery.offered(
+            load_settings({"CHECKOUT_RECOVERY_BRANDS": ()}, environ={}), order
+        )
+        assert recovery.offered(
+            load_settings({"CHECKOUT_RECOVERY_BRANDS": ("*",)}, environ={}), order
+        )
         other = Order(platform="cleeng", platform_ref="1", reference="ord_y", currency="EUR")
-        assert not recovery.offered({"CHECKOUT_RECOVERY_BRANDS": (str(brand.id),)}, other)
+        assert not recovery.offered(
+            load_settings({"CHECKOUT_RECOVERY_BRANDS": (str(brand.id),)}, environ={}), other
+        )

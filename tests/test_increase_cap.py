@@ -71,8 +71,8 @@ def test_the_percentage_is_an_option_and_the_larger_limit_wins(setup, mocked):
 
 def test_the_cap_setting_is_parsed_per_currency():
     settings = load_settings({"AUTH_INCREASE_LIMIT": "usd:100, EUR:90.50, JPY:15000"}, environ={})
-    assert settings["AUTH_INCREASE_LIMIT"] == {"USD": 10000, "EUR": 9050, "JPY": 15000}
-    assert load_settings({}, environ={})["AUTH_INCREASE_LIMIT"] == {"USD": 10000}
+    assert settings.auth_increase_limit == {"USD": 10000, "EUR": 9050, "JPY": 15000}
+    assert load_settings({}, environ={}).auth_increase_limit == {"USD": 10000}
     with pytest.raises(ConfigError, match="PORTAL_AUTH_INCREASE_LIMIT"):
         load_settings({"AUTH_INCREASE_LIMIT": "USD:12.345"}, environ={})
     with pytest.raises(ConfigError, match="PORTAL_AUTH_INCREASE_LIMIT"):

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from portal import checkout, fulfilment, jobs, orders
 from portal.checkout import OrderDraft
+from portal.config import load_settings
 from portal.db import db
 from portal.jobs import Worker, backoff_seconds, claim_due, claim_one, run_inline, run_job
 from portal.models import Job, JobState, Order, OrderEvent, OrderState, utcnow
@@ -216,7 +217,7 @@ def test_too_many_transient_failures_end_in_fulfil_failed(make_app, mocked, no_s
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped():
-    settings = {"RETRY_BASE_SECONDS": 10.0, "RETRY_MAX_SECONDS": 300.0}
+    settings = load_settings({"RETRY_BASE_SECONDS": 10.0, "RETRY_MAX_SECONDS": 300.0}, environ={})
     for attempts in range(1, 12):
         ceiling = min(300.0, 10.0 * 2 ** (attempts - 1))
         samples = [backoff_seconds(settings, attempts) for _ in range(50)]

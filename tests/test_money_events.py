@@ -78,7 +78,7 @@ def server(sandbox_server, listener):
 def deliver_events(server) -> dict[str, str]:
     """Deliver, signed, every Stripe event recorded and not delivered yet; returns the portal's
     outcome for each event type delivered."""
-    secret = server.services.settings["STRIPE_WEBHOOK_SECRET"][0]
+    secret = server.services.settings.stripe_webhook_secret[0]
     outcomes = {}
     for event in reversed(server.store.list("event")):
         if event["id"] in server.delivered:
@@ -89,7 +89,7 @@ def deliver_events(server) -> dict[str, str]:
 
 
 def send(server, event: dict, secret: str | None = None) -> str:
-    secret = secret or server.services.settings["STRIPE_WEBHOOK_SECRET"][0]
+    secret = secret or server.services.settings.stripe_webhook_secret[0]
     payload = json.dumps(event)
     response = requests.post(
         f"{server.url}/webhooks/stripe",

@@ -20,6 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from portal.config import load_settings
 from portal.observability.logs import JsonFormatter, TextFormatter, json_handler, secret_values
 from portal.observability.request_ids import outbound_headers
 from portal.stripe_gateway import StripeGateway
@@ -227,7 +228,11 @@ def test_the_text_log_format_gets_the_masking_formatter_with_the_secrets():
     for handler in kept:
         root.removeHandler(handler)
     try:
-        configure_logging(settings={"LOG_FORMAT": "text", "SECRET_KEY": "text-format-secret-1"})
+        configure_logging(
+            settings=load_settings(
+                {"LOG_FORMAT": "text", "SECRET_KEY": "text-format-secret-1"}, environ={}
+            )
+        )
         (handler,) = [h for h in root.handlers if getattr(h, "_portal", False)]
         assert isinstance(handler.formatter, TextFormatter)
         assert "text-format-secret-1" in handler.formatter.secrets
@@ -258,12 +263,15 @@ def test_digits_inside_an_identifier_are_not_taken_for_a_card_number():
 
 def test_secret_values_come_from_the_settings():
     values = secret_values(
-        {
-            "SECRET_KEY": "flask-secret-1",
-            "STRIPE_WEBHOOK_SECRET": ("whsec_old_1", "whsec_new_2"),
-            "SMTP_URL": "smtp://mailer:mail-password-9@smtp.example.com:587",
-            "PUBLIC_URL": "https://pay.example.com",
-        }
+        load_settings(
+            {
+                "SECRET_KEY": "flask-secret-1",
+                "STRIPE_WEBHOOK_SECRET": ("whsec_old_1", "whsec_new_2"),
+                "SMTP_URL": "smtp://mailer:mail-password-9@smtp.example.com:587",
+                "PUBLIC_URL": "https://pay.example.com",
+            },
+            environ={},
+        )
     )
     assert {"flask-secret-1", "whsec_old_1", "whsec_new_2", "mail-password-9"} <= set(values)
     assert "https://pay.example.com" not in values

@@ -169,7 +169,7 @@ def test_replayed_join_after_enrolment_says_already_enrolled(server):
 def test_learner_enrolled_elsewhere_is_already_enrolled_not_a_failure(server):
     """A learner OpenLearning already enrolled (by an administrator, outside the portal) pays:
     OpenLearning answers "already enrolled", and the order is fulfilled, not failed."""
-    key = server.app.config["PORTAL"]["OPENLEARNING_API_KEY"]
+    key = server.app.config["PORTAL"].openlearning_api_key
     direct = requests.post(
         f"{server.url}/sandbox/openlearning/v2.2/enrolments/",
         params={"api_key": key},

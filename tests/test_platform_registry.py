@@ -3,6 +3,7 @@ portal.platforms.registry whose spec a core list forgot fails here, not in produ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from portal import ratelimit
-from portal.config import declared_settings, secret_names
+from portal.config import declarations, secret_names
 from portal.observability.logs import JsonFormatter, secret_values
 from portal.platforms import registry
 
@@ -59,17 +60,19 @@ def test_its_learner_pages_are_never_cached(client, spec):
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_its_settings_are_read_and_its_secrets_masked(app, console, spec):
     assert spec.settings, "every platform says at least who sends its receipts"
-    declared = {setting.name for setting in declared_settings()}
     settings = app.config["PORTAL"]
-    assert {setting.name for setting in spec.settings} <= declared <= set(settings)
+    declared = {setting.name for setting in declarations(settings)}
+    assert {setting.name for setting in spec.settings} <= declared
     assert f"{spec.name.upper()}_RECEIPTS" in {setting.name for setting in spec.settings}
-    secrets = {}
+    secrets, values = {}, {}
     for setting in spec.settings:
+        assert getattr(settings, setting.attribute) is not None or setting.default is None
         if setting.secret:
-            assert setting.name in secret_names()
+            assert setting.name in secret_names(settings)
             value = f"secret-of-{setting.name.lower()}-0123456789"
-            settings[setting.name] = (value,) if isinstance(setting.default, tuple) else value
+            values[setting.attribute] = (value,) if isinstance(setting.default, tuple) else value
             secrets[setting.name] = value
+    settings = app.config["PORTAL"] = dataclasses.replace(settings, **values)
     masked = secret_values(settings)
     record = logging.LogRecord(
         "t", logging.INFO, __file__, 1, "%s", (list(secrets.values()),), None

@@ -168,7 +168,7 @@ def session_form(**overrides) -> dict:
 def test_session_create_is_stored_remembered_and_replayed(sandbox_app):
     client = sandbox_app.test_client()
     store = sandbox_app.extensions["sandbox_store"]
-    key = sandbox_app.config["PORTAL"]["STRIPE_SECRET_KEY"]
+    key = sandbox_app.config["PORTAL"].stripe_secret_key
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "idem-1"}
     first = client.post(
         "/sandbox/stripe/v1/checkout/sessions", data=session_form(), headers=headers
@@ -207,7 +207,7 @@ def test_purchase_lookup_answers_the_stored_purchase_and_is_logged(sandbox_app):
     store = sandbox_app.extensions["sandbox_store"]
     with sandbox_app.test_request_context():
         purchase = skilljar_api.new_purchase("intro-python", 2, "LAUNCH20")
-    api_key = sandbox_app.config["PORTAL"]["SKILLJAR_API_KEY"]
+    api_key = sandbox_app.config["PORTAL"].skilljar_api_key
     auth = {"Authorization": "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()}
     path = f"/sandbox/skilljar/v1/purchases/{purchase['id']}"
     answer = client.get(path, headers=auth)

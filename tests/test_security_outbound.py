@@ -89,10 +89,18 @@ def test_every_resolved_address_must_pass(fake_dns):
 
 
 def test_the_loopback_setting_defaults_to_the_sandbox():
-    assert outbound.allow_loopback({"SANDBOX": True, "OUTBOUND_ALLOW_LOOPBACK": None})
-    assert not outbound.allow_loopback({"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": None})
-    assert not outbound.allow_loopback({"SANDBOX": True, "OUTBOUND_ALLOW_LOOPBACK": False})
-    assert outbound.allow_loopback({"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": True})
+    assert outbound.allow_loopback(
+        load_settings({"SANDBOX": True, "OUTBOUND_ALLOW_LOOPBACK": None}, environ={})
+    )
+    assert not outbound.allow_loopback(
+        load_settings({"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": None}, environ={})
+    )
+    assert not outbound.allow_loopback(
+        load_settings({"SANDBOX": True, "OUTBOUND_ALLOW_LOOPBACK": False}, environ={})
+    )
+    assert outbound.allow_loopback(
+        load_settings({"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": True}, environ={})
+    )
 
 
 def test_a_loopback_alert_url_needs_the_setting():
@@ -207,7 +215,7 @@ def test_loopback_is_refused_without_the_setting(fake_dns, receiver):
 def test_redirects_are_not_followed(fake_dns, receiver):
     server = receiver(status=302, location="http://169.254.169.254/latest/meta-data/")
     response = outbound.post(
-        {"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": True},
+        load_settings({"SANDBOX": False, "OUTBOUND_ALLOW_LOOPBACK": True}, environ={}),
         f"http://127.0.0.1:{server.port}/in",
         json={},
         timeout=5,

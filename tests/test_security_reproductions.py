@@ -5,6 +5,7 @@ never a 500, and nothing may be stored."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -45,10 +46,12 @@ def refused(response, status: int = 400) -> None:
 
 
 def test_settings_page_masks_the_passwords_in_url_settings(app, console):
-    settings = app.config["PORTAL"]
-    settings["SMTP_URL"] = "smtp://mailer:smtp-pass-4711@mail.example.com:587"
-    settings["RATELIMIT_STORAGE_URL"] = "redis://:redis-pass-4712@redis.example.com:6379/0"
-    settings["SANDBOX_DATABASE_URL"] = "postgresql://portal:pg-pass-4713@db.example.com/sandbox"
+    app.config["PORTAL"] = dataclasses.replace(
+        app.config["PORTAL"],
+        smtp_url="smtp://mailer:smtp-pass-4711@mail.example.com:587",
+        ratelimit_storage_url="redis://:redis-pass-4712@redis.example.com:6379/0",
+        sandbox_database_url="postgresql://portal:pg-pass-4713@db.example.com/sandbox",
+    )
     page = console("admin").get("/admin/settings").text
     for secret in ("smtp-pass-4711", "redis-pass-4712", "pg-pass-4713"):
         assert secret not in page

@@ -18,6 +18,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from portal import mail
+from portal.config import Settings, load_settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import Job, JobState, OrderEvent
@@ -128,8 +129,8 @@ def a_message(cc: str | None = None) -> EmailMessage:
     return message
 
 
-def send_settings(url: str) -> dict:
-    return {"SMTP_URL": url, "SANDBOX": False, "HTTP_READ_TIMEOUT": 1.0}
+def send_settings(url: str) -> Settings:
+    return load_settings({"SMTP_URL": url, "SANDBOX": False, "HTTP_READ_TIMEOUT": 1.0}, environ={})
 
 
 TRANSIENT = "transient"

@@ -85,7 +85,7 @@ def test_product_lines(overrides, lines):
 
 
 def stripe_post(server, path, data):
-    key = server.app.config["PORTAL"]["STRIPE_SECRET_KEY"]
+    key = server.app.config["PORTAL"].stripe_secret_key
     return requests.post(
         f"{server.url}/sandbox/stripe/v1/{path}",
         data=data,

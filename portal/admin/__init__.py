@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-def check_settings(settings: dict) -> None:
+def check_settings(settings: Settings) -> None:
     from portal.admin import oidc
 
     for name in ("ADMIN_IDLE_MINUTES", "ADMIN_SESSION_HOURS", "ADMIN_LOCKOUT_MINUTES"):
-        if settings[name] < 1:
+        if getattr(settings, name.lower()) < 1:
             raise ConfigError(f"PORTAL_{name} must be at least 1")
-    token = settings["METRICS_TOKEN"]
+    token = settings.metrics_token
     if token is not None and len(token) < 16:
         raise ConfigError("PORTAL_METRICS_TOKEN must be at least 16 characters")
     oidc.check_settings(settings)

@@ -21,6 +21,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from portal.admin import audit
 from portal.admin.audit import Actor
+from portal.config import Settings
 from portal.db import db
 from portal.models import LoginAttempt, Role, User, utcnow
 
@@ -170,10 +171,10 @@ def _locked_until(session, column, value, limit: int, minutes: int, now, since=N
     return None
 
 
-def lockout(settings: dict, email: str, ip_address: str, now: datetime | None = None):
+def lockout(settings: Settings, email: str, ip_address: str, now: datetime | None = None):
     """The lockout in force for this account or this address, or None."""
     now = now or utcnow()
-    minutes = settings["ADMIN_LOCKOUT_MINUTES"]
+    minutes = settings.admin_lockout_minutes
     with db.reader() as session:
         last_success = session.scalar(
             select(func.max(LoginAttempt.created_at)).where(
@@ -185,7 +186,7 @@ def lockout(settings: dict, email: str, ip_address: str, now: datetime | None = 
                 session,
                 LoginAttempt.email,
                 email,
-                settings["ADMIN_LOGIN_MAX_FAILURES"],
+                settings.admin_login_max_failures,
                 minutes,
                 now,
                 since=last_success,
@@ -194,7 +195,7 @@ def lockout(settings: dict, email: str, ip_address: str, now: datetime | None = 
                 session,
                 LoginAttempt.ip_address,
                 ip_address,
-                settings["ADMIN_LOGIN_IP_MAX_FAILURES"],
+                settings.admin_login_ip_max_failures,
                 minutes,
                 now,
             ),
@@ -223,7 +224,7 @@ def _locked_message(lock: Lockout, now: datetime) -> str:
     )
 
 
-def sign_in_with_password(settings: dict, actor: Actor, email: str, password: str) -> SignIn:
+def sign_in_with_password(settings: Settings, actor: Actor, email: str, password: str) -> SignIn:
     """Check a password sign-in against lockout, record the attempt, and audit it."""
     email = normalise_email(email)[:320]
     actor = Actor(None, email or "(blank)", actor.ip_address, actor.user_agent)
@@ -301,7 +302,7 @@ class SessionCheck:
     expired: str | None = None  # why a session that existed was ended
 
 
-def check_session(settings: dict, session: dict) -> SessionCheck:
+def check_session(settings: Settings, session: dict) -> SessionCheck:
     """The signed-in user, after enforcing the idle and absolute timeouts; refreshes the idle
     clock. A session that fails any check is cleared."""
     user_id = session.get(SESSION_USER)
@@ -310,8 +311,8 @@ def check_session(settings: dict, session: dict) -> SessionCheck:
     now = int(time.time())
     started = int(session.get(SESSION_STARTED) or 0)
     seen = int(session.get(SESSION_SEEN) or 0)
-    idle = settings["ADMIN_IDLE_MINUTES"] * 60
-    absolute = settings["ADMIN_SESSION_HOURS"] * 3600
+    idle = settings.admin_idle_minutes * 60
+    absolute = settings.admin_session_hours * 3600
     if now - seen > idle:
         session.clear()
         return SessionCheck(None, "You were signed out after a period of inactivity.")

@@ -27,6 +27,7 @@ from portal.branding import brands, operations, overrides, samples
 from portal.branding.brands import COPY_BLOCKS, DEFAULT_COLOURS, FONT_STACKS, BrandError, BrandInput
 from portal.branding.environment import default_source, learner_template_names
 from portal.branding.overrides import preview_email
+from portal.config import Settings
 from portal.platforms import registry
 
 EMAIL_PREVIEW_CSP = (
@@ -163,7 +164,7 @@ def branding():
     )
 
 
-def bp_settings() -> dict:
+def bp_settings() -> Settings:
     from flask import current_app
 
     return current_app.config["PORTAL"]
@@ -240,7 +241,7 @@ def new_brand():
         form.text.data = DEFAULT_COLOURS["text"]
         form.background.data = DEFAULT_COLOURS["background"]
         form.accent.data = DEFAULT_COLOURS["accent"]
-        form.name.data = bp_settings()["BRAND_NAME"]
+        form.name.data = bp_settings().brand_name
         return _brand_page(form)
     if not form.validate_on_submit():
         return _brand_page(form, status=400)

@@ -70,7 +70,7 @@ DEMO_USERS = tuple((f"{role}@demo.example", str(role), f"demo-{role}-password") 
 def create_demo_users():
     """Sandbox only: create (or reset) a console account for each role, printed with its
     password. Run again, it leaves the same accounts with the same passwords."""
-    if not current_app.config["PORTAL"]["SANDBOX"]:
+    if not current_app.config["PORTAL"].sandbox:
         raise SettingError(
             "create-demo-users needs PORTAL_SANDBOX=1 (demo accounts are sandbox only)"
         )

@@ -74,7 +74,7 @@ class PortalCollector:
 
 @bp.get("/metrics")
 def metrics():
-    token = current_app.config["PORTAL"]["METRICS_TOKEN"]
+    token = current_app.config["PORTAL"].metrics_token
     if not token:
         abort(404)
     header = request.headers.get("Authorization", "")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from portal.admin import audit
 from portal.admin.audit import Actor
 from portal.admin.auth import SignIn, normalise_email
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 from portal.db import db
 from portal.models import Role, User, utcnow
 
@@ -25,36 +25,36 @@ CLIENT_NAME = "portal_sso"
 ROLE_RANK = {Role.MARKETER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 
 
-def enabled(settings: dict) -> bool:
+def enabled(settings: Settings) -> bool:
     return bool(
-        (settings["OIDC_ISSUER"] or settings["OIDC_METADATA_URL"])
-        and settings["OIDC_CLIENT_ID"]
-        and settings["OIDC_CLIENT_SECRET"]
+        (settings.oidc_issuer or settings.oidc_metadata_url)
+        and settings.oidc_client_id
+        and settings.oidc_client_secret
     )
 
 
-def check_settings(settings: dict) -> None:
+def check_settings(settings: Settings) -> None:
     """Half a single sign-on configuration is a mistake: say which variable is missing."""
     names = ("OIDC_ISSUER", "OIDC_METADATA_URL", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET")
-    if not any(settings[name] for name in names):
+    if not any(getattr(settings, name.lower()) for name in names):
         return
-    if not (settings["OIDC_ISSUER"] or settings["OIDC_METADATA_URL"]):
+    if not (settings.oidc_issuer or settings.oidc_metadata_url):
         raise ConfigError("PORTAL_OIDC_ISSUER (or PORTAL_OIDC_METADATA_URL) is required for SSO")
     for name in ("OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET"):
-        if not settings[name]:
+        if not getattr(settings, name.lower()):
             raise ConfigError(f"PORTAL_{name} is required for single sign-on")
-    if not settings["OIDC_ROLE_MAP"]:
+    if not settings.oidc_role_map:
         raise ConfigError(
             "PORTAL_OIDC_ROLE_MAP is required for single sign-on "
             "(e.g. portal-admins:admin,support:operator,marketing:marketer)"
         )
-    if "openid" not in settings["OIDC_SCOPES"].split():
+    if "openid" not in settings.oidc_scopes.split():
         raise ConfigError("PORTAL_OIDC_SCOPES must include openid")
 
 
-def metadata_url(settings: dict) -> str:
-    return settings["OIDC_METADATA_URL"] or (
-        settings["OIDC_ISSUER"] + "/.well-known/openid-configuration"
+def metadata_url(settings: Settings) -> str:
+    return settings.oidc_metadata_url or (
+        settings.oidc_issuer + "/.well-known/openid-configuration"
     )
 
 
@@ -67,10 +67,10 @@ def init_app(app) -> None:
     oauth = OAuth(app)
     oauth.register(
         CLIENT_NAME,
-        client_id=settings["OIDC_CLIENT_ID"],
-        client_secret=settings["OIDC_CLIENT_SECRET"],
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
         server_metadata_url=metadata_url(settings),
-        client_kwargs={"scope": settings["OIDC_SCOPES"], "code_challenge_method": "S256"},
+        client_kwargs={"scope": settings.oidc_scopes, "code_challenge_method": "S256"},
     )
 
 
@@ -95,7 +95,7 @@ def role_for(claims: dict, claim: str, role_map: dict[str, str]) -> str | None:
     return max(roles, key=lambda r: ROLE_RANK[r]) if roles else None
 
 
-def sign_in(settings: dict, actor: Actor, claims: dict) -> SignIn:
+def sign_in(settings: Settings, actor: Actor, claims: dict) -> SignIn:
     """Find or create the console user for verified ID token claims, with the mapped role."""
     email = normalise_email(claims.get("email") or "")
     subject = f"{claims.get('iss')}|{claims.get('sub')}"
@@ -105,7 +105,7 @@ def sign_in(settings: dict, actor: Actor, claims: dict) -> SignIn:
         audit.record(who, "login", "refused", detail={"method": "sso", "reason": reason})
         return SignIn(None, message)
 
-    role = role_for(claims, settings["OIDC_ROLE_CLAIM"], settings["OIDC_ROLE_MAP"])
+    role = role_for(claims, settings.oidc_role_claim, settings.oidc_role_map)
     if role is None:
         return refuse(
             "no mapped role",

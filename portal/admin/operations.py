@@ -128,7 +128,7 @@ def retry_fulfilment(services, actor: Actor, reference: str) -> ActionResult:
             detail={"from_state": str(order.state)},
             session=session,
         )
-    jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
+    jobs.run_inline(services, key, services.settings.inline_fulfil_seconds)
     after = orders.refresh(order)
     if after.state == OrderState.FULFILLED:
         return ActionResult(f"The platform confirmed order {order.reference}: it is fulfilled.")
@@ -235,7 +235,7 @@ def refund(
         )
         raise ActionRefused(f"Stripe did not refund: {exc}") from exc
     key = f"platform_refund:{recorded.refund_id}"
-    jobs.run_inline(services, key, services.settings["INLINE_FULFIL_SECONDS"])
+    jobs.run_inline(services, key, services.settings.inline_fulfil_seconds)
     job = jobs.job_state(key)
     platform = services.platform(order.platform)
     label = platform.label or order.platform

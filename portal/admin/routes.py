@@ -31,7 +31,7 @@ from portal.admin.forms import (
     SignOutForm,
     UpdateUserForm,
 )
-from portal.config import declared_settings
+from portal.config import Settings, declarations
 from portal.models import Role
 from portal.money import (
     format_money,
@@ -43,7 +43,7 @@ def services():
     return current_app.extensions["portal"]
 
 
-def settings() -> dict:
+def settings() -> Settings:
     return current_app.config["PORTAL"]
 
 
@@ -173,7 +173,7 @@ def login():
 def sso_start():
     if not oidc.enabled(settings()):
         abort(404)
-    redirect_uri = settings()["PUBLIC_URL"] + url_for("admin.sso_callback")
+    redirect_uri = settings().public_url + url_for("admin.sso_callback")
     return oidc.client(current_app).authorize_redirect(redirect_uri)
 
 
@@ -192,7 +192,7 @@ def sso_callback():
         claims = dict(token.get("userinfo") or {})
         if not claims:
             raise OAuthError(description="the provider sent no ID token")
-        role_claim = settings()["OIDC_ROLE_CLAIM"].split(".")[0]
+        role_claim = settings().oidc_role_claim.split(".")[0]
         if role_claim not in claims and sso.load_server_metadata().get("userinfo_endpoint"):
             extra = sso.userinfo(token=token)
             if extra.get("sub") != claims.get("sub"):  # OpenID Connect Core 5.3.2
@@ -322,7 +322,8 @@ def _setting_display(setting, value) -> str:
 def settings_page():
     values = settings()
     rows = [
-        (f"PORTAL_{s.name}", _setting_display(s, values.get(s.name))) for s in declared_settings()
+        (f"PORTAL_{s.name}", _setting_display(s, getattr(values, s.attribute)))
+        for s in declarations(values)
     ]
     return render_template("admin/settings.html", rows=rows, roles=list(Role))
 

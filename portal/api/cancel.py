@@ -76,7 +76,7 @@ def cancel(services, key: ApiKey, reference: str, reason: str | None = None):
         status = status_of(order)  # paid meanwhile: an authorisation can still be voided
     if status == "authorized" and order.state == OrderState.FULFILLED:
         cancel_held(services, order, reason or "cancelled by the merchant")
-        jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"cancel:{order.id}", services.settings.inline_fulfil_seconds)
         return orders.refresh(order)
     raise ApiError(
         409,
@@ -125,7 +125,7 @@ def refund(services, key: ApiKey, body: dict, request_key: str | None) -> dict:
     except UpstreamError as exc:
         raise upstream_error(exc, "The refund failed") from exc
     if recorded.job_key:
-        jobs.run_inline(services, recorded.job_key, services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, recorded.job_key, services.settings.inline_fulfil_seconds)
     order = orders.refresh(order)
     return {
         "id": stripe_refund.get("id"),
@@ -152,14 +152,14 @@ def run_expiry(services, job) -> None:
     unpaid = orders.where(
         Order.platform == PLATFORM,
         Order.state.in_(UNPAID),
-        Order.created_at < now - timedelta(days=settings["PAY_LINK_DAYS"]),
+        Order.created_at < now - timedelta(days=settings.pay_link_days),
     )
     held = orders.where(
         Order.platform == PLATFORM,
         Order.capture_method == "manual",
         Order.state.in_(HELD),
         Order.amount_captured_minor.is_(None),
-        Order.paid_at < now - timedelta(days=settings["AUTH_CAPTURE_DAYS"]),
+        Order.paid_at < now - timedelta(days=settings.auth_capture_days),
     )
     for order in unpaid:
         orders.update(order, platform_data={**(order.platform_data or {}), "expired": True})

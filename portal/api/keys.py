@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from portal.api.errors import ApiError
+from portal.config import Settings
 from portal.db import db
 from portal.models import ApiKey, WebhookEndpoint, utcnow
 from portal.outbound import check_destination
@@ -27,8 +28,8 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def stripe_is_live(settings: dict) -> bool:
-    key = settings["STRIPE_SECRET_KEY"] or ""
+def stripe_is_live(settings: Settings) -> bool:
+    key = settings.stripe_secret_key or ""
     return key.startswith(("sk_live_", "rk_live_"))
 
 
@@ -112,7 +113,7 @@ def revoke_key(prefix: str) -> ApiKey | None:
     return key
 
 
-def authenticate(header: str | None, settings: dict) -> ApiKey:
+def authenticate(header: str | None, settings: Settings) -> ApiKey:
     """The key an `Authorization: Bearer sk_...` header names, or an ApiError (401/403)."""
     if not header:
         raise ApiError(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from portal import jobs, mail, orders, refunds
 from portal.api.errors import ApiError, not_found
 from portal.api.representation import captured_amount, iso, serialize_order
+from portal.config import Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.models import ApiKey, Order, OrderState
@@ -32,7 +33,7 @@ MAX_TOTAL = 99_999_999  # Stripe's largest amount for most currencies (eight dig
 # --- how the API shows an order (the rest is in portal.api.representation) --------------------
 
 
-def serialize_order_detail(order: Order, *, livemode: bool, settings: dict) -> dict:
+def serialize_order_detail(order: Order, *, livemode: bool, settings: Settings) -> dict:
     """The order with its payments and refunds (`GET /orders/{id}`): what the Smartpay seed's
     "list an order's payments" gives, and every refund whoever made it."""
     body = serialize_order(order, livemode=livemode, settings=settings)
@@ -166,8 +167,8 @@ def _checked_url(key: ApiKey, url: str | None, param: str) -> str | None:
     return checked.url
 
 
-def _mail_available(settings: dict) -> bool:
-    return bool(settings["SMTP_URL"] or settings["SANDBOX"])
+def _mail_available(settings: Settings) -> bool:
+    return bool(settings.smtp_url or settings.sandbox)
 
 
 # --- checkout sessions ---------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def open_merchant_order(
 def settle_fulfilment(services, order: Order) -> Order:
     """A paid order whose `order.paid`/`order.authorized` is still being queued: let it finish."""
     if order.state == OrderState.PAID:
-        jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"fulfil:{order.id}", services.settings.inline_fulfil_seconds)
         order = orders.refresh(order)
     return order
 

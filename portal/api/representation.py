@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from portal.config import Settings
 from portal.models import Order, OrderState
 from portal.orders import states
 
@@ -38,16 +39,18 @@ def captured_amount(order: Order) -> int | None:
     return order.amount_paid_minor if order.paid_at is not None else None
 
 
-def expires_at(settings: dict, order: Order) -> datetime | None:
+def expires_at(settings: Settings, order: Order) -> datetime | None:
     status = status_of(order)
     if status == "open":
-        return order.created_at + timedelta(days=settings["PAY_LINK_DAYS"])
+        return order.created_at + timedelta(days=settings.pay_link_days)
     if status == "authorized" and order.paid_at:
-        return order.paid_at + timedelta(days=settings["AUTH_CAPTURE_DAYS"])
+        return order.paid_at + timedelta(days=settings.auth_capture_days)
     return None
 
 
-def serialize_order(order: Order, *, livemode: bool = False, settings: dict | None = None) -> dict:
+def serialize_order(
+    order: Order, *, livemode: bool = False, settings: Settings | None = None
+) -> dict:
     if settings is None:
         from flask import current_app
 
@@ -79,7 +82,7 @@ def serialize_order(order: Order, *, livemode: bool = False, settings: dict | No
         "reference": data.get("reference"),
         "metadata": data.get("metadata", {}),
         "checkout_session": order.platform_ref,
-        "url": settings["PUBLIC_URL"] + f"/orders/{order.reference}" if status == "open" else None,
+        "url": settings.public_url + f"/orders/{order.reference}" if status == "open" else None,
         "created": iso(order.created_at),
         "paid_at": iso(order.paid_at),
         "expires_at": iso(expires_at(settings, order)),

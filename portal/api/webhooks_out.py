@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from portal import jobs, outbound
 from portal.api.representation import serialize_order
+from portal.config import Settings
 from portal.db import db
 from portal.http import HttpClient, UpstreamError
 from portal.models import ApiKey, Order, WebhookDelivery, WebhookEndpoint, utcnow
@@ -88,7 +89,7 @@ def event_id(order: Order, event_type: str, discriminator: str = "") -> str:
 
 def emit(
     session,
-    settings: dict,
+    settings: Settings,
     order: Order,
     event_type: str,
     *,
@@ -168,8 +169,8 @@ def _client(settings) -> HttpClient:
     if loopback_ok not in _http:
         _http[loopback_ok] = HttpClient(
             "merchant-webhook",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=min(settings["HTTP_READ_TIMEOUT"], 15.0),
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=min(settings.http_read_timeout, 15.0),
             session=outbound.guarded_session(loopback_ok),
         )
     return _http[loopback_ok]

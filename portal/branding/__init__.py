@@ -82,6 +82,6 @@ def init_app(app) -> None:
         return {
             "brand": brands.brand_for(None, settings, url_for),
             "lang": "en",
-            "locale": settings["DEFAULT_LOCALE"],
+            "locale": settings.default_locale,
             "preview": False,
         }

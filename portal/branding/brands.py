@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from portal import i18n
 from portal.branding import cache as branding_cache
+from portal.config import Settings
 from portal.db import db
 from portal.models import ApiKey, Brand, BrandAssignment, Order
 from portal.outbound import check_destination
@@ -374,13 +375,13 @@ def _own_name(session, order: Order) -> str | None:
     return name if name and header_safe(name) else None
 
 
-def settings_brand(settings: dict) -> dict:
+def settings_brand(settings: Settings) -> dict:
     """The brand when the database has none (or cannot be reached): PORTAL_BRAND_* settings and
     the default theme's colours."""
     return {
         "id": "default",
-        "name": settings["BRAND_NAME"],
-        "support_email": settings["BRAND_SUPPORT_EMAIL"],
+        "name": settings.brand_name,
+        "support_email": settings.brand_support_email,
         "logo_url": None,
         "theme_url": None,
         "terms_url": None,
@@ -390,7 +391,7 @@ def settings_brand(settings: dict) -> dict:
 
 
 def brand_context(
-    brand: Brand | None, settings: dict, url_for, own_name: str | None = None
+    brand: Brand | None, settings: Settings, url_for, own_name: str | None = None
 ) -> dict:
     """The plain dict templates read as `brand` (strings only; no ORM object reaches a
     template). With `own_name`, the brand's look (colours, font) under that name, and none of
@@ -407,7 +408,7 @@ def brand_context(
     return {
         "id": brand.id,
         "name": brand.name,
-        "support_email": brand.support_email or settings["BRAND_SUPPORT_EMAIL"],
+        "support_email": brand.support_email or settings.brand_support_email,
         "logo_url": url_for("branding.logo", brand_id=brand.id, v=brand.version)
         if brand.logo
         else None,
@@ -435,7 +436,7 @@ def in_language(brand: dict, language: str) -> dict:
     return {**brand, "blocks": blocks}
 
 
-def brand_for(order: Order | None, settings: dict, url_for) -> dict:
+def brand_for(order: Order | None, settings: Settings, url_for) -> dict:
     """The order's brand as a template dict; the settings brand if the database fails (an
     error page must render even while the database is down). Kept for a few seconds per process
     (portal.branding.cache): the brand depends only on the order's platform and source."""

@@ -64,7 +64,7 @@ _caches: weakref.WeakSet[TimedCache] = weakref.WeakSet()
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION] = made = TimedCache(app.config["PORTAL"]["BRANDING_CACHE_SECONDS"])
+    app.extensions[EXTENSION] = made = TimedCache(app.config["PORTAL"].branding_cache_seconds)
     _caches.add(made)
     init_pages(app)
 
@@ -122,7 +122,7 @@ class RenderedPages:
 def init_pages(app: Flask) -> None:
     """Rendered pages are kept when brands are (PORTAL_BRANDING_CACHE_SECONDS > 0), and not
     in debug mode, where template files change under a running server."""
-    if app.config["PORTAL"]["BRANDING_CACHE_SECONDS"] > 0 and not app.debug:
+    if app.config["PORTAL"].branding_cache_seconds > 0 and not app.debug:
         app.extensions[PAGES_EXTENSION] = RenderedPages()
 
 

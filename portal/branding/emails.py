@@ -29,23 +29,24 @@ from portal.branding.render import (
     plain,
     render_in,
 )
+from portal.config import Settings
 from portal.db import db
 from portal.models import Brand, Order
 
 log = logging.getLogger("portal.branding")
 
 
-def email_rules(settings: dict, brand: dict) -> markup.Rules:
+def email_rules(settings: Settings, brand: dict) -> markup.Rules:
     """An email's links may go to the portal, the brand's own sites (its terms and privacy
     addresses) and the platforms' sites (PORTAL_REDIRECT_HOSTS), over https."""
-    hosts = {urlsplit(settings["PUBLIC_URL"]).hostname or ""}
+    hosts = {urlsplit(settings.public_url).hostname or ""}
     for key in ("terms_url", "privacy_url"):
         if brand.get(key):
             hosts.add(urlsplit(brand[key]).hostname or "")
-    hosts.update(settings.get("REDIRECT_HOSTS") or ())
+    hosts.update(settings.redirect_hosts or ())
     return markup.Rules(
         email=True,
-        public_url=settings["PUBLIC_URL"],
+        public_url=settings.public_url,
         link_hosts=frozenset(h.lower() for h in hosts if h),
     )
 
@@ -61,10 +62,10 @@ EMAIL_PATHS = {
 }
 
 
-def public_url_for(settings: dict):
+def public_url_for(settings: Settings):
     """A `url_for` for emails: absolute URLs of EMAIL_PATHS under PORTAL_PUBLIC_URL, plain values
     only; extra values become the query string."""
-    base = settings["PUBLIC_URL"].rstrip("/")
+    base = settings.public_url.rstrip("/")
 
     def build(endpoint: str, **values) -> str:
         if endpoint not in EMAIL_PATHS:
@@ -111,7 +112,7 @@ def email_colours(brand: Brand | None) -> dict[str, str]:
     }
 
 
-def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
+def email_brand(order: Order, settings: Settings) -> tuple[dict, dict]:
     """The order's brand for an email, (brand dict, colours): the same choice as its pages
     (platform source, the platform's "*", the default brand, the settings), with absolute URLs.
     The settings brand if the database cannot be read: the message still goes."""
@@ -128,7 +129,7 @@ def email_brand(order: Order, settings: dict) -> tuple[dict, dict]:
 
 def email_context(
     *,
-    settings: dict,
+    settings: Settings,
     brand: dict,
     colours: dict,
     locale: str,
@@ -145,7 +146,7 @@ def email_context(
         colours=colours,
         lang=i18n.language_for(locale).replace("_", "-"),
         locale=locale,
-        sandbox=bool(settings["SANDBOX"]),
+        sandbox=bool(settings.sandbox),
         preview=preview,
         url_for=public_url_for(settings),
         csrf_token=lambda: "",
@@ -176,7 +177,7 @@ def render_learner_email(
     name: str,
     *,
     order: Order,
-    settings: dict,
+    settings: Settings,
     locale: str | None = None,
     brand: tuple[dict, dict] | None = None,
     **context,
@@ -186,7 +187,7 @@ def render_learner_email(
     fail-safe as `render_learner`: an override that fails renders the default instead, logged
     and recorded for the console, so an email job never fails because of an override.
     `brand` is a (brand, colours) pair from `email_brand`, to look it up once per message."""
-    locale = locale or order.locale or settings["DEFAULT_LOCALE"]
+    locale = locale or order.locale or settings.default_locale
     brand_dict, colours = brand if brand is not None else email_brand(order, settings)
     page = email_context(
         settings=settings,

@@ -43,6 +43,7 @@ from portal.branding.environment import (
     overrides_used,
     render_budgeted,
 )
+from portal.config import Settings
 from portal.db import db
 from portal.models import Order, TemplateOverride, utcnow
 from portal.money import format_money
@@ -113,8 +114,8 @@ def money_formatter(currency: str, locale: str):
     return fmt
 
 
-def request_locale(settings: dict) -> str:
-    return i18n.negotiate(None, request.accept_languages, settings["DEFAULT_LOCALE"])
+def request_locale(settings: Settings) -> str:
+    return i18n.negotiate(None, request.accept_languages, settings.default_locale)
 
 
 def page_context(
@@ -133,7 +134,7 @@ def page_context(
         brand=brands.in_language(brand, language),
         lang=language.replace("_", "-"),
         locale=locale,
-        sandbox=bool(settings["SANDBOX"]),
+        sandbox=bool(settings.sandbox),
         preview=preview,
         url_for=safe_url_for,
         csrf_token=csrf_token,
@@ -385,7 +386,7 @@ def not_served(names: list[str], text: str, order: Order | None, kind: str = "te
         settings = current_app.config["PORTAL"]
     except RuntimeError:  # no app context (an email job on a thread of its own)
         settings = {}
-    url = settings.get("ALERT_WEBHOOK_URL")
+    url = settings.alert_webhook_url
     if url:
         payload = {
             "text": f"Checkout portal: template override {', '.join(names)} was not served "
@@ -395,7 +396,7 @@ def not_served(names: list[str], text: str, order: Order | None, kind: str = "te
         threading.Thread(target=_post_alert, args=(settings, url, payload), daemon=True).start()
 
 
-def _post_alert(settings: dict, url: str, payload: dict) -> None:
+def _post_alert(settings: Settings, url: str, payload: dict) -> None:
     from portal import outbound
 
     try:

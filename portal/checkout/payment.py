@@ -10,6 +10,7 @@ from portal import jobs, orders, receipts, recovery
 from portal.checkout.common import CheckoutError, Next
 from portal.checkout.sessions import sync_session
 from portal.checkout.tax import TaxQuote, quote_tax
+from portal.config import Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -23,7 +24,7 @@ log = logging.getLogger("portal.checkout")
 MIN_SESSION_LIFETIME = timedelta(minutes=31)
 
 
-def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
+def _prepare_attempt(settings: Settings, order: Order, quote: TaxQuote) -> Order:
     """Fix the parameters of the next Checkout Session in the row, so any retry of the create call
     (a double click, a crash) sends Stripe the same parameters under the same idempotency key."""
     now = utcnow()
@@ -37,7 +38,7 @@ def _prepare_attempt(settings: dict, order: Order, quote: TaxQuote) -> Order:
     )
     if prepared:
         return order
-    lifetime = max(settings["STRIPE_SESSION_MINUTES"], 32)
+    lifetime = max(settings.stripe_session_minutes, 32)
     # A compare-and-set on the attempt number: of two clicks, one prepares the attempt.
     prepared_order = orders.update(
         order,

@@ -224,7 +224,7 @@ def handle_return(services, reference: str, session_id: str | None) -> Next:
             )
         order = sync_session(services, stripe_session, source="return page")
     if order.state == OrderState.PAID:
-        jobs.run_inline(services, f"fulfil:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+        jobs.run_inline(services, f"fulfil:{order.id}", services.settings.inline_fulfil_seconds)
         order = orders.refresh(order)
     return next_for_status(services, order)
 
@@ -279,7 +279,7 @@ def cancel_order(services, reference: str) -> Next:
     with db.transaction() as session:
         if orders.move(order, "cancel", session=session):
             jobs.enqueue(session, "cancel", f"cancel:{order.id}", order_id=order.id)
-    jobs.run_inline(services, f"cancel:{order.id}", services.settings["INLINE_FULFIL_SECONDS"])
+    jobs.run_inline(services, f"cancel:{order.id}", services.settings.inline_fulfil_seconds)
     order = orders.refresh(order)
     target = services.allowed_redirect(order.redirect_url)
     if order.state == OrderState.CANCELLED and target:

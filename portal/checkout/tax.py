@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from portal.checkout.common import CheckoutError
+from portal.config import Settings
 from portal.i18n import N_
 from portal.models import Order
 from portal.money import percent_of
@@ -26,15 +27,15 @@ class TaxQuote:
         return f"Tax ({self.country} {self.rate.normalize():f}%)"
 
 
-def tax_countries(settings: dict) -> list[str]:
-    return list(settings["TAX_RATES"].keys())
+def tax_countries(settings: Settings) -> list[str]:
+    return list(settings.tax_rates.keys())
 
 
-def quote_tax(settings: dict, order: Order, country: str | None) -> TaxQuote:
-    mode = settings["TAX_MODE"]
+def quote_tax(settings: Settings, order: Order, country: str | None) -> TaxQuote:
+    mode = settings.tax_mode
     if mode != "fixed":
         return TaxQuote(mode=mode)
-    rates = settings["TAX_RATES"]
+    rates = settings.tax_rates
     if country is None:
         country = order.tax_country or next(iter(rates))
     country = country.strip().upper()

@@ -11,6 +11,7 @@ import re
 import traceback
 from datetime import UTC, datetime
 
+from portal.config import Settings
 from portal.observability.request_ids import order_reference_var, request_id_var
 
 # 13 to 19 digits, optionally grouped by spaces or dashes: a payment card number's shape.
@@ -43,13 +44,13 @@ def mask_cards(text: str) -> str:
     return CARD_NUMBER.sub(replace, text)
 
 
-def secret_values(settings: dict) -> tuple[str, ...]:
+def secret_values(settings: Settings) -> tuple[str, ...]:
     """The secret values among the settings, longest first (so no secret is half-masked)."""
     values: set[str] = set()
     from portal.config import secret_names
 
-    for name in secret_names():
-        value = settings.get(name)
+    for name in secret_names(settings):
+        value = getattr(settings, name.lower(), None)
         items = value if isinstance(value, list | tuple) else [value]
         for item in items:
             if isinstance(item, str) and len(item) >= 6:

@@ -139,7 +139,7 @@ def kept_orders() -> KeptOrders | None:
     if not has_app_context() or not db.is_postgres:
         return None
     kept = current_app.extensions.get(EXTENSION)
-    listening = current_app.config["PORTAL"]["ORDER_CHANGE_LISTENER"]
+    listening = current_app.config["PORTAL"].order_change_listener
     if kept is not None and kept.listener is None and listening:
         kept.listener = db.order_changes()
         kept.listener.subscribe(kept)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from portal.config import Settings
+
 
 @dataclass
 class Outcome:
@@ -99,7 +101,7 @@ class Platform(ABC):
         return Outcome(redirect_url=None, note="nothing to report")
 
 
-def build_platforms(settings: dict, recorder) -> dict[str, Platform]:
+def build_platforms(settings: Settings, recorder) -> dict[str, Platform]:
     from portal.platforms import registry
 
     return {spec.name: spec.factory(settings, recorder) for spec in registry.installed()}

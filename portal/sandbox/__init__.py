@@ -60,7 +60,7 @@ def init_app(app) -> None:
     from portal.platforms import registry
     from portal.sandbox import stripe_api
 
-    app.extensions["sandbox_store"] = Store(app.config["PORTAL"]["SANDBOX_DATABASE_URL"])
+    app.extensions["sandbox_store"] = Store(app.config["PORTAL"].sandbox_database_url)
     # Each platform's stand-in, as its spec names it (`PlatformSpec.sandbox_stand_in`).
     stand_ins = [
         import_module(spec.sandbox_stand_in).bp

@@ -206,14 +206,14 @@ def api_guard():
         return None
     store = _store()
     settings = _settings()
-    latency = store.control("cleeng_latency_ms", settings["SANDBOX_LATENCY_MS"])
+    latency = store.control("cleeng_latency_ms", settings.sandbox_latency_ms)
     if latency:
         time.sleep(latency / 1000)
     given = request.headers.get("X-Publisher-Token", "")
-    expected = settings["CLEENG_PUBLISHER_TOKEN"] or ""
+    expected = settings.cleeng_publisher_token or ""
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         return _answer(401, errors=["Invalid publisher token."])
-    fault_rate = store.control("cleeng_fault_rate", settings["SANDBOX_FAULT_RATE"])
+    fault_rate = store.control("cleeng_fault_rate", settings.sandbox_fault_rate)
     if request.method != "GET" and fault_rate and random.random() < fault_rate:  # noqa: S311
         return _answer(503, errors=["Service unavailable (sandbox fault injection)."])
     return None
@@ -455,11 +455,11 @@ def send_webhook(topic: str, data: dict) -> int | None:
     """POST a signed event to the portal, as Cleeng does; the answer is kept for the page."""
     settings = _settings()
     body = json.dumps({"broadcasterId": PUBLISHER_ID, "topic": topic, "data": data})
-    secret = settings["CLEENG_WEBHOOK_SECRET"][0]
+    secret = settings.cleeng_webhook_secret[0]
     status = None
     try:
         response = requests.post(
-            settings["PUBLIC_URL"] + "/webhooks/cleeng",
+            settings.public_url + "/webhooks/cleeng",
             data=body,
             headers={
                 "Content-Type": "application/json",
@@ -541,9 +541,9 @@ def subscribe():
         customer,
         offer_id,
         coupon=coupon,
-        payment_method_id=int(_settings()["CLEENG_PAYMENT_METHOD_ID"] or 0) or None,
+        payment_method_id=int(_settings().cleeng_payment_method_id or 0) or None,
     )
-    return redirect(f"{_settings()['PUBLIC_URL']}/cleeng/checkout?orderId={order['id']}", 303)
+    return redirect(f"{_settings().public_url}/cleeng/checkout?orderId={order['id']}", 303)
 
 
 def _account(order: dict) -> dict:
@@ -593,7 +593,7 @@ def return_page():
 
 def _back(order_id, sent: str, status: int | None):
     return redirect(
-        f"{_settings()['PUBLIC_URL']}/sandbox/cleeng/return?orderId={order_id}"
+        f"{_settings().public_url}/sandbox/cleeng/return?orderId={order_id}"
         f"&sent={sent}&status={status or 'failed'}",
         303,
     )

@@ -49,7 +49,7 @@ def demo_key() -> dict:
             return saved
         except ApiError:
             pass  # the portal's database was reset: make a new one
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     made = keys.create_key(
         "Sandbox demo merchant",
         allowed_hosts=[urlsplit(public).hostname],
@@ -66,7 +66,7 @@ def call_api(method: str, path: str, body: dict | None = None) -> tuple[int, dic
     key = demo_key()
     response = requests.request(
         method,
-        _settings()["PUBLIC_URL"] + "/api/v1" + path,
+        _settings().public_url + "/api/v1" + path,
         json=body,
         headers={"Authorization": f"Bearer {key['secret']}"},
         timeout=30,
@@ -102,7 +102,7 @@ def send_link():
     except (MoneyError, ValueError):
         flash("Enter a price like 12.50 and a whole quantity.")
         return redirect(url_for("sandbox_merchant.merchant"), 303)
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     body = {
         "mode": form.get("mode", "link"),
         "capture_method": "manual" if form.get("manual") else "automatic",
@@ -221,7 +221,7 @@ def mail_html(mail_id):
     """The HTML part as the customer's mail program shows it (its own inline styles; no script;
     images only from the portal itself, as the brand's logo is, once the reader allows them)."""
     response = current_app.make_response(_message(mail_id)["html"])
-    public = urlsplit(_settings()["PUBLIC_URL"])
+    public = urlsplit(_settings().public_url)
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'unsafe-inline'; "
         f"img-src data: 'self' {public.scheme}://{public.netloc}; frame-ancestors 'self'"

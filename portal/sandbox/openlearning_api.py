@@ -119,14 +119,6 @@ def sandbox_key_pair(instance_path: str) -> tuple[bytes, str]:
     return private_pem, public_pem
 
 
-def apply_sandbox_key(settings: dict, instance_path: str) -> None:
-    """Sandbox default: verify tokens with the sandbox key unless a key source is configured."""
-    from portal.platforms.openlearning.tokens import KEY_SETTINGS
-
-    if not any(settings[name] for name in KEY_SETTINGS):
-        settings["OPENLEARNING_PUBLIC_KEY"] = sandbox_key_pair(instance_path)[1]
-
-
 def sign_token(slug: str, learner: str) -> tuple[str, dict]:
     """A fresh "Join now" token for `learner`, as OpenLearning would sign it."""
     course = COURSES[slug]
@@ -136,11 +128,11 @@ def sign_token(slug: str, learner: str) -> tuple[str, dict]:
         "iat": now,
         "exp": now + TOKEN_MINUTES * 60,
         "sub": learner,
-        "aud": _settings()["OPENLEARNING_AUDIENCE"],
+        "aud": _settings().openlearning_audience,
         "title": course["title"],
         "currency": course["currency"],
         "price": course["price"],
-        "redirect_url": _settings()["PUBLIC_URL"]
+        "redirect_url": _settings().public_url
         + url_for("sandbox_openlearning.learn", slug=slug, learner=learner),
     }
     if "program" in course:
@@ -153,7 +145,7 @@ def sign_token(slug: str, learner: str) -> tuple[str, dict]:
 
 
 def _uses_sandbox_key() -> bool:
-    configured = (_settings()["OPENLEARNING_PUBLIC_KEY"] or "").strip()
+    configured = (_settings().openlearning_public_key or "").strip()
     return configured == sandbox_key_pair(current_app.instance_path)[1].strip()
 
 
@@ -167,14 +159,14 @@ def api_guard():
     request.get_data()  # cached first, so the call log keeps the body after form parsing
     store = _store()
     settings = _settings()
-    latency = store.control("openlearning_latency_ms", settings["SANDBOX_LATENCY_MS"])
+    latency = store.control("openlearning_latency_ms", settings.sandbox_latency_ms)
     if latency:
         time.sleep(latency / 1000)
     given = request.args.get("api_key", "")
-    expected = settings["OPENLEARNING_API_KEY"] or ""
+    expected = settings.openlearning_api_key or ""
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         return _answer(401, errors=["Invalid API key."])
-    fault_rate = store.control("openlearning_fault_rate", settings["SANDBOX_FAULT_RATE"])
+    fault_rate = store.control("openlearning_fault_rate", settings.sandbox_fault_rate)
     timeout_rate = store.control("openlearning_timeout_rate", 0.0)
     draw = random.random()  # noqa: S311
     if request.method != "GET" and draw < fault_rate:
@@ -189,7 +181,7 @@ def late_answer(response):
     """The timeout fault: the call took effect, and its answer comes after the portal's read
     timeout, as when a platform's answer is slow or lost on the way back."""
     if g.get("sandbox_late_answer"):
-        time.sleep(_settings()["HTTP_READ_TIMEOUT"] + 0.5)
+        time.sleep(_settings().http_read_timeout + 0.5)
     return response
 
 
@@ -238,7 +230,7 @@ def enrol_in_class():
 
 @bp.post("/v2.2/institutions/<institution>/programs/<program>/enrolments/")
 def enrol_in_program(institution, program):
-    if institution != _settings()["OPENLEARNING_AUDIENCE"] or program not in PROGRAMS:
+    if institution != _settings().openlearning_audience or program not in PROGRAMS:
         return _answer(404, errors=["Program not found."])
     data = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not data["user"]:
@@ -307,7 +299,7 @@ def course_page(slug):
         learner=learner,
         token=token,
         claims=json.dumps(claims, indent=2),
-        enrol_url=_settings()["PUBLIC_URL"] + "/openlearning/enrol",
+        enrol_url=_settings().public_url + "/openlearning/enrol",
         enrolled=_enrolment(course, learner) is not None,
         own_key=_uses_sandbox_key(),
     )

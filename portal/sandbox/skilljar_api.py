@@ -123,8 +123,8 @@ def api_guard():
     settings = _settings()
     control = _store().controls(
         {
-            "skilljar_latency_ms": settings["SANDBOX_LATENCY_MS"],
-            "skilljar_fault_rate": settings["SANDBOX_FAULT_RATE"],
+            "skilljar_latency_ms": settings.sandbox_latency_ms,
+            "skilljar_fault_rate": settings.sandbox_fault_rate,
             "skilljar_timeout_rate": 0.0,
         }
     )
@@ -132,7 +132,7 @@ def api_guard():
     if latency:
         time.sleep(latency / 1000)
     header = request.headers.get("Authorization", "")
-    if header != _basic_auth(settings["SKILLJAR_API_KEY"]):
+    if header != _basic_auth(settings.skilljar_api_key):
         return _answer({"detail": "Invalid API key."}, 401)
     fault_rate = control["skilljar_fault_rate"]
     timeout_rate = control["skilljar_timeout_rate"]
@@ -149,7 +149,7 @@ def late_answer(response):
     """The timeout fault: the call took effect, and its answer comes after the portal's read
     timeout, as when a platform's answer is slow or lost on the way back."""
     if g.get("sandbox_late_answer"):
-        time.sleep(_settings()["HTTP_READ_TIMEOUT"] + 0.5)
+        time.sleep(_settings().http_read_timeout + 0.5)
     return response
 
 
@@ -229,7 +229,7 @@ def fulfill(purchase_id):
         # (say a retry racing a slow first attempt) is refused, never applied twice.
         current = _store().get("skilljar.purchase", purchase_id) or purchase
         return _answer({"detail": f"Purchase is already {current['state']}."}, 400)
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     if data["state"] == "SUCCESS":
         redirect_url = f"{public}/sandbox/skilljar/academy/thank-you/{purchase_id}"
     else:
@@ -280,7 +280,7 @@ def academy_checkout():
     if not 1 <= quantity <= 100:
         abort(400)
     purchase = new_purchase(offer_id, quantity, request.form.get("promo_code"))
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     return redirect(f"{public}/skilljar/checkout?purchase_id={purchase['id']}", 303)
 
 

@@ -212,7 +212,7 @@ def authenticate():
         if latency:
             time.sleep(latency / 1000)
         header = request.headers.get("Authorization", "")
-        if header != f"Bearer {_settings()['STRIPE_SECRET_KEY']}":
+        if header != f"Bearer {_settings().stripe_secret_key}":
             return _error(StripeInputError("Invalid API Key provided.", status=401))
     return None
 
@@ -334,7 +334,7 @@ def build_session(params: dict) -> dict:
     discount, discounts, discount_name = _session_discount(params, subtotal, currency)
     automatic_tax = (params.get("automatic_tax") or {}).get("enabled") == "true"
     session_id = new_id("cs")
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     return {
         "id": session_id,
         "object": "checkout.session",
@@ -410,7 +410,7 @@ def _expire(session: dict) -> None:
     recovery = (session.get("after_expiration") or {}).get("recovery")
     if recovery and recovery.get("enabled"):
         recovery.update(
-            url=f"{_settings()['PUBLIC_URL']}/sandbox/stripe/recover/{session['id']}",
+            url=f"{_settings().public_url}/sandbox/stripe/recover/{session['id']}",
             expires_at=int(time.time()) + RECOVERY_DAYS * 86400,
         )
     _store().put("checkout.session", session["id"], session)
@@ -508,7 +508,7 @@ def _promotion(session: dict, form) -> tuple[int, str | None]:
 
 def _create_invoice(session: dict, total: int, tax: int, intent_id: str) -> dict:
     invoice_id = new_id("in")
-    public = _settings()["PUBLIC_URL"]
+    public = _settings().public_url
     count = len(_store().list("invoice")) + 1
     customer = session.get("customer_details") or {}
     invoice = {
@@ -1201,10 +1201,10 @@ def send_event(event_type: str, obj: dict) -> dict:
     settings = _settings()
     event = build_event(event_type, obj)
     _store().put("event", event["id"], event)
-    delay = _store().control("webhook_delay_seconds", settings["SANDBOX_WEBHOOK_DELAY_SECONDS"])
+    delay = _store().control("webhook_delay_seconds", settings.sandbox_webhook_delay_seconds)
     if delay >= 0:
-        url = settings["PUBLIC_URL"] + "/webhooks/stripe"
-        secret = settings["STRIPE_WEBHOOK_SECRET"][0]
+        url = settings.public_url + "/webhooks/stripe"
+        secret = settings.stripe_webhook_secret[0]
 
         def later():
             time.sleep(delay)
@@ -1295,7 +1295,7 @@ def build_setup_session(params: dict) -> dict:
         "sandbox_setup_intent_data": params.get("setup_intent_data") or {},
         "success_url": params["success_url"],
         "cancel_url": params.get("cancel_url"),
-        "url": f"{_settings()['PUBLIC_URL']}/sandbox/stripe/pay/{session_id}",
+        "url": f"{_settings().public_url}/sandbox/stripe/pay/{session_id}",
     }
 
 

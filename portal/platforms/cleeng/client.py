@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 
+from portal.config import Settings
 from portal.http import HttpClient, UpstreamError, classify
 
 log = logging.getLogger("portal.cleeng")
@@ -80,13 +81,13 @@ def already_reported(response) -> bool:
 
 
 class CleengClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["CLEENG_API_BASE"]
-        self.token = settings["CLEENG_PUBLISHER_TOKEN"] or ""
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.cleeng_api_base
+        self.token = settings.cleeng_publisher_token or ""
         self.http = HttpClient(
             "cleeng",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 

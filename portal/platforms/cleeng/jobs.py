@@ -52,7 +52,7 @@ def give_up_event(services, job, error: str) -> None:
         + (f"; Stripe payment {charged} is not reported to Cleeng" if charged else "")
     )
     log.error("ALERT %s", message)
-    url = services.settings["ALERT_WEBHOOK_URL"]
+    url = services.settings.alert_webhook_url
     if url:
         try:
             outbound.post(

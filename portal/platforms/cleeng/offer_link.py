@@ -14,6 +14,7 @@ from flask import request
 from portal.checkout import (
     CheckoutError,
 )
+from portal.config import Settings
 from portal.http import UpstreamError
 from portal.i18n import N_
 from portal.models import utcnow
@@ -73,11 +74,11 @@ def unavailable() -> CheckoutError:
     )
 
 
-def order_from_offer(platform: CleengPlatform, settings: dict) -> str:
+def order_from_offer(platform: CleengPlatform, settings: Settings) -> str:
     """The opt-in entry `?offerId=&customerId=[&couponCode=]&expires=&signature=`: a link the
     publisher's server signed. The portal creates the Cleeng order (`POST /3.1/orders`) and
     returns its id; every price still comes from Cleeng's answer, never from the link."""
-    secrets = settings["CLEENG_OFFER_LINK_SECRET"]
+    secrets = settings.cleeng_offer_link_secret
     if not secrets:
         raise CheckoutError(
             404,

@@ -34,7 +34,7 @@ from portal.checkout import (
     CheckoutError,
     OrderDraft,
 )
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 from portal.db import db
 from portal.http import UpstreamError
 from portal.i18n import N_
@@ -69,19 +69,19 @@ class CleengPlatform(Renewals, Platform):
     name = PLATFORM
     label = "Cleeng"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.settings = settings
         self.client = CleengClient(settings, recorder)
         # The platform charges saved cards itself (renewals), through the same SDK and settings.
         self.stripe = StripeGateway(
-            settings["STRIPE_SECRET_KEY"],
-            settings["STRIPE_API_BASE"],
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=max(settings["HTTP_READ_TIMEOUT"], 30.0),
+            settings.stripe_secret_key,
+            settings.stripe_api_base,
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=max(settings.http_read_timeout, 30.0),
             recorder=recorder,
         )
-        self.return_url = settings["CLEENG_RETURN_URL"]
-        self.payment_method_id = settings["CLEENG_PAYMENT_METHOD_ID"]
+        self.return_url = settings.cleeng_return_url
+        self.payment_method_id = settings.cleeng_payment_method_id
         if self.return_url:
             _check_return_url(settings, self.return_url)
 
@@ -131,7 +131,7 @@ class CleengPlatform(Renewals, Platform):
             mode="setup" if free else "payment",
             customer=customer,
             setup_future_usage=None if free else "off_session",
-            cancel_url=f"{self.settings['PUBLIC_URL']}/cleeng/orders/{order.reference}/cancelled",
+            cancel_url=f"{self.settings.public_url}/cleeng/orders/{order.reference}/cancelled",
         )
 
     def _stripe_customer(self, order) -> str:
@@ -333,15 +333,15 @@ class CleengPlatform(Renewals, Platform):
         )
 
 
-def _check_return_url(settings: dict, url: str) -> None:
+def _check_return_url(settings: Settings, url: str) -> None:
     try:
         host = check_url(url, allow_http="always").host
     except UnsafeUrl as exc:
         raise ConfigError(f"PORTAL_CLEENG_RETURN_URL is refused: {exc}") from None
     parts = urlsplit(url)
-    allowed = set(settings["REDIRECT_HOSTS"])
-    if settings["SANDBOX"]:
-        allowed.add((urlsplit(settings["PUBLIC_URL"]).hostname or "").lower())
+    allowed = set(settings.redirect_hosts)
+    if settings.sandbox:
+        allowed.add((urlsplit(settings.public_url).hostname or "").lower())
     if host not in allowed:
         raise ConfigError(
             f"PORTAL_CLEENG_RETURN_URL points to {host!r}, which is not in PORTAL_REDIRECT_HOSTS"

@@ -18,17 +18,19 @@ SETTINGS = (
 )
 
 
-def apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
+def apply_sandbox_defaults(settings, environ, instance_path: str) -> dict:
     """PORTAL_SANDBOX=1: the stand-in's token, webhook key, payment method, API and return page
-    (portal/sandbox/cleeng_api.py)."""
-    public = settings["PUBLIC_URL"]
-    if not settings["CLEENG_PUBLISHER_TOKEN"]:
-        settings["CLEENG_PUBLISHER_TOKEN"] = "sandbox-cleeng-publisher-token"  # noqa: S105
-    if not settings["CLEENG_WEBHOOK_SECRET"]:
-        settings["CLEENG_WEBHOOK_SECRET"] = ("sandbox-cleeng-webhook-secret",)
-    if not settings["CLEENG_PAYMENT_METHOD_ID"]:
-        settings["CLEENG_PAYMENT_METHOD_ID"] = "900000001"
+    (portal/sandbox/cleeng_api.py), as changes by setting name."""
+    public = settings.public_url
+    changes: dict = {}
+    if not settings.cleeng_publisher_token:
+        changes["CLEENG_PUBLISHER_TOKEN"] = "sandbox-cleeng-publisher-token"  # noqa: S105
+    if not settings.cleeng_webhook_secret:
+        changes["CLEENG_WEBHOOK_SECRET"] = ("sandbox-cleeng-webhook-secret",)
+    if not settings.cleeng_payment_method_id:
+        changes["CLEENG_PAYMENT_METHOD_ID"] = "900000001"
     if "PORTAL_CLEENG_API_BASE" not in environ:
-        settings["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
-    if not settings["CLEENG_RETURN_URL"]:
-        settings["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
+        changes["CLEENG_API_BASE"] = public + "/sandbox/cleeng/3.1"
+    if not settings.cleeng_return_url:
+        changes["CLEENG_RETURN_URL"] = public + "/sandbox/cleeng/return"
+    return changes

@@ -54,7 +54,7 @@ def webhook():
     from portal.webhooks import DATABASE_UNAVAILABLE
 
     settings = services().settings
-    secrets = settings["CLEENG_WEBHOOK_SECRET"]
+    secrets = settings.cleeng_webhook_secret
     if not secrets:
         log.error("Cleeng webhook refused: PORTAL_CLEENG_WEBHOOK_SECRET is not set")
         return _refused(503, "not_configured", "webhooks are not set up")
@@ -77,7 +77,7 @@ def webhook():
     if kind is None:
         log.info("Cleeng webhook %s ignored: topic not handled", topic)
         return jsonify(received=True, outcome="ignored: topic not handled")
-    ours = settings["CLEENG_PAYMENT_METHOD_ID"]
+    ours = settings.cleeng_payment_method_id
     method = data.get("paymentMethodId")
     if ours and method is not None and str(method) != ours:
         # Cleeng sends every connector's events unless the subscription filters them.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from portal.config import Settings
 from portal.db import db
 from portal.platforms import CheckoutOptions, Outcome, Platform
 from portal.platforms.merchant.limits import increase_limit
@@ -22,7 +23,7 @@ class MerchantPlatform(Platform):
     name = "merchant"
     label = "Merchant API"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.settings = settings
         self.services = None  # set by portal.api.init_app: superseding calls Stripe
 

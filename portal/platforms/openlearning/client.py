@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
+from portal.config import Settings
 from portal.http import HttpClient, classify
 
 ENROLLED = "enrolled"
@@ -16,13 +17,13 @@ ALREADY_ENROLLED = "already enrolled"
 
 
 class OpenLearningClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["OPENLEARNING_API_BASE"]
-        self.api_key = settings["OPENLEARNING_API_KEY"] or ""
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.openlearning_api_base
+        self.api_key = settings.openlearning_api_key or ""
         self.http = HttpClient(
             "openlearning",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 

@@ -16,7 +16,7 @@ log = logging.getLogger("portal.openlearning")
 def run_purge_tokens(services, job) -> None:
     """A used token id is needed only while its token could still be accepted: after its `exp`
     plus the leeway every check refuses the token anyway, so its row can go (an hour's margin)."""
-    leeway = timedelta(seconds=services.settings["OPENLEARNING_LEEWAY_SECONDS"])
+    leeway = timedelta(seconds=services.settings.openlearning_leeway_seconds)
     cutoff = utcnow() - leeway - timedelta(hours=1)
     with db.transaction() as session:
         removed = session.execute(delete(UsedToken).where(UsedToken.expires_at < cutoff)).rowcount

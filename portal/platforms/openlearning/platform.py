@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from portal.config import Settings
 from portal.http import UpstreamError
 from portal.models import OrderState
 from portal.money import format_money
@@ -21,7 +22,7 @@ class OpenLearningPlatform(Platform):
     name = PLATFORM
     label = "OpenLearning"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.client = OpenLearningClient(settings, recorder)
         self.verifier = build_verifier(settings, self.client.http)
 

@@ -30,7 +30,7 @@ from joserfc.jws import JWSRegistry
 
 from portal import jsonlimits
 from portal.checkout import OrderDraft
-from portal.config import ConfigError
+from portal.config import ConfigError, Settings
 from portal.http import HttpClient
 from portal.i18n import N_
 from portal.money import MAX_TIMESTAMP, MoneyError, normalise_currency, to_minor
@@ -379,12 +379,12 @@ class TokenVerifier:
         )
 
 
-def build_verifier(settings: dict, http: HttpClient) -> TokenVerifier | None:
+def build_verifier(settings: Settings, http: HttpClient) -> TokenVerifier | None:
     """The verifier for the configured key, or None when OpenLearning is not configured.
 
     A configured but malformed key, or a key without the settings enrolment needs, stops the app
     with a ConfigError naming the variable."""
-    configured = [name for name in KEY_SETTINGS if settings[name]]
+    configured = [name for name in KEY_SETTINGS if getattr(settings, name.lower())]
     if not configured:
         return None
     if len(configured) > 1:
@@ -392,25 +392,25 @@ def build_verifier(settings: dict, http: HttpClient) -> TokenVerifier | None:
         raise ConfigError(f"{names} are alternatives: set only one of them")
     source = configured[0]
     for required in ("OPENLEARNING_AUDIENCE", "OPENLEARNING_API_KEY"):
-        if not settings[required]:
+        if not getattr(settings, required.lower()):
             raise ConfigError(
                 f"PORTAL_{required} is required when PORTAL_{source} is set "
                 "(OpenLearning enrolment is configured)"
             )
     if source == "OPENLEARNING_JWKS_URL":
-        keys = RemoteKeySet(settings[source], http)
+        keys = RemoteKeySet(getattr(settings, source.lower()), http)
     elif source == "OPENLEARNING_PUBLIC_KEY_FILE":
         try:
-            with open(settings[source], "rb") as handle:
+            with open(getattr(settings, source.lower()), "rb") as handle:
                 pem = handle.read()
         except OSError as exc:
             raise ConfigError(f"PORTAL_{source} cannot be read: {exc.strerror}") from None
         keys = StaticKey(load_public_key(pem, source))
     else:
-        keys = StaticKey(load_public_key(settings[source], source))
+        keys = StaticKey(load_public_key(getattr(settings, source.lower()), source))
     return TokenVerifier(
         keys,
-        settings["OPENLEARNING_AUDIENCE"],
-        settings["OPENLEARNING_LEEWAY_SECONDS"],
-        allow_http_redirects=bool(settings["SANDBOX"]),
+        settings.openlearning_audience,
+        settings.openlearning_leeway_seconds,
+        allow_http_redirects=bool(settings.sandbox),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from portal.checkout import OrderDraft
+from portal.config import Settings
 from portal.http import HttpClient, UpstreamError, classify
 from portal.money import MAX_MINOR, MoneyError, normalise_currency
 
@@ -19,13 +20,13 @@ PAYABLE_STATE = "CREATED"
 
 
 class SkilljarClient:
-    def __init__(self, settings: dict, recorder=None):
-        self.base = settings["SKILLJAR_API_BASE"]
-        self.auth = (settings["SKILLJAR_API_KEY"] or "", "")
+    def __init__(self, settings: Settings, recorder=None):
+        self.base = settings.skilljar_api_base
+        self.auth = (settings.skilljar_api_key or "", "")
         self.http = HttpClient(
             "skilljar",
-            connect_timeout=settings["HTTP_CONNECT_TIMEOUT"],
-            read_timeout=settings["HTTP_READ_TIMEOUT"],
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
             recorder=recorder,
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from portal.config import Settings
 from portal.http import classify
 from portal.models import OrderState
 from portal.money import format_money
@@ -18,7 +19,7 @@ class SkilljarPlatform(Platform):
     name = "skilljar"
     label = "Skilljar"
 
-    def __init__(self, settings: dict, recorder=None):
+    def __init__(self, settings: Settings, recorder=None):
         self.client = SkilljarClient(settings, recorder)
 
     def _already(self, order, wanted: str) -> bool:

@@ -11,9 +11,12 @@ SETTINGS = (
 )
 
 
-def apply_sandbox_defaults(settings: dict, environ, instance_path: str) -> None:
-    """PORTAL_SANDBOX=1: the stand-in's key and API (portal/sandbox/skilljar_api.py)."""
-    if not settings["SKILLJAR_API_KEY"]:
-        settings["SKILLJAR_API_KEY"] = "sandbox-skilljar-key"
+def apply_sandbox_defaults(settings, environ, instance_path: str) -> dict:
+    """PORTAL_SANDBOX=1: the stand-in's key and API (portal/sandbox/skilljar_api.py), as changes by
+    setting name."""
+    changes = {}
+    if not settings.skilljar_api_key:
+        changes["SKILLJAR_API_KEY"] = "sandbox-skilljar-key"
     if "PORTAL_SKILLJAR_API_BASE" not in environ:
-        settings["SKILLJAR_API_BASE"] = settings["PUBLIC_URL"] + "/sandbox/skilljar"
+        changes["SKILLJAR_API_BASE"] = settings.public_url + "/sandbox/skilljar"
+    return changes
