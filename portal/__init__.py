@@ -30,6 +30,10 @@ class _OrderIdDefault(logging.Filter):
         return True
 
 
+class _PortalHandler(logging.StreamHandler):
+    """The portal's one handler on the root logger (configure_logging adds it once)."""
+
+
 def configure_logging(level=logging.INFO, settings: Settings | None = None) -> None:
     """One handler on the root logger: JSON lines (PORTAL_LOG_FORMAT=json, the default) with the
     request id and order, or plain text lines; secret setting values masked in both."""
@@ -43,12 +47,11 @@ def configure_logging(level=logging.INFO, settings: Settings | None = None) -> N
     root = logging.getLogger()
     secrets_ = secret_values(settings) if settings else ()
     for existing in root.handlers:
-        if getattr(existing, "_portal", False):
+        if isinstance(existing, _PortalHandler):
             if isinstance(existing.formatter, ScrubbingFormatter):
                 existing.formatter.add_secrets(secrets_)
             return
-    handler = logging.StreamHandler()
-    handler._portal = True
+    handler = _PortalHandler()
     handler.addFilter(_OrderIdDefault())
     if settings is None or settings.log_format == "json":
         handler.setFormatter(JsonFormatter(secrets_))

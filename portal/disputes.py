@@ -179,7 +179,7 @@ def give_up_platform_dispute(services, job, error: str) -> None:
     if order is None:
         return
     # The operator already has the dispute's own alert; this one says the platform is behind.
-    from portal.fulfilment import alert
+    from portal.alerts import alert
 
     alert(
         services, order, f"the platform was not told of dispute {job.payload['dispute']}: {error}"

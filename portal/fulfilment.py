@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from portal import mail, orders, outbound, receipts
+from portal import mail, orders, receipts
+from portal.alerts import alert
 from portal.checkout import sync_session
 from portal.db import db
 from portal.http import UpstreamError
@@ -16,32 +17,6 @@ from portal.models import Order, OrderState, utcnow
 from portal.orders import timeline
 
 log = logging.getLogger("portal.fulfilment")
-
-
-def alert(services, order: Order, message: str) -> None:
-    """An operator must act: an ERROR log line with the order reference, the timeline, and the
-    optional alert webhook."""
-    log.error("ALERT order %s: %s", order.reference, message, extra={"order_id": order.id})
-    timeline.record(order.id, "alert", message)
-    url = services.settings.alert_webhook_url
-    if url:
-        try:
-            outbound.post(
-                services.settings,
-                url,
-                json={
-                    "text": f"Checkout portal: order {order.reference} ({order.platform} "
-                    f"{order.platform_ref}) needs attention: {message}",
-                    "kind": "needs_attention",
-                    "order": order.reference,
-                    "platform": order.platform,
-                    "platform_ref": order.platform_ref,
-                    "state": str(order.state),
-                },
-                timeout=(3.05, 10),
-            )
-        except Exception:  # noqa: BLE001 - the log line above already carries the alert
-            log.exception("alert webhook failed", extra={"order_id": order.id})
 
 
 def _order(job) -> Order | None:

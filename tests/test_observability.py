@@ -20,6 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from portal import _PortalHandler
 from portal.config import load_settings
 from portal.observability.logs import JsonFormatter, TextFormatter, json_handler, secret_values
 from portal.observability.request_ids import outbound_headers
@@ -223,7 +224,7 @@ def test_the_text_log_format_gets_the_masking_formatter_with_the_secrets():
     from portal import configure_logging
 
     root = logging.getLogger()
-    kept = [h for h in root.handlers if getattr(h, "_portal", False)]
+    kept = [h for h in root.handlers if isinstance(h, _PortalHandler)]
     level = root.level
     for handler in kept:
         root.removeHandler(handler)
@@ -233,7 +234,7 @@ def test_the_text_log_format_gets_the_masking_formatter_with_the_secrets():
                 {"LOG_FORMAT": "text", "SECRET_KEY": "text-format-secret-1"}, environ={}
             )
         )
-        (handler,) = [h for h in root.handlers if getattr(h, "_portal", False)]
+        (handler,) = [h for h in root.handlers if isinstance(h, _PortalHandler)]
         assert isinstance(handler.formatter, TextFormatter)
         assert "text-format-secret-1" in handler.formatter.secrets
         root.removeHandler(handler)

@@ -258,7 +258,7 @@ def test_a_5xx_gives_up_at_once_and_alerts_the_operator(make_app, smtp, caplog):
     smtp.replies["RCPT"] = "550 5.1.1 No such user here"
     app = make_app(SMTP_URL=smtp.url)
     order = link_order(app)
-    with caplog.at_level(logging.ERROR, logger="portal.fulfilment"):
+    with caplog.at_level(logging.ERROR, logger="portal.alerts"):
         assert run_queued(app, "mail") == 1
     assert mail_jobs() == []
     with db.reader() as session:

@@ -599,7 +599,7 @@ def _session_discount(params: dict, subtotal: int, currency: str | None):
 
 @bp.post("/v1/coupons")
 def create_coupon():
-    from stripe.params._coupon_create_params import CouponCreateParams
+    from stripe.params import CouponCreateParams
 
     params = decode_form(request.form.items(multi=True))
     key = request.headers.get("Idempotency-Key")
@@ -1221,10 +1221,11 @@ SAVE_ONLY_CARDS = frozenset({"4000000000000341"})
 DECLINE_CODES = {"4000000000009995": "insufficient_funds"}
 
 
-def _params_type(module: str, name: str):
-    import importlib
+def _params_type(name: str):
+    """One of the SDK's published parameter types (`stripe.params.<Name>`)."""
+    import stripe.params
 
-    return getattr(importlib.import_module(f"stripe.params.{module}"), name)
+    return getattr(stripe.params, name)
 
 
 def _missing(kind: str, object_id: str, param: str = "id"):
@@ -1412,7 +1413,7 @@ def create_customer():
         }
         return customer, 200, [("customer", customer["id"], customer)]
 
-    return _create_once(_params_type("_customer_create_params", "CustomerCreateParams"), build)
+    return _create_once(_params_type("CustomerCreateParams"), build)
 
 
 @bp.get("/v1/customers/<customer_id>")
@@ -1554,9 +1555,7 @@ def create_payment_intent():
             [("payment_intent", intent["id"], intent), ("charge", charge["id"], charge)],
         )
 
-    return _create_once(
-        _params_type("_payment_intent_create_params", "PaymentIntentCreateParams"), build
-    )
+    return _create_once(_params_type("PaymentIntentCreateParams"), build)
 
 
 # --- authorise now, capture later (the merchant API) ----------------------------------------------
@@ -1651,7 +1650,7 @@ def capture_payment_intent(intent_id):
         return intent
 
     return _intent_call(
-        _params_type("_payment_intent_capture_params", "PaymentIntentCaptureParams"),
+        _params_type("PaymentIntentCaptureParams"),
         intent_id,
         act,
     )
@@ -1678,7 +1677,7 @@ def cancel_payment_intent(intent_id):
         return intent
 
     return _intent_call(
-        _params_type("_payment_intent_cancel_params", "PaymentIntentCancelParams"),
+        _params_type("PaymentIntentCancelParams"),
         intent_id,
         act,
     )
@@ -1708,10 +1707,7 @@ def increment_authorization(intent_id):
         return intent
 
     return _intent_call(
-        _params_type(
-            "_payment_intent_increment_authorization_params",
-            "PaymentIntentIncrementAuthorizationParams",
-        ),
+        _params_type("PaymentIntentIncrementAuthorizationParams"),
         intent_id,
         act,
     )
