@@ -4,9 +4,10 @@ settings, the audit log, and the marketers' branding page. `/metrics` (Prometheu
 
 Layout: `auth` (passwords, lockout, sessions, roles), `oidc` (single sign-on), `forms`; the thin
 views: `routes` (the guard, sign-in, home, dashboard, users, settings, audit log), `order_pages`
-(orders and the actions on them), `delivery_pages` (merchant webhook deliveries), `branding`;
-`operations` (the writes), `queries` (the reads), `figures` (the dashboard's and /metrics'
-figures), `audit`, `cli` (create-user), `metrics`.
+(orders and the actions on them), `delivery_pages` (merchant webhook deliveries), `branding`
+(brands and their assignments), `template_pages` (the template editor); `operations` (the
+writes), `queries` (the reads), `figures` (the dashboard's and /metrics' figures), `audit`, `cli`
+(create-user), `metrics`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def init_app(app) -> None:
         operations,
         order_pages,
         routes,
+        template_pages,  # the marketers' template editor
     )
 
     app.register_blueprint(bp)
