@@ -384,8 +384,8 @@ def not_served(names: list[str], text: str, order: Order | None, kind: str = "te
         _alerted[key] = True
     try:
         settings = current_app.config["PORTAL"]
-    except RuntimeError:  # no app context (an email job on a thread of its own)
-        settings = {}
+    except RuntimeError:  # no app context (an email job on a thread of its own): log line only
+        return
     url = settings.alert_webhook_url
     if url:
         payload = {
