@@ -94,7 +94,7 @@ def open_order(draft: OrderDraft, existing=_UNKNOWN) -> Order:
             orders.update(
                 existing,
                 session=session,
-                where=Order.state == OrderState.OPEN,
+                expect={"state": OrderState.OPEN},
                 **changed,
                 **extra,
             )

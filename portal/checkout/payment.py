@@ -42,7 +42,7 @@ def _prepare_attempt(settings: Settings, order: Order, quote: TaxQuote) -> Order
     # A compare-and-set on the attempt number: of two clicks, one prepares the attempt.
     prepared_order = orders.update(
         order,
-        where=(Order.state == OrderState.OPEN) & (Order.session_attempt == order.session_attempt),
+        expect={"state": OrderState.OPEN, "session_attempt": order.session_attempt},
         session_attempt=order.session_attempt + 1,
         stripe_session_expires_at=(now + timedelta(minutes=lifetime)).replace(microsecond=0),
         tax_mode=quote.mode,

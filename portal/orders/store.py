@@ -2,8 +2,13 @@
 
 One code path for SQLite and PostgreSQL: SQLAlchemy Core statements (`INSERT/UPDATE …
 RETURNING`), each read answered as a new `Order` made from the row's columns with the public
-constructor. Such an `Order` belongs to no session, so it is never shared between threads or
-requests; a caller that wants the row as it is now asks again (`refresh`).
+constructor. One speed-up sits behind this seam: on PostgreSQL a write and its timeline events
+are one statement (a data-modifying CTE, SQLAlchemy's public `.cte()`), where SQLite, which has
+no such CTEs, takes a short transaction of two. It is worth a fifth of the handoff rate
+(docs/performance.md); both paths meet the same tests (tests/test_order_store_writes.py).
+
+Such an `Order` belongs to no session, so it is never shared between threads or requests; a
+caller that wants the row as it is now asks again (`refresh`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ _BY_PAYMENT_INTENT = select(*_COLUMNS).where(
     _ORDERS.c.stripe_payment_intent_id == bindparam("payment_intent")
 )
 _INSERT = insert(_ORDERS).returning(*_COLUMNS)
+# PostgreSQL's one-statement writes, built once per shape (`_one_statement`).
+_CREATES: dict = {}
+_MOVES: dict = {}
 
 
 def _order(row: Mapping | None) -> Order | None:
@@ -61,6 +69,15 @@ def _order(row: Mapping | None) -> Order | None:
 def _first(statement, params: dict) -> Order | None:
     with db.statements() as connection:
         return _order(connection.execute(statement, params).mappings().first())
+
+
+def _one_statement(session) -> bool:
+    """Whether this write goes as one statement: on PostgreSQL, in the caller's transaction or
+    on its own (autocommit: the one statement is atomic)."""
+    if session is None:
+        return db.is_postgres
+    dialect = getattr(session, "dialect", None)  # a Core connection has one; a session a bind
+    return (dialect or session.get_bind().dialect).name == "postgresql"
 
 
 @contextmanager
@@ -166,6 +183,23 @@ def create(values: dict, *, session=None, message: str = "order opened", detail=
     `session`'s transaction); the order as stored. Raises `IntegrityError` when the purchase (or
     the learner's open order) exists already."""
     opened = timeline.event(None, "state", message, detail or {"to": "open"})
+    if _one_statement(session):
+        names = tuple(values)
+        statement = _CREATES.get(names)
+        if statement is None:
+            inserted = (
+                insert(_ORDERS)
+                .values({name: bindparam(f"o_{name}") for name in names})
+                .returning(*_COLUMNS)
+                .cte("opened")
+            )
+            statement = _CREATES[names] = select(inserted).add_cte(
+                timeline.logged_with(inserted, 0, 1)
+            )
+        params = {f"o_{name}": value for name, value in values.items()}
+        params.update(timeline.bind_events("a", [opened]))
+        with _writing(session, one_statement=True) as connection:
+            return Order(**connection.execute(statement, params).mappings().one())
     with _writing(session) as connection:
         row = connection.execute(_INSERT, values).mappings().one()
         timeline.write({**opened, "order_id": row["id"]}, connection)
@@ -191,6 +225,17 @@ def move(order: Order, event: str, *, session=None, where=None, before=(), **val
         f"-> {step.to}",
         {"from": sorted(str(state) for state in step.sources), "to": str(step.to)},
     )
+    if _one_statement(session):
+        params = {
+            "order_id": order.id,
+            "now": moved["created_at"],
+            **{f"set_{name}": value for name, value in values.items()},
+            **timeline.bind_events("b", list(before)),
+            **timeline.bind_events("a", [moved]),
+        }
+        statement = _move_statement(step, tuple(values), len(before), where)
+        with _writing(session, one_statement=True) as connection:
+            return _order(connection.execute(statement, params).mappings().first())
     conditions = [_ORDERS.c.id == order.id, _ORDERS.c.state.in_(step.sources)]
     if where is not None:
         conditions.append(where)
@@ -210,21 +255,69 @@ def move(order: Order, event: str, *, session=None, where=None, before=(), **val
     return Order(**row)
 
 
-def update(order: Order, *, session=None, where=None, **values) -> Order | None:
+def _move_statement(step, names: tuple, before: int, where):
+    """PostgreSQL: the compare-and-set UPDATE … RETURNING and its timeline events in one
+    statement; it answers the moved row, or none. Built once per shape (a statement with an
+    extra `where` is built each time; SQLAlchemy's compiled cache still serves its SQL)."""
+    key = (step, names, before)
+    statement = _MOVES.get(key) if where is None else None
+    if statement is None:
+        conditions = [_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.state.in_(step.sources)]
+        if where is not None:
+            conditions.append(where)
+        changed = (
+            update_statement(_ORDERS)
+            .where(*conditions)
+            .values(
+                state=step.to,
+                updated_at=bindparam("now"),
+                **{name: bindparam(f"set_{name}") for name in names},
+            )
+            .returning(*_COLUMNS)
+            .cte("changed")
+        )
+        statement = select(changed).add_cte(timeline.logged_with(changed, before, 1))
+        if where is None:
+            _MOVES[key] = statement
+    return statement
+
+
+def update(order: Order, *, session=None, where=None, expect=None, **values) -> Order | None:
     """Set columns that are not the state (an open order's new price, a redirect, a capture):
-    the order as written, or None when `where` (a guard, such as the state it must still be in)
-    no longer held."""
-    conditions = [_ORDERS.c.id == order.id]
-    if where is not None:
-        conditions.append(where)
-    statement = (
-        update_statement(_ORDERS)
-        .where(*conditions)
-        .values(**{"updated_at": utcnow(), **values})
-        .returning(*_COLUMNS)
-    )
+    the order as written, or None when the guard no longer held. `expect`: the columns the row
+    must still have (`{"session_attempt": 3}`, a compare-and-set); `where`: any other condition
+    (an expression on `Order`'s columns)."""
+    values = {"updated_at": utcnow(), **values}
+    params = {"order_id": order.id, **{f"set_{name}": value for name, value in values.items()}}
+    expect = expect or {}
+    params.update({f"expect_{name}": value for name, value in expect.items()})
+    statement = _update_statement(tuple(values), tuple(expect), where)
     with _writing(session, one_statement=True) as connection:
-        return _order(connection.execute(statement).mappings().first())
+        return _order(connection.execute(statement, params).mappings().first())
+
+
+_UPDATES: dict = {}
+
+
+def _update_statement(names: tuple, expected: tuple, where):
+    """An UPDATE … RETURNING of these columns, guarded by `expected` columns' values: built once
+    per shape (with an extra `where`, each time)."""
+    key = (names, expected)
+    statement = _UPDATES.get(key) if where is None else None
+    if statement is None:
+        conditions = [_ORDERS.c.id == bindparam("order_id")]
+        conditions += [_ORDERS.c[name] == bindparam(f"expect_{name}") for name in expected]
+        if where is not None:
+            conditions.append(where)
+        statement = (
+            update_statement(_ORDERS)
+            .where(*conditions)
+            .values({name: bindparam(f"set_{name}") for name in names})
+            .returning(*_COLUMNS)
+        )
+        if where is None:
+            _UPDATES[key] = statement
+    return statement
 
 
 def lock(session, order_id: int) -> Order | None:
