@@ -18,9 +18,8 @@ from jinja2.sandbox import SecurityError
 
 from portal import i18n
 from portal.branding import brands, markup
-from portal.branding.environment import live_environment, overrides_used
+from portal.branding.environment import live_environment
 from portal.branding.render import (
-    describe,
     for_brand,
     load_overrides,
     money_formatter,
@@ -28,6 +27,7 @@ from portal.branding.render import (
     order_data,
     plain,
     render_in,
+    render_overridden,
 )
 from portal.config import Settings
 from portal.db import db
@@ -199,19 +199,7 @@ def render_learner_email(
     )
     env = live_environment(i18n.language_for(locale))
     overrides = for_brand(email_overrides(), brand_dict["id"])
-    used: list[str] = []
-    used_token = overrides_used.set(used)
-    try:
-        try:
-            rendered = render_in(env, name, page, overrides)
-        except Exception as exc:
-            if not used:
-                raise
-            not_served(used, describe(exc, used[-1]), order, "email template")
-            rendered = render_in(env, name, page, {})
-            used = []
-    finally:
-        overrides_used.reset(used_token)
+    rendered, used, _ = render_overridden(env, name, page, overrides, order, "email template")
     if used:
         default = render_in(env, name, page, {})
         rules = email_rules(settings, brand_dict)

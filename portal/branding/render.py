@@ -326,22 +326,33 @@ def page_key(name: str, language: str, page: dict, overrides: dict, row=None) ->
     return hashlib.blake2b(text.encode(), digest_size=20).digest()
 
 
-def _render(env, name: str, page: dict, overrides: dict, order: Order | None) -> tuple[str, bool]:
-    """(HTML, whether a failing override fell back to the default). An override's output is
-    checked against the default's (portal.branding.markup) before it is served."""
+def render_overridden(
+    env, name: str, page: dict, overrides: dict, order: Order | None, kind: str = "template"
+) -> tuple[str, list[str], bool]:
+    """Render `name` with the marketers' `overrides`: (output, the overrides it used, whether a
+    failing override fell back to the default). A failure is reported (`not_served`) and the
+    default rendered instead; a failure with no override in play is the code's and is raised.
+    Pages and emails both render through here."""
     used: list[str] = []
     used_token = overrides_used.set(used)
     try:
         try:
-            html = render_in(env, name, page, overrides)
+            return render_in(env, name, page, overrides), used, False
         except Exception as exc:
             if not used:
                 raise
-            text = describe(exc, used[-1])
-            not_served(used, text, order)
-            return render_in(env, name, page, {}), True
+            not_served(used, describe(exc, used[-1]), order, kind)
+            return render_in(env, name, page, {}), [], True
     finally:
         overrides_used.reset(used_token)
+
+
+def _render(env, name: str, page: dict, overrides: dict, order: Order | None) -> tuple[str, bool]:
+    """(HTML, whether a failing override fell back to the default). An override's output is
+    checked against the default's (portal.branding.markup) before it is served."""
+    html, used, fell_back = render_overridden(env, name, page, overrides, order)
+    if fell_back:
+        return html, True
     if not used:
         return html, False
     # The default page for the same data, with the token marks as they are (not counted twice).
